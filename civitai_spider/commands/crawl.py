@@ -1,0 +1,47 @@
+"""``scrapy crawl`` that checks spider arguments and settings before it starts.
+
+Stock ``scrapy crawl`` builds the spider and the components inside the running event
+loop, where a bad value surfaces as an asyncio traceback. Checking here first turns it
+into one ``error:`` line and exit status 2, like any other command-line mistake.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scrapy.commands.crawl import Command as ScrapyCrawlCommand
+from scrapy.exceptions import UsageError
+from scrapy.utils.conf import build_component_list
+from scrapy.utils.misc import load_object
+
+if TYPE_CHECKING:
+    import argparse
+
+#: Component settings whose classes may define ``check_settings(settings)``.
+_COMPONENT_SETTINGS = ("ITEM_PIPELINES", "DOWNLOADER_MIDDLEWARES", "EXTENSIONS")
+
+
+class Command(ScrapyCrawlCommand):
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        if len(args) == 1 and self.crawler_process is not None:
+            try:
+                self._check(args[0], opts.spargs)
+            except ValueError as error:
+                raise UsageError(str(error), print_help=False) from None
+        super().run(args, opts)
+
+    def _check(self, spider_name: str, spider_arguments: dict[str, str]) -> None:
+        assert self.crawler_process is not None
+        try:
+            spider_class = self.crawler_process.spider_loader.load(spider_name)
+        except KeyError:
+            return  # Scrapy itself reports an unknown spider.
+        check_arguments = getattr(spider_class, "check_arguments", None)
+        if check_arguments is not None:
+            check_arguments(spider_arguments)
+        settings = self.settings
+        for setting in _COMPONENT_SETTINGS:
+            for path in build_component_list(settings.getwithbase(setting)):
+                check_settings = getattr(load_object(path), "check_settings", None)
+                if check_settings is not None:
+                    check_settings(settings)

@@ -1,0 +1,92 @@
+"""Retry with exponential backoff and ``Retry-After``, without blocking other downloads.
+
+Scrapy's RetryMiddleware retries at once and ignores ``Retry-After``: against a busy API
+(503 + ``Retry-After: 2``, 429 from the edge) that burns every try in a second. This
+subclass keeps its settings (``RETRY_TIMES``, ``RETRY_HTTP_CODES``, ``RETRY_EXCEPTIONS``,
+``dont_retry``...) and waits ``max(base * 2^(try-1), Retry-After)`` seconds, at most
+``CIVITAI_RETRY_MAX_DELAY``, before handing the retry back. The wait is an asynchronous
+sleep, so the reactor keeps every other download going meanwhile.
+
+An API page that is not a page (HTML with status 200, JSON without ``items``) is
+retried the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
+
+from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.utils.asyncio import sleep
+from scrapy.utils.response import response_status_message
+
+from civitai_spider.api import API_PAGE_META_KEY, page_problem
+
+if TYPE_CHECKING:
+    from scrapy.http import Request, Response
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+
+class BackoffRetryMiddleware(RetryMiddleware):
+    def __init__(self, settings: BaseSettings):
+        super().__init__(settings)
+        self.check_settings(settings)
+        self.base_delay = settings.getfloat("CIVITAI_RETRY_BASE_DELAY")
+        self.max_delay = settings.getfloat("CIVITAI_RETRY_MAX_DELAY")
+
+    @classmethod
+    def check_settings(cls, settings: BaseSettings) -> None:
+        for name in ("CIVITAI_RETRY_BASE_DELAY", "CIVITAI_RETRY_MAX_DELAY"):
+            if settings.getfloat(name) < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0")
+
+    async def process_response(self, request: Request, response: Response) -> Request | Response:
+        if request.meta.get("dont_retry", False):
+            return response
+        if response.status in self.retry_http_codes:
+            reason = response_status_message(response.status)
+        elif response.status == 200 and request.meta.get(API_PAGE_META_KEY):
+            reason = page_problem(response)
+            if reason is None:
+                return response
+            logger.warning("The API answered something that is not a page: %s (%s)", reason, request.url)
+        else:
+            return response
+        retry = self._retry(request, reason)
+        if retry is None:
+            return response
+        await self._wait(retry, _retry_after_seconds(response))
+        return retry
+
+    async def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:
+        retry = super().process_exception(request, exception)
+        if retry is not None:
+            await self._wait(retry, None)
+        return retry
+
+    async def _wait(self, retry: Request, retry_after: float | None) -> None:
+        backoff = self.base_delay * 2 ** (retry.meta["retry_times"] - 1)
+        delay = min(max(backoff, retry_after or 0.0), self.max_delay)
+        if delay > 0:
+            logger.debug("Waiting %.2f s before retry %d of %s", delay, retry.meta["retry_times"], retry)
+            await sleep(delay)
+
+
+def _retry_after_seconds(response: Response) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date (``None`` when absent or junk)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(text).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None

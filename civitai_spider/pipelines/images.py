@@ -1,0 +1,171 @@
+"""Download each item's image and save it as ``<id>.jpg`` or ``<id>.png`` in ``IMAGES_STORE``.
+
+A subclass of Scrapy's ImagesPipeline that keeps its download machinery and replaces
+what it does with the bytes: stock ImagesPipeline re-encodes every image as JPEG quality
+75 in the reactor thread, flattens transparency onto white and names files by URL hash.
+Here the bytes decide (see :mod:`civitai_spider.imaging`), Pillow runs in a worker
+thread, files are written atomically, and a failure is one log line plus one line in
+``error_log.txt`` instead of a traceback, then the item is dropped (its id is not
+recorded, so the next run tries again).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import ItemAdapter
+from PIL import Image
+from scrapy.http import Request
+from scrapy.http.request import NO_CALLBACK
+from scrapy.pipelines.images import ImagesPipeline
+from scrapy.pipelines.media import FileException
+from scrapy.utils.asyncio import run_in_thread
+
+from civitai_spider.imaging import ImageRejected, prepare_image
+from civitai_spider.outcomes import FAILED_REASON, DropImage
+from civitai_spider.store import (
+    BOMB_LOG_NAME,
+    ERROR_LOG_NAME,
+    append_line,
+    log_line,
+    remove_temporary_files,
+    store_directory,
+    write_atomically,
+)
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.pipelines.media import FileInfo, FileInfoOrError, MediaPipeline
+    from scrapy.settings import BaseSettings
+    from twisted.python.failure import Failure
+
+logger = logging.getLogger(__name__)
+
+
+class ImageFailed(FileException):
+    """An image that could not be downloaded or stored; the message is the reason."""
+
+
+class CivitaiImagesPipeline(ImagesPipeline):
+    def __init__(self, store_uri: str | PathLike[str], *, crawler: Crawler):
+        super().__init__(store_uri, crawler=crawler)
+        settings = crawler.settings
+        self.check_settings(settings)
+        self.directory = store_directory(settings)
+        self.max_pixels = settings.getint("CIVITAI_MAX_IMAGE_PIXELS")
+        self.jpeg_quality = settings.getint("CIVITAI_JPEG_QUALITY")
+        self.error_log = self.directory / ERROR_LOG_NAME
+        self.bomb_log = self.directory / BOMB_LOG_NAME
+
+    @classmethod
+    def check_settings(cls, settings: BaseSettings) -> None:
+        store_directory(settings)
+        quality = settings.getint("CIVITAI_JPEG_QUALITY")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"CIVITAI_JPEG_QUALITY={quality} is not valid: allowed is 1 to 100")
+        if settings.getint("CIVITAI_MAX_IMAGE_PIXELS") < 1:
+            raise ValueError("CIVITAI_MAX_IMAGE_PIXELS must be a positive number of pixels")
+
+    def open_spider(self) -> None:
+        super().open_spider()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(self.directory)
+        # prepare_image() enforces CIVITAI_MAX_IMAGE_PIXELS itself, from the header and
+        # before decoding; Pillow's own check would only add a process-wide warning.
+        Image.MAX_IMAGE_PIXELS = None
+        # MediaPipeline logs every failure with a traceback; ours are reported in one
+        # line by item_completed() instead.
+        logging.getLogger("scrapy.pipelines.media").addFilter(_hide_reported_failures)
+
+    def close_spider(self) -> None:
+        logging.getLogger("scrapy.pipelines.media").removeFilter(_hide_reported_failures)
+
+    async def process_item(self, item: Any) -> Any:
+        adapter = ItemAdapter(item)
+        try:
+            item = await super().process_item(item)
+        finally:
+            # MediaPipeline keeps each URL's result for the whole run. Files here are
+            # named by id and the ID pipeline already drops repeated ids, so the cache
+            # only costs memory, and would hand a second id sharing this URL the first
+            # id's file.
+            for url in adapter["image_urls"]:
+                self.spiderinfo.downloaded.pop(self.crawler.request_fingerprinter.fingerprint(Request(url)), None)
+        own_name = _file_name(adapter["id"], adapter["image_file"].rsplit(".", 1)[1])
+        if adapter["image_file"] != own_name:
+            # Another item with the same URL was downloading at the same moment and we
+            # were handed its result: give this id its own copy.
+            data = await run_in_thread((self.directory / adapter["image_file"]).read_bytes)
+            await run_in_thread(write_atomically, self.directory / own_name, data)
+            adapter["image_file"] = own_name
+        return item
+
+    def get_media_requests(self, item: Any, info: MediaPipeline.SpiderInfo) -> list[Request]:
+        return [Request(url, callback=NO_CALLBACK) for url in ItemAdapter(item)["image_urls"]]
+
+    def media_to_download(self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None) -> None:
+        # Always download: the ID file, not the store's file dates, says what is done.
+        return None
+
+    async def media_downloaded(
+        self,
+        response: Response,
+        request: Request,
+        info: MediaPipeline.SpiderInfo,
+        *,
+        item: Any = None,
+    ) -> FileInfo:
+        image_id = ItemAdapter(item)["id"]
+        if response.status != 200:
+            raise ImageFailed(f"HTTP {response.status}")
+        try:
+            prepared = await run_in_thread(
+                prepare_image, response.body, max_pixels=self.max_pixels, jpeg_quality=self.jpeg_quality
+            )
+        except ImageRejected as error:
+            if error.size is not None:
+                self._log_bomb(image_id, request.url, error.size, "refused")
+            raise ImageFailed(str(error)) from None
+        if prepared.over_pixel_limit:
+            self._log_bomb(image_id, request.url, (prepared.width, prepared.height), "saved")
+        name = _file_name(image_id, prepared.extension)
+        await run_in_thread(write_atomically, self.directory / name, prepared.data)
+        self.inc_stats("converted" if prepared.converted else "kept")
+        return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
+
+    def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> Any:
+        error = failure.value
+        if isinstance(error, ImageFailed):
+            raise error
+        text = str(error)
+        raise ImageFailed(f"{type(error).__name__}: {text}" if text else type(error).__name__) from None
+
+    def item_completed(self, results: list[FileInfoOrError], item: Any, info: MediaPipeline.SpiderInfo) -> Any:
+        adapter = ItemAdapter(item)
+        for ok, result in results:
+            if not ok:
+                reason = str(result.value) or type(result.value).__name__
+                url = adapter["url"]
+                append_line(self.error_log, log_line(adapter["id"], url, reason))
+                raise DropImage(FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING")
+        adapter["images"] = [result for _, result in results]
+        adapter["image_file"] = adapter["images"][0]["path"]
+        return item
+
+    def _log_bomb(self, image_id: int, url: str, size: tuple[int, int], outcome: str) -> None:
+        width, height = size
+        logger.warning("Image %s is %dx%d pixels, over CIVITAI_MAX_IMAGE_PIXELS: %s", image_id, width, height, outcome)
+        self.crawler.stats.inc_value(f"civitai/decompression_bomb/{outcome}")
+        append_line(self.bomb_log, log_line(image_id, url, f"{width}x{height}", outcome))
+
+
+def _file_name(image_id: int, extension: str) -> str:
+    return f"{image_id}.{extension}"
+
+
+def _hide_reported_failures(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], ImageFailed))

@@ -1,0 +1,67 @@
+"""Drop images below the reaction thresholds, or without a prompt.
+
+Unlike the original script, a stat that is not listed is simply not checked: the
+filter is "every listed stat >= its minimum" (a missing stat counts as 0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import ItemAdapter
+
+from civitai_spider.items import STAT_NAMES
+from civitai_spider.outcomes import DropImage
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+    from typing_extensions import Self
+
+
+class ReactionThresholdsPipeline:
+    def __init__(self, thresholds: dict[str, int], require_prompt: bool):
+        self.thresholds = thresholds
+        self.require_prompt = require_prompt
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        settings = crawler.settings
+        return cls(parse_thresholds(settings), settings.getbool("CIVITAI_REQUIRE_PROMPT"))
+
+    @classmethod
+    def check_settings(cls, settings: BaseSettings) -> None:
+        parse_thresholds(settings)
+
+    def process_item(self, item: Any) -> Any:
+        adapter = ItemAdapter(item)
+        stats = adapter.get("stats") or {}
+        for stat, minimum in self.thresholds.items():
+            count = stats.get(stat, 0)
+            if count < minimum:
+                raise DropImage("below_threshold", f"image {adapter['id']}: {stat} {count} < {minimum}")
+        if self.require_prompt:
+            meta = adapter.get("meta")
+            prompt = meta.get("prompt") if isinstance(meta, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                reason = "no_meta" if meta is None else "no_prompt"
+                raise DropImage(reason, f"image {adapter['id']}: no prompt")
+        return item
+
+
+def parse_thresholds(settings: BaseSettings) -> dict[str, int]:
+    """``CIVITAI_THRESHOLDS`` as ``{stat: minimum}``; ``ValueError`` names a bad entry."""
+    try:
+        # getdict() also parses the JSON text given with -s on the command line.
+        thresholds = settings.getdict("CIVITAI_THRESHOLDS")
+    except ValueError as error:
+        raise ValueError(f"CIVITAI_THRESHOLDS is not a JSON object: {error}") from None
+    allowed = ", ".join(STAT_NAMES)
+    checked: dict[str, int] = {}
+    for stat, minimum in thresholds.items():
+        if stat not in STAT_NAMES:
+            raise ValueError(f"CIVITAI_THRESHOLDS has an unknown stat {stat!r}: allowed are {allowed}")
+        if isinstance(minimum, bool) or not isinstance(minimum, int):
+            raise ValueError(f"CIVITAI_THRESHOLDS[{stat!r}] = {minimum!r} is not an integer")
+        checked[stat] = minimum
+    return checked

@@ -1,0 +1,80 @@
+"""Settings of the civitai-spider project: the one documented list of knobs.
+
+Every project setting starts with ``CIVITAI_``; the Scrapy settings below are the
+defaults this project needs. Override any of them with ``-s NAME=VALUE`` (or
+``setting=NAME=VALUE`` on Scrapyd). The README has the same list as a table.
+"""
+
+import os
+
+BOT_NAME = "civitai_spider"
+SPIDER_MODULES = ["civitai_spider.spiders"]
+NEWSPIDER_MODULE = "civitai_spider.spiders"
+# Our ``crawl`` command checks spider arguments and settings before crawling, so
+# that a typo ends with one clear line instead of a traceback.
+COMMANDS_MODULE = "civitai_spider.commands"
+
+# --- Civitai ---------------------------------------------------------------------------
+# The images endpoint. Tests point it at a local fake server.
+CIVITAI_API_URL = "https://civitai.com/api/v1/images"
+# Sent as "Authorization: Bearer <key>" on API page requests only, never on image
+# requests nor to another host. Empty: anonymous (SFW results only).
+CIVITAI_API_KEY = os.environ.get("CIVITAI_API_KEY", "")
+# Minimum reaction counts, {stat: minimum}; an item passes when every listed stat is
+# >= its minimum (a missing stat counts as 0). Stats: cryCount laughCount likeCount
+# dislikeCount heartCount commentCount. JSON on the command line:
+#   -s CIVITAI_THRESHOLDS='{"likeCount": 10}'
+CIVITAI_THRESHOLDS = {"heartCount": 2}
+# Drop images without generation metadata or with an empty prompt.
+CIVITAI_REQUIRE_PROMPT = True
+# Ids of images already downloaded, one per line. A relative path is inside IMAGES_STORE.
+CIVITAI_ID_FILE = "downloaded_image_ID_DB.txt"
+# JPEG quality for images that must be converted (WebP, GIF, CMYK JPEG...). JPEG and
+# PNG originals are kept byte for byte and never re-encoded.
+CIVITAI_JPEG_QUALITY = 95
+# Images over this many pixels are saved but logged to DecompressionBombWarning_log.txt;
+# over twice this they are refused. Default: Pillow's own limit.
+CIVITAI_MAX_IMAGE_PIXELS = 89_478_485
+# Retries wait base * 2^(try-1) seconds, or the server's Retry-After when longer,
+# never more than the maximum. The wait does not block other downloads.
+CIVITAI_RETRY_BASE_DELAY = 1.0
+CIVITAI_RETRY_MAX_DELAY = 60.0
+
+# --- Scrapy ----------------------------------------------------------------------------
+IMAGES_STORE = "civitai-images"
+ITEM_PIPELINES = {
+    "civitai_spider.pipelines.thresholds.ReactionThresholdsPipeline": 100,
+    "civitai_spider.pipelines.already_downloaded.AlreadyDownloadedPipeline": 200,
+    "civitai_spider.pipelines.images.CivitaiImagesPipeline": 300,
+    "civitai_spider.pipelines.metadata.MetadataPipeline": 400,
+}
+DOWNLOADER_MIDDLEWARES = {
+    # Replaces Scrapy's RetryMiddleware: same settings, plus backoff and Retry-After.
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "civitai_spider.middlewares.retry.BackoffRetryMiddleware": 550,
+    # Last before the network, so the key is on the wire only: not in the retry and
+    # redirect copies, the HTTP cache or a JOBDIR queue.
+    "civitai_spider.middlewares.api_key.ApiKeyMiddleware": 950,
+}
+EXTENSIONS = {
+    "civitai_spider.extensions.outcome_stats.OutcomeStats": 100,
+    "civitai_spider.extensions.progress.ProgressBar": 200,
+}
+# One line per dropped or failed image, without the whole item.
+LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"
+
+# Civitai answers 429/503 under load: retry more than Scrapy's default 2 times.
+RETRY_TIMES = 5
+ROBOTSTXT_OBEY = False
+USER_AGENT = "civitai-spider/0.1 (Scrapy)"
+# Each API response fans out into up to 200 items; Scrapy's default of 100 parallel
+# items per response mostly adds scheduling overhead.
+CONCURRENT_ITEMS = 16
+CONCURRENT_REQUESTS = 32
+CONCURRENT_REQUESTS_PER_DOMAIN = 16
+DOWNLOAD_TIMEOUT = 120
+# Originals of 100+ megapixels exist; the default warning size (32 MB) would log noise.
+DOWNLOAD_WARNSIZE = 128 * 1024 * 1024
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
+FEED_EXPORT_ENCODING = "utf-8"

@@ -1,0 +1,209 @@
+"""The ``civitai`` spider: walks ``/api/v1/images`` page by page and yields one item per image.
+
+Pagination follows the opaque ``metadata.nextCursor`` the API returns; the next page is
+requested as soon as a page arrives, before its items go through the pipelines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import scrapy
+from scrapy.exceptions import CloseSpider
+from scrapy.http import Response
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.python.failure import Failure
+
+from civitai_spider import outcomes
+from civitai_spider.api import API_PAGE_META_KEY, origin, page_problem, server_error_message
+from civitai_spider.items import CivitaiImage, InvalidApiItem
+from civitai_spider.store import ERROR_LOG_NAME, append_line, log_line, store_directory
+
+logger = logging.getLogger(__name__)
+
+SORTS = ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random")
+PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
+NSFW_LEVELS = ("None", "Soft", "Mature", "X", "true", "false")
+MAX_LIMIT = 200
+_USERNAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+class CivitaiSpider(scrapy.Spider):
+    """Spider arguments (``-a name=value``) map to the API's query parameters."""
+
+    name = "civitai"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
+        super().__init__(*args, **kwargs)
+        self.query, self.max_pages = parse_arguments(arguments)
+        self._cursors_seen: set[str] = set()
+        self._pages = 0
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, str]) -> None:
+        """Raise ``ValueError`` naming the first bad spider argument (used by ``scrapy crawl``)."""
+        parse_arguments({name: value for name, value in arguments.items() if name in _ARGUMENTS})
+
+    async def start(self) -> AsyncIterator[scrapy.Request]:
+        settings = self.crawler.settings
+        self.api_url: str = settings.get("CIVITAI_API_URL")
+        self._error_log = store_directory(settings) / ERROR_LOG_NAME
+        yield self._page_request(cursor=None)
+
+    def _page_request(self, cursor: str | None) -> scrapy.Request:
+        query = dict(self.query)
+        if cursor is not None:
+            query["cursor"] = cursor
+        return self._api_request(f"{self.api_url}?{urlencode(query)}")
+
+    def _api_request(self, url: str) -> scrapy.Request:
+        return scrapy.Request(
+            url,
+            callback=self.parse_page,
+            errback=self.api_failed,
+            meta={API_PAGE_META_KEY: True},
+            # Cursor loops are detected below, with a clear reason; the dupefilter
+            # would end them silently.
+            dont_filter=True,
+        )
+
+    def parse_page(self, response: Response) -> Iterator[scrapy.Request | CivitaiImage]:
+        problem = page_problem(response)
+        if problem is not None:
+            # The retry middleware already retried this page; give up loudly.
+            self._stop_for_api_error(problem, response.url)
+        payload = response.json()
+        self._pages += 1
+        records = payload["items"]
+        metadata = payload.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+
+        # Ask for the next page first, so that it downloads while this page's images do.
+        next_request = self._next_page_request(metadata, len(records))
+        if next_request is not None:
+            yield next_request
+
+        stats = self.crawler.stats
+        stats.inc_value(outcomes.ITEMS_SEEN, len(records))
+        for record in records:
+            try:
+                item = CivitaiImage.from_api(record)
+            except InvalidApiItem as error:
+                self._reject(error.reason, str(error), record)
+                continue
+            if item.type != "image":
+                # Videos (and audio) need a different saver; never store them as .jpg.
+                stats.inc_value(outcomes.dropped_key("video" if item.type == "video" else "not_image"))
+                logger.debug("Skipped %s %s: not an image", item.type, item.id)
+                continue
+            yield item
+
+    def _next_page_request(self, metadata: dict[str, Any], item_count: int) -> scrapy.Request | None:
+        if self.max_pages is not None and self._pages >= self.max_pages:
+            logger.info("Stopping after max_pages=%d page(s)", self.max_pages)
+            return None
+        cursor = metadata.get("nextCursor")
+        next_page = metadata.get("nextPage")
+        if cursor is not None and not isinstance(cursor, str):
+            cursor = str(cursor)
+        if cursor:
+            if cursor in self._cursors_seen:
+                logger.error("The API returned cursor %r a second time: stopping to avoid a loop", cursor)
+                raise CloseSpider("cursor_loop")
+            self._cursors_seen.add(cursor)
+            return self._page_request(cursor)
+        if isinstance(next_page, str) and next_page:
+            if origin(next_page) != origin(self.api_url):
+                logger.error("Not following nextPage %s: it is not on the API host %s", next_page, self.api_url)
+                return None
+            if next_page in self._cursors_seen:
+                logger.error("The API returned nextPage %s a second time: stopping to avoid a loop", next_page)
+                raise CloseSpider("cursor_loop")
+            self._cursors_seen.add(next_page)
+            return self._api_request(next_page)
+        if item_count == 0 and self._pages > 1:
+            # Civitai's older query path answers an empty page without a cursor when
+            # its database query times out, so this end may not be the real one.
+            logger.warning("Page %d was empty with no cursor: the listing may have ended early", self._pages)
+        return None
+
+    def api_failed(self, failure: Failure) -> None:
+        request = failure.request
+        if failure.check(HttpError):
+            response = failure.value.response
+            reason = f"HTTP {response.status}: {server_error_message(response)}"
+        else:
+            reason = f"{type(failure.value).__name__}: {failure.value}"
+        self._stop_for_api_error(reason, request.url)
+
+    def _stop_for_api_error(self, reason: str, url: str) -> None:
+        logger.error("The API request failed, stopping the crawl: %s (%s)", reason, url)
+        raise CloseSpider("api_error")
+
+    def _reject(self, reason: str, message: str, record: Any) -> None:
+        self.crawler.stats.inc_value(outcomes.dropped_key(reason))
+        logger.warning("Skipped an API item: %s", message)
+        image_id = record.get("id") if isinstance(record, dict) else None
+        url = record.get("url") if isinstance(record, dict) else None
+        append_line(self._error_log, log_line(repr(image_id), repr(url), message))
+
+
+def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int | None]:
+    """Validate spider arguments; return the API query and ``max_pages``."""
+    query: dict[str, str] = {
+        "limit": str(_integer(arguments, "limit", MAX_LIMIT, maximum=MAX_LIMIT)),
+        "withMeta": "true",
+        "sort": _choice(arguments, "sort", "Most Reactions", SORTS),
+        "period": _choice(arguments, "period", "AllTime", PERIODS),
+    }
+    if arguments.get("nsfw") is not None:
+        query["nsfw"] = _choice(arguments, "nsfw", None, NSFW_LEVELS)
+    username = arguments.get("username")
+    if username is not None:
+        if not _USERNAME.fullmatch(str(username)):
+            raise ValueError(f"username={username!r} is not valid: allowed are letters, digits and _")
+        query["username"] = str(username)
+    for argument, parameter in (("model_id", "modelId"), ("model_version_id", "modelVersionId"), ("post_id", "postId")):
+        if arguments.get(argument) is not None:
+            query[parameter] = str(_integer(arguments, argument, None))
+    base_models = arguments.get("base_models")
+    if base_models is not None:
+        # The server owns the list of base models and answers 400 for unknown ones.
+        names = [name.strip() for name in str(base_models).split(",") if name.strip()]
+        if not names:
+            raise ValueError(f"base_models={base_models!r} is empty: give comma-separated names, e.g. 'SDXL 1.0,Pony'")
+        query["baseModels"] = ",".join(names)
+    max_pages = _integer(arguments, "max_pages", None) if arguments.get("max_pages") is not None else None
+    return query, max_pages
+
+
+_ARGUMENTS = (
+    "sort", "period", "nsfw", "limit", "username", "model_id",
+    "model_version_id", "post_id", "base_models", "max_pages",
+)  # fmt: skip
+
+
+def _choice(arguments: Mapping[str, Any], name: str, default: str | None, allowed: tuple[str, ...]) -> str:
+    value = arguments.get(name, default)
+    if value not in allowed:
+        choices = ", ".join(repr(choice) for choice in allowed)
+        raise ValueError(f"{name}={value!r} is not valid: allowed are {choices}")
+    return value
+
+
+def _integer(arguments: Mapping[str, Any], name: str, default: int | None, maximum: int | None = None) -> int:
+    value = arguments.get(name, default)
+    try:
+        number = int(str(value), 10)
+    except ValueError:
+        number = 0
+    if number < 1 or (maximum is not None and number > maximum):
+        allowed = f"an integer from 1 to {maximum}" if maximum else "a positive integer"
+        raise ValueError(f"{name}={value!r} is not valid: allowed is {allowed}")
+    return number
+

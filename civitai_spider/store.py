@@ -1,0 +1,98 @@
+"""Crash-safe writes into ``IMAGES_STORE``.
+
+A ``kill -9`` may land at any moment, so every image and metadata file is written under
+a temporary name in the same folder, flushed to disk and renamed into place (a rename is
+atomic on POSIX file systems): a reader sees the whole file or nothing. The ID file and
+the two logs are append-only, one whole line per ``write()`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+#: Temporary files start with this prefix; leftovers of a killed run are removed at start.
+TEMPORARY_PREFIX = ".civitai-partial-"
+ERROR_LOG_NAME = "error_log.txt"
+BOMB_LOG_NAME = "DecompressionBombWarning_log.txt"
+
+
+def store_directory(settings: BaseSettings) -> Path:
+    """The local folder behind ``IMAGES_STORE`` (a path or a ``file://`` URI)."""
+    uri = str(settings.get("IMAGES_STORE") or "")
+    if not uri:
+        raise ValueError("IMAGES_STORE must name a folder")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        # Atomic renames and append-only logs need a real file system.
+        raise ValueError(f"IMAGES_STORE must be a local folder, not {uri!r}")
+    return Path(uri)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` never holds a partial file."""
+    temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{path.name}")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            # Without fsync a power cut after the rename can leave an empty file under
+            # the final name while the ID file (fsynced) already lists the image.
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def append_line(path: Path, line: str, *, sync: bool = False) -> None:
+    """Append one line with a single ``write()`` so concurrent or killed writers never tear it."""
+    if "\n" in line or "\r" in line:
+        line = line.replace("\r", " ").replace("\n", " ")
+    data = (line + "\n").encode("utf-8")
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, data)
+        if sync:
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def log_line(*fields: object) -> str:
+    """A tab-separated log line starting with the local time, as the error logs use."""
+    return "\t".join([time.strftime("%Y-%m-%d %H:%M:%S"), *(str(field) for field in fields)])
+
+
+def remove_temporary_files(directory: Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    removed = 0
+    for leftover in directory.glob(f"{TEMPORARY_PREFIX}*"):
+        # Another live crawl may share the store: only its writer's pid owns a file.
+        if _writer_is_alive(leftover.name):
+            continue
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        logger.info("Removed %d temporary file(s) left by an interrupted run in %s", removed, directory)
+    return removed
+
+
+def _writer_is_alive(temporary_name: str) -> bool:
+    pid_text = temporary_name[len(TEMPORARY_PREFIX) :].split("-", 1)[0]
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,116 @@
+"""Shared fixtures: the fake Civitai server and a runner for the real ``scrapy crawl`` command."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.utils.test import get_crawler
+
+from civitai_spider import settings as project_settings
+from tests.fake_civitai import FakeCivitai
+
+_LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[", re.MULTILINE)
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+#: Settings that keep end-to-end crawls fast and deterministic on loopback.
+FAST_SETTINGS = {
+    "CIVITAI_RETRY_BASE_DELAY": "0.05",
+    "LOG_LEVEL": "DEBUG",
+    "DOWNLOAD_TIMEOUT": "10",
+}
+
+
+@dataclass
+class CrawlResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    store: Path
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The final stats dump of the crawl log, as a dict."""
+        marker = "Dumping Scrapy stats:\n"
+        start = self.stderr.index(marker) + len(marker)
+        # The pretty-printed dict runs until the next log line.
+        next_line = _LOG_LINE_START.search(self.stderr, start)
+        end = next_line.start() if next_line else len(self.stderr)
+        return eval(self.stderr[start:end], {"datetime": datetime})  # noqa: S307 - our own log
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats["finish_reason"]
+
+    def files(self) -> list[str]:
+        return sorted(path.name for path in self.store.iterdir())
+
+    def ids_recorded(self) -> list[int]:
+        id_file = self.store / "downloaded_image_ID_DB.txt"
+        return [int(line) for line in id_file.read_text().splitlines()] if id_file.exists() else []
+
+    def error_log(self) -> str:
+        path = self.store / "error_log.txt"
+        return path.read_text() if path.exists() else ""
+
+
+def crawl_command(server: FakeCivitai, store: Path, *arguments: str, **settings: str) -> list[str]:
+    command = [sys.executable, "-m", "scrapy", "crawl", "civitai"]
+    for argument in arguments:
+        command += ["-a", argument]
+    merged = {**FAST_SETTINGS, "CIVITAI_API_URL": server.api_url, "IMAGES_STORE": str(store), **settings}
+    for name, value in merged.items():
+        command += ["-s", f"{name}={value}"]
+    return command
+
+
+def crawl_environment(api_key: str | None = None) -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if key != "CIVITAI_API_KEY"}
+    if api_key is not None:
+        environment["CIVITAI_API_KEY"] = api_key
+    return environment
+
+
+def run_crawl(
+    server: FakeCivitai,
+    store: Path,
+    *arguments: str,
+    api_key: str | None = None,
+    timeout: float = 60,
+    **settings: str,
+) -> CrawlResult:
+    """Run ``scrapy crawl civitai -a ... -s ...`` in a subprocess, as a user would."""
+    process = subprocess.run(
+        crawl_command(server, store, *arguments, **settings),
+        cwd=REPOSITORY,
+        env=crawl_environment(api_key),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CrawlResult(process.returncode, process.stdout, process.stderr, store)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeCivitai]:
+    with FakeCivitai() as fake:
+        yield fake
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def project_crawler(**overrides: Any):
+    """A crawler with this project's settings (plus overrides), for unit tests."""
+    values = {name: getattr(project_settings, name) for name in dir(project_settings) if name.isupper()}
+    return get_crawler(settings_dict={**values, **overrides})

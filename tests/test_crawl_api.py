@@ -1,0 +1,225 @@
+"""End to end: how ``scrapy crawl civitai`` talks to the API (arguments, pages, retries, errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import images
+from tests.conftest import run_crawl
+from tests.fake_civitai import FakeCivitai, Fault
+
+
+def add_items(server: FakeCivitai, count: int, **fields: object) -> list[dict]:
+    return [server.add_image_item(images.jpeg_rgb(), **fields) for _ in range(count)]
+
+
+@pytest.mark.parametrize("cursor_style", ["offset", "json", "hostile"])
+def test_follows_cursors_through_every_page(cursor_style: str, store: Path) -> None:
+    with FakeCivitai(cursor_style=cursor_style) as server:
+        items = add_items(server, 7)
+        result = run_crawl(server, store, "limit=3")
+        pages = server.api_requests()
+
+    assert result.returncode == 0, result.stderr
+    assert result.finish_reason == "finished"
+    assert len(pages) == 3
+    assert "cursor" not in pages[0].query
+    assert all("cursor" in page.query for page in pages[1:])
+    assert sorted(result.ids_recorded()) == [item["id"] for item in items]
+
+
+def test_arguments_map_to_the_query_on_every_page(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 5, username="bob_1", postId=77, modelVersionIds=[788385], baseModel="Pony")
+    add_items(server, 2, username="someone_else")
+
+    result = run_crawl(
+        server, store,
+        "limit=2", "sort=Newest", "period=Week", "nsfw=X", "username=bob_1", "model_id=12",
+        "model_version_id=788385", "post_id=77", "base_models=Pony, SDXL 1.0",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    pages = server.api_requests()
+    assert len(pages) == 3
+    expected = {
+        "limit": "2", "withMeta": "true", "sort": "Newest", "period": "Week", "nsfw": "X",
+        "username": "bob_1", "modelId": "12", "modelVersionId": "788385", "postId": "77",
+        "baseModels": "Pony,SDXL 1.0",
+    }  # fmt: skip
+    for page in pages:
+        assert {name: page.query[name] for name in expected} == expected
+    assert result.stats["civitai/saved"] == 5
+
+
+def test_defaults_ask_for_meta_and_the_largest_pages(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 1)
+
+    run_crawl(server, store)
+
+    [page] = server.api_requests()
+    assert page.query == {"limit": "200", "withMeta": "true", "sort": "Most Reactions", "period": "AllTime"}
+
+
+def test_max_pages_stops_early(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 9)
+
+    result = run_crawl(server, store, "limit=2", "max_pages=2")
+
+    assert result.finish_reason == "finished"
+    assert len(server.api_requests()) == 2
+    assert result.stats["civitai/saved"] == 4
+
+
+@pytest.mark.parametrize(
+    ("argument", "named"),
+    [
+        ("sort=Best", "'Most Reactions'"),
+        ("period=Decade", "'AllTime'"),
+        ("nsfw=maybe", "'Mature'"),
+        ("limit=500", "1 to 200"),
+        ("limit=ten", "1 to 200"),
+        ("username=bad name", "letters, digits and _"),
+        ("model_id=-3", "positive integer"),
+        ("max_pages=0", "positive integer"),
+    ],
+)
+def test_bad_argument_is_one_clear_error_before_any_request(
+    argument: str, named: str, server: FakeCivitai, store: Path
+) -> None:
+    result = run_crawl(server, store, argument)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert repr(argument.split("=", 1)[1]) in error and named in error
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("CIVITAI_THRESHOLDS", '{"hearts": 2}', "'hearts'"),
+        ("CIVITAI_THRESHOLDS", "{not json", "not a JSON object"),
+        ("CIVITAI_JPEG_QUALITY", "0", "CIVITAI_JPEG_QUALITY"),
+        ("IMAGES_STORE", "s3://bucket/images", "local folder"),
+    ],
+)
+def test_bad_setting_is_one_clear_error(setting: str, value: str, named: str, server: FakeCivitai, store: Path) -> None:
+    result = run_crawl(server, store, **{setting: value})
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert named in error
+    assert server.requests == []
+
+
+def test_cursor_loop_is_detected(store: Path) -> None:
+    with FakeCivitai(cursor_loop=True) as server:
+        add_items(server, 4)
+        result = run_crawl(server, store, "limit=2")
+        page_count = len(server.api_requests())
+
+    assert result.finish_reason == "cursor_loop"
+    assert page_count == 2
+    assert "a second time" in result.stderr
+
+
+def test_next_page_on_another_host_is_not_followed(store: Path) -> None:
+    with FakeCivitai(next_page_host="127.0.0.3:9") as server:
+        add_items(server, 4)
+        # Only nextPage, no nextCursor: the spider must check where nextPage points.
+        server.strip_next_cursor = True
+        result = run_crawl(server, store, "limit=2")
+        page_count = len(server.api_requests())
+
+    assert page_count == 1
+    assert "Not following nextPage http://127.0.0.3:9" in result.stderr
+    assert result.stats["civitai/saved"] == 2
+
+
+def test_next_page_on_the_api_host_is_followed(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 5)
+    server.strip_next_cursor = True
+
+    result = run_crawl(server, store, "limit=2")
+
+    assert len(server.api_requests()) == 3
+    assert result.stats["civitai/saved"] == 5
+
+
+def test_busy_and_broken_pages_are_retried_with_retry_after(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 4)
+    server.inject(
+        server.api_url,
+        Fault.status(503, retry_after="1"),
+        Fault.html_200(),
+        Fault.json_200({"error": "no items here"}),
+        Fault.status(429),
+    )
+
+    result = run_crawl(server, store, "limit=2")
+
+    assert result.returncode == 0, result.stderr
+    assert result.finish_reason == "finished"
+    pages = server.api_requests()
+    assert len(pages) == 2 + 4
+    assert pages[1].time - pages[0].time >= 0.95  # Retry-After: 1, longer than the backoff
+    assert result.stats["retry/count"] == 4
+    assert result.stats["civitai/saved"] == 4
+    assert "not a page: not JSON" in result.stderr
+    assert "not a page: JSON without an 'items' list" in result.stderr
+
+
+def test_api_failure_after_retries_ends_with_api_error(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 2)
+    server.inject_always(server.api_url, Fault.html_200())
+
+    result = run_crawl(server, store, RETRY_TIMES="2")
+
+    assert result.finish_reason == "api_error"
+    assert len(server.api_requests()) == 3
+    [error] = [line for line in result.stderr.splitlines() if "stopping the crawl" in line]
+    assert "ERROR" in error and "not JSON" in error and server.api_url in error
+
+
+def test_api_bad_request_ends_with_the_server_message(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 2)
+
+    result = run_crawl(server, store, "base_models=NoSuchModel")
+
+    assert result.finish_reason == "api_error"
+    assert len(server.api_requests()) == 1  # a 400 is not retried
+    assert "HTTP 400: baseModels: Invalid enum value 'NoSuchModel'" in result.stderr
+
+
+def test_image_retry_waits_without_blocking_other_downloads(server: FakeCivitai, store: Path) -> None:
+    busy = server.add_image_item(images.jpeg_rgb())
+    others = add_items(server, 12)
+    server.inject(busy["url"], Fault.status(503, retry_after="2"))
+
+    # One download at a time on the CDN: if the wait blocked the reactor, no other image
+    # could be fetched during it.
+    result = run_crawl(server, store, CONCURRENT_REQUESTS_PER_DOMAIN="1")
+
+    assert result.returncode == 0, result.stderr
+    busy_path = "/" + busy["url"].split("/", 3)[3]
+    busy_requests = [request for request in server.cdn_requests() if request.path == busy_path]
+    assert len(busy_requests) == 2
+    first, retry = busy_requests[0].time, busy_requests[1].time
+    assert retry - first >= 1.95
+    during_wait = [r for r in server.cdn_requests() if r.path != busy_path and first < r.time < first + 1.9]
+    assert len(during_wait) == len(others)
+    assert sorted(result.ids_recorded()) == sorted(item["id"] for item in [busy, *others])
+
+
+def test_image_transient_failures_are_retried(server: FakeCivitai, store: Path) -> None:
+    flaky = server.add_image_item(images.png_rgb())
+    server.inject(flaky["url"], Fault.short_body(), Fault.reset(), Fault.status(500))
+
+    result = run_crawl(server, store)
+
+    assert result.ids_recorded() == [flaky["id"]]
+    assert result.stats["retry/count"] == 3
