@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -205,7 +206,7 @@ def test_image_retry_waits_without_blocking_other_downloads(server: FakeCivitai,
     result = run_crawl(server, store, CONCURRENT_REQUESTS_PER_DOMAIN="1")
 
     assert result.returncode == 0, result.stderr
-    busy_path = "/" + busy["url"].split("/", 3)[3]
+    busy_path = urlsplit(busy["url"]).path
     busy_requests = [request for request in server.cdn_requests() if request.path == busy_path]
     assert len(busy_requests) == 2
     first, retry = busy_requests[0].time, busy_requests[1].time
@@ -217,9 +218,22 @@ def test_image_retry_waits_without_blocking_other_downloads(server: FakeCivitai,
 
 def test_image_transient_failures_are_retried(server: FakeCivitai, store: Path) -> None:
     flaky = server.add_image_item(images.png_rgb())
-    server.inject(flaky["url"], Fault.short_body(), Fault.reset(), Fault.status(500))
+    server.inject(flaky["url"], Fault.short_body(), Fault.reset(), Fault.status(500), Fault.slow(2))
 
-    result = run_crawl(server, store)
+    result = run_crawl(server, store, DOWNLOAD_TIMEOUT="1")
 
     assert result.ids_recorded() == [flaky["id"]]
-    assert result.stats["retry/count"] == 3
+    assert result.stats["retry/count"] == 4
+    assert any("Timeout" in key for key in result.stats if key.startswith("retry/reason_count/"))
+
+
+def test_closespider_itemcount_stops_a_small_run_cleanly(server: FakeCivitai, store: Path) -> None:
+    add_items(server, 30)
+
+    result = run_crawl(server, store, "limit=10", CLOSESPIDER_ITEMCOUNT="3")
+
+    assert result.finish_reason == "closespider_itemcount"
+    recorded = result.ids_recorded()
+    assert len(recorded) >= 3 and len(recorded) == len(set(recorded))
+    for image_id in recorded:
+        assert (store / f"{image_id}.jpg").exists() and (store / f"{image_id}_meta.json").exists()

@@ -6,6 +6,7 @@ import json
 import re
 from io import BytesIO
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -14,6 +15,10 @@ from tests.conftest import run_crawl
 from tests.fake_civitai import FakeCivitai, Fault
 
 API_KEY = "civitai-test-key-5f3a9c1e7b"
+
+
+def url_path(url: str) -> str:
+    return urlsplit(url).path
 
 
 def open_image(path: Path) -> Image.Image:
@@ -36,6 +41,7 @@ def test_every_format_saved_as_specified(server: FakeCivitai, store: Path) -> No
         "cmyk": images.jpeg_cmyk(),
         "bmp": images.bmp(),
         "tiff": images.tiff(),
+        "avif": images.make_image("AVIF"),
     }
     items = {name: server.add_image_item(body) for name, body in bodies.items()}
 
@@ -52,7 +58,7 @@ def test_every_format_saved_as_specified(server: FakeCivitai, store: Path) -> No
     assert open_image(saved["png"]).text.get("parameters")
     assert saved["palette"].read_bytes() == bodies["palette"]
     # Conversions: RGB JPEG without transparency, RGBA PNG keeping the alpha.
-    for name in ("webp", "gif", "cmyk", "bmp", "tiff"):
+    for name in ("webp", "gif", "cmyk", "bmp", "tiff", "avif"):
         converted = open_image(saved[name])
         assert (converted.format, converted.mode) == ("JPEG", "RGB"), name
         assert converted.size == Image.open(BytesIO(bodies[name])).size
@@ -127,7 +133,7 @@ def test_failed_images_are_logged_once_and_retried_next_run(server: FakeCivitai,
     again = run_crawl(server, store)
     assert again.returncode == 0, again.stderr
     requested = {request.path for request in server.cdn_requests()}
-    assert requested == {"/" + item["url"].split("/", 3)[3] for item in (missing, cut, junk, broken)}
+    assert requested == {url_path(item["url"]) for item in (missing, cut, junk, broken)}
     assert sorted(again.ids_recorded()) == sorted(item["id"] for item in (good, missing, cut, junk, broken))
     assert again.stats["civitai/dropped/already_downloaded"] == 1
 
@@ -150,10 +156,10 @@ def test_rerun_over_complete_store_downloads_nothing(server: FakeCivitai, store:
 def test_repeated_ids_saved_once_and_shared_urls_get_their_own_file(server: FakeCivitai, store: Path) -> None:
     repeated = server.add_image_item(images.png_rgb())
     server.add_image_item(images.jpeg_rgb())
-    server.add_raw_item(dict(repeated))  # the API repeats an item on a later page
     shared_url = server.add_image("shared", images.webp_rgb())
-    one = server.add_image_item(None, url=shared_url)
+    one = server.add_image_item(None, url=shared_url)  # page 2: both in flight together
     two = server.add_image_item(None, url=shared_url)
+    server.add_raw_item(dict(repeated))  # page 3: the API repeats an item
 
     result = run_crawl(server, store, "limit=2")
 
@@ -161,6 +167,8 @@ def test_repeated_ids_saved_once_and_shared_urls_get_their_own_file(server: Fake
     recorded = result.ids_recorded()
     assert sorted(recorded) == sorted(set(recorded)) and len(recorded) == 4
     assert result.stats["civitai/dropped/duplicate"] == 1
+    # One download served both ids, and each has its own file.
+    assert [request.path for request in server.cdn_requests()].count(url_path(shared_url)) == 1
     assert (store / f"{one['id']}.jpg").read_bytes() == (store / f"{two['id']}.jpg").read_bytes()
     assert json.loads((store / f"{two['id']}_meta.json").read_text())["image_file"] == f"{two['id']}.jpg"
 
@@ -258,3 +266,16 @@ def test_decompression_bombs_logged_saved_or_refused(server: FakeCivitai, store:
     assert "200x200" in refused_line and "refused" in refused_line
     assert "decompression bomb" in result.error_log() and str(huge["id"]) in result.error_log()
     assert "DecompressionBombWarning" not in result.stderr  # no Pillow warning: we log it ourselves
+
+
+def test_crawl_logs_no_warning(server: FakeCivitai, store: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONWARNINGS", "always")
+    server.add_image_item(images.webp_rgba())
+    server.add_image_item(images.jpeg_rgb())
+    server.add_image_item(None)
+
+    result = run_crawl(server, store, LOG_LEVEL="DEBUG")
+
+    assert result.returncode == 0
+    assert "Warning" not in result.stderr
+    assert "Traceback" not in result.stderr

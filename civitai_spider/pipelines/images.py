@@ -52,9 +52,9 @@ class ImageFailed(FileException):
 
 class CivitaiImagesPipeline(ImagesPipeline):
     def __init__(self, store_uri: str | PathLike[str], *, crawler: Crawler):
-        super().__init__(store_uri, crawler=crawler)
         settings = crawler.settings
         self.check_settings(settings)
+        super().__init__(store_uri, crawler=crawler)
         self.directory = store_directory(settings)
         self.max_pixels = settings.getint("CIVITAI_MAX_IMAGE_PIXELS")
         self.jpeg_quality = settings.getint("CIVITAI_JPEG_QUALITY")

@@ -53,6 +53,7 @@ class CivitaiSpider(scrapy.Spider):
         settings = self.crawler.settings
         self.api_url: str = settings.get("CIVITAI_API_URL")
         self._error_log = store_directory(settings) / ERROR_LOG_NAME
+        self._error_log.parent.mkdir(parents=True, exist_ok=True)
         yield self._page_request(cursor=None)
 
     def _page_request(self, cursor: str | None) -> scrapy.Request:

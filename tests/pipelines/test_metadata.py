@@ -1,0 +1,157 @@
+"""Tests of the metadata files and :class:`MetadataPipeline` (files first, then the ID file)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from itemadapter import ItemAdapter
+
+from civitai_spider.items import CivitaiImage
+from civitai_spider.outcomes import METADATA_FILES_SAVED
+from civitai_spider.pipelines.metadata import MetadataPipeline, metadata_files
+from tests.conftest import project_crawler
+
+_UNSET = object()
+
+
+def make_record(meta: Any = _UNSET, **extra: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": 42,
+        "url": "https://image.civitai.com/k/u/original=true/u.jpeg",
+        "width": 64,
+        "height": 48,
+        "stats": {"heartCount": 5, "likeCount": 3},
+        "meta": {"prompt": "a cat", "negativePrompt": "blurry", "seed": 1} if meta is _UNSET else meta,
+        "someFutureField": {"nested": [1, 2, None]},
+        **extra,
+    }
+    return record
+
+
+def saved_item(record: dict[str, Any], image_file: str = "42.jpg") -> CivitaiImage:
+    item = CivitaiImage.from_api(record)
+    item.image_file = image_file
+    return item
+
+
+def files_of(record: dict[str, Any]) -> dict[str, bytes]:
+    return metadata_files(ItemAdapter(saved_item(record)))
+
+
+# --- metadata_files --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "masterpiece, best quality",
+        "一只猫在茶杯里, Ünïcödé, emoji 🐱🍵",
+        "trailing spaces and newline  \n",
+        "  leading spaces",
+        "x" * 100_000,
+    ],
+    ids=["ascii", "non_ascii", "trailing", "leading", "long"],
+)
+def test_positive_prompt_is_written_exactly(prompt: str) -> None:
+    files = files_of(make_record({"prompt": prompt}))
+    assert files["42_pos-prompt.txt"] == prompt.encode("utf-8")
+
+
+def test_positive_prompt_file_exists_even_without_a_prompt() -> None:
+    assert files_of(make_record(None))["42_pos-prompt.txt"] == b""
+    assert files_of(make_record({"seed": 1}))["42_pos-prompt.txt"] == b""
+
+
+def test_non_string_prompt_is_written_as_json() -> None:
+    files = files_of(make_record({"prompt": ["a", "猫"]}))
+    assert files["42_pos-prompt.txt"] == '["a", "猫"]'.encode()
+
+
+def test_negative_prompt_file_with_a_negative_prompt() -> None:
+    files = files_of(make_record({"prompt": "p", "negativePrompt": "worst quality, 模糊  "}))
+    assert files["42_neg-prompt.txt"] == "worst quality, 模糊  ".encode()
+    assert sorted(files) == ["42_meta.json", "42_neg-prompt.txt", "42_pos-prompt.txt"]
+
+
+@pytest.mark.parametrize("negative", ["absent", None, "", "  \n ", 3, ["x"]], ids=repr)
+def test_no_negative_prompt_file_without_a_negative_prompt(negative: Any) -> None:
+    meta: dict[str, Any] = {"prompt": "p"}
+    if negative != "absent":
+        meta["negativePrompt"] = negative
+    files = files_of(make_record(meta))
+    assert sorted(files) == ["42_meta.json", "42_pos-prompt.txt"]
+
+
+def test_no_negative_prompt_file_without_meta() -> None:
+    assert sorted(files_of(make_record(None))) == ["42_meta.json", "42_pos-prompt.txt"]
+
+
+def test_meta_json_is_the_whole_record_plus_image_file() -> None:
+    record = make_record({"prompt": "猫 🐱", "negativePrompt": "bad", "comfy": "{\"nodes\": []}"})
+    data = files_of(record)["42_meta.json"]
+    assert json.loads(data) == {**record, "image_file": "42.jpg"}
+    assert "image_file" not in record  # the API record itself is not changed
+
+
+def test_meta_json_keeps_non_ascii_text_as_utf8() -> None:
+    data = files_of(make_record({"prompt": "猫 🐱 é"}))["42_meta.json"]
+    text = data.decode("utf-8")
+    assert "猫 🐱 é" in text
+    assert "\\u" not in text
+
+
+def test_meta_json_of_a_png_item_names_the_png() -> None:
+    item = saved_item(make_record(), image_file="42.png")
+    assert json.loads(metadata_files(ItemAdapter(item))["42_meta.json"])["image_file"] == "42.png"
+
+
+# --- MetadataPipeline ------------------------------------------------------------------
+
+
+def test_process_item_writes_the_files_then_records_the_id(tmp_path: Path) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    pipe = MetadataPipeline.from_crawler(crawler)
+    (tmp_path / "downloaded_image_ID_DB.txt").write_text("1\n")
+    item = saved_item(make_record())
+
+    result = asyncio.run(pipe.process_item(item))
+
+    assert result is item
+    assert (tmp_path / "42_pos-prompt.txt").read_text("utf-8") == "a cat"
+    assert (tmp_path / "42_neg-prompt.txt").read_text("utf-8") == "blurry"
+    assert json.loads((tmp_path / "42_meta.json").read_bytes())["image_file"] == "42.jpg"
+    assert (tmp_path / "downloaded_image_ID_DB.txt").read_text() == "1\n42\n"
+    assert crawler.stats.get_value(METADATA_FILES_SAVED) == 3
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+def test_stat_counts_every_file_saved(tmp_path: Path) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    pipe = MetadataPipeline.from_crawler(crawler)
+    asyncio.run(pipe.process_item(saved_item(make_record())))  # 3 files
+    second = make_record({"prompt": "only a prompt"}, id=43)
+    asyncio.run(pipe.process_item(saved_item(second, image_file="43.png")))  # 2 files
+    assert crawler.stats.get_value(METADATA_FILES_SAVED) == 5
+    assert (tmp_path / "downloaded_image_ID_DB.txt").read_text() == "42\n43\n"
+    assert not (tmp_path / "43_neg-prompt.txt").exists()
+
+
+def test_id_is_not_recorded_when_a_file_cannot_be_written(tmp_path: Path) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    pipe = MetadataPipeline.from_crawler(crawler)
+    (tmp_path / "42_meta.json").mkdir()  # a folder in the way: the rename fails
+    (tmp_path / "42_meta.json" / "x").write_text("x")
+    with pytest.raises(OSError):
+        asyncio.run(pipe.process_item(saved_item(make_record())))
+    assert not (tmp_path / "downloaded_image_ID_DB.txt").exists()
+    assert crawler.stats.get_value(METADATA_FILES_SAVED) is None
+
+
+def test_custom_id_file_is_used(tmp_path: Path) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path), CIVITAI_ID_FILE="ids.txt")
+    asyncio.run(MetadataPipeline.from_crawler(crawler).process_item(saved_item(make_record())))
+    assert (tmp_path / "ids.txt").read_text() == "42\n"

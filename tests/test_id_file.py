@@ -1,0 +1,127 @@
+"""Tests of :mod:`civitai_spider.id_file`: loading, repairing and appending the ID file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from scrapy.settings import Settings
+
+from civitai_spider.id_file import id_file_path, load_ids, record_id
+
+
+def test_missing_file_is_an_empty_set(tmp_path: Path) -> None:
+    assert load_ids(tmp_path / "downloaded_image_ID_DB.txt") == set()
+    assert not (tmp_path / "downloaded_image_ID_DB.txt").exists()
+
+
+def test_empty_file_is_an_empty_set(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"")
+    assert load_ids(path) == set()
+
+
+def test_ids_are_parsed_as_integers(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"26962948\n1\n00123\n44789630\n")
+    assert load_ids(path) == {26962948, 1, 123, 44789630}
+
+
+def test_crlf_line_ends_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"5\r\n6\r\n")
+    assert load_ids(path) == {5, 6}
+
+
+def test_torn_last_line_is_ignored_and_cut_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"1\n2\n33")
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+        assert load_ids(path) == {1, 2}
+    assert path.read_bytes() == b"1\n2\n"
+    assert any("unfinished last line" in record.getMessage() for record in caplog.records)
+    record_id(path, 44)
+    assert path.read_bytes() == b"1\n2\n44\n"
+    assert load_ids(path) == {1, 2, 44}
+
+
+def test_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"12345")
+    assert load_ids(path) == set()
+    assert path.read_bytes() == b""
+    record_id(path, 7)
+    assert path.read_bytes() == b"7\n"
+
+
+def test_whole_file_is_not_modified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"1\n2\n")
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+        load_ids(path)
+    assert path.read_bytes() == b"1\n2\n"
+    assert caplog.records == []
+
+
+def test_junk_lines_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"1\nnot an id\n2\n3.5\n4\n")
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+        assert load_ids(path) == {1, 2, 4}
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "line 2" in messages[0] and "not an id" in messages[0]
+    assert "line 4" in messages[1] and "3.5" in messages[1]
+    assert path.read_bytes() == b"1\nnot an id\n2\n3.5\n4\n"  # junk is not removed
+
+
+def test_blank_lines_are_ignored_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"\n1\n\n   \n2\n\n")
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+        assert load_ids(path) == {1, 2}
+    assert caplog.records == []
+
+
+def test_record_id_appends_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    record_id(path, 26962948)
+    record_id(path, 5)
+    assert path.read_bytes() == b"26962948\n5\n"
+
+
+def test_record_id_keeps_existing_ids(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"1\n")
+    record_id(path, 2)
+    assert load_ids(path) == {1, 2}
+
+
+def test_a_million_ids(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"".join(b"%d\n" % number for number in range(1, 1_000_001)))
+    ids = load_ids(path)
+    assert len(ids) == 1_000_000
+    assert 1 in ids and 1_000_000 in ids and 0 not in ids and 1_000_001 not in ids
+
+
+def test_id_file_path_relative_is_inside_the_store(tmp_path: Path) -> None:
+    settings = Settings({"IMAGES_STORE": str(tmp_path / "store"), "CIVITAI_ID_FILE": "ids.txt"})
+    assert id_file_path(settings) == tmp_path / "store" / "ids.txt"
+
+
+def test_id_file_path_default_name(tmp_path: Path) -> None:
+    settings = Settings({"IMAGES_STORE": str(tmp_path)})
+    assert id_file_path(settings) == tmp_path / "downloaded_image_ID_DB.txt"
+
+
+def test_id_file_path_with_a_file_uri_store(tmp_path: Path) -> None:
+    settings = Settings({"IMAGES_STORE": f"file://{tmp_path}", "CIVITAI_ID_FILE": "ids.txt"})
+    assert id_file_path(settings) == tmp_path / "ids.txt"
+
+
+def test_id_file_path_absolute_is_kept(tmp_path: Path) -> None:
+    absolute = tmp_path / "elsewhere" / "ids.txt"
+    settings = Settings({"IMAGES_STORE": str(tmp_path / "store"), "CIVITAI_ID_FILE": str(absolute)})
+    assert id_file_path(settings) == absolute

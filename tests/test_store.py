@@ -1,0 +1,198 @@
+"""Tests of :mod:`civitai_spider.store`: atomic writes, whole-line appends, leftovers, the store folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scrapy.settings import Settings
+
+from civitai_spider.store import (
+    TEMPORARY_PREFIX,
+    append_line,
+    log_line,
+    remove_temporary_files,
+    store_directory,
+    write_atomically,
+)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name.startswith(TEMPORARY_PREFIX))
+
+
+# --- write_atomically ------------------------------------------------------------------
+
+
+def test_write_atomically_writes_the_content(tmp_path: Path) -> None:
+    target = tmp_path / "1.jpg"
+    write_atomically(target, b"\xff\xd8 image \xff\xd9")
+    assert target.read_bytes() == b"\xff\xd8 image \xff\xd9"
+    assert leftovers(tmp_path) == []
+
+
+def test_write_atomically_replaces_an_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "1_meta.json"
+    target.write_bytes(b"old content that is longer than the new one")
+    write_atomically(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["1_meta.json"]
+
+
+def test_write_atomically_writes_empty_data(tmp_path: Path) -> None:
+    target = tmp_path / "empty.txt"
+    write_atomically(target, b"")
+    assert target.exists()
+    assert target.read_bytes() == b""
+
+
+def test_failed_write_leaves_no_temporary_and_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "1_pos-prompt.txt"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        write_atomically(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+
+
+def test_write_into_a_missing_folder_fails_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        write_atomically(tmp_path / "missing" / "1.jpg", b"data")
+    assert not (tmp_path / "missing").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replace_failure_leaves_no_temporary(tmp_path: Path) -> None:
+    # The target is a non-empty directory: the rename fails after the data was written.
+    target = tmp_path / "1.jpg"
+    target.mkdir()
+    (target / "inside").write_bytes(b"x")
+    with pytest.raises(OSError):
+        write_atomically(target, b"data")
+    assert leftovers(tmp_path) == []
+    assert (target / "inside").read_bytes() == b"x"
+
+
+# --- append_line and log_line ----------------------------------------------------------
+
+
+def test_append_line_creates_and_appends(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    append_line(path, "1")
+    append_line(path, "22", sync=True)
+    append_line(path, "333")
+    assert path.read_bytes() == b"1\n22\n333\n"
+
+
+def test_append_line_keeps_existing_content(tmp_path: Path) -> None:
+    path = tmp_path / "error_log.txt"
+    path.write_bytes(b"earlier\n")
+    append_line(path, "later")
+    assert path.read_text().splitlines() == ["earlier", "later"]
+
+
+@pytest.mark.parametrize("line", ["a\nb", "a\r\nb", "a\rb", "\nlead", "trail\n", "x\n\n\ny"], ids=repr)
+def test_append_line_flattens_newlines_so_one_call_is_one_line(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "log.txt"
+    append_line(path, line)
+    append_line(path, "next")
+    data = path.read_bytes()
+    assert data.count(b"\n") == 2
+    assert b"\r" not in data
+    assert data.splitlines()[1] == b"next"
+
+
+def test_append_line_writes_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "log.txt"
+    append_line(path, "猫 🐱 é")
+    assert path.read_bytes() == "猫 🐱 é\n".encode()
+
+
+def test_log_line_is_tab_separated_and_starts_with_a_timestamp() -> None:
+    line = log_line(123, "https://x/y.jpeg", "HTTP 404")
+    fields = line.split("\t")
+    assert len(fields) == 4
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", fields[0])
+    assert fields[1:] == ["123", "https://x/y.jpeg", "HTTP 404"]
+
+
+# --- remove_temporary_files ------------------------------------------------------------
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """The pid of a live process that is not this one."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid  # reaped: no process has this pid now (barring a quick reuse)
+
+
+def test_remove_temporary_files(tmp_path: Path, live_pid: int) -> None:
+    dead = tmp_path / f"{TEMPORARY_PREFIX}{dead_pid()}-123-1.jpg"
+    ours = tmp_path / f"{TEMPORARY_PREFIX}{os.getpid()}-456-2.png"
+    junk_pid = tmp_path / f"{TEMPORARY_PREFIX}notapid-3_meta.json"
+    live = tmp_path / f"{TEMPORARY_PREFIX}{live_pid}-789-4.jpg"
+    finished = tmp_path / "5.jpg"
+    for path in (dead, ours, junk_pid, live, finished):
+        path.write_bytes(b"x")
+    assert remove_temporary_files(tmp_path) == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, finished.name])
+
+
+def test_remove_temporary_files_in_a_clean_folder(tmp_path: Path) -> None:
+    (tmp_path / "1.jpg").write_bytes(b"x")
+    assert remove_temporary_files(tmp_path) == 0
+    assert (tmp_path / "1.jpg").exists()
+
+
+def test_a_killed_write_leftover_is_removed(tmp_path: Path) -> None:
+    # What write_atomically leaves when a process is killed before the rename.
+    script = (
+        "import os, sys, civitai_spider.store as s\n"
+        "from pathlib import Path\n"
+        "s.os.replace = lambda *a: os._exit(9)\n"
+        "s.write_atomically(Path(sys.argv[1]) / '1.jpg', b'data')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=Path(__file__).parent.parent)
+    assert result.returncode == 9
+    assert len(leftovers(tmp_path)) == 1
+    assert remove_temporary_files(tmp_path) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- store_directory -------------------------------------------------------------------
+
+
+def test_store_directory_plain_path(tmp_path: Path) -> None:
+    assert store_directory(Settings({"IMAGES_STORE": str(tmp_path / "images")})) == tmp_path / "images"
+    assert store_directory(Settings({"IMAGES_STORE": "civitai-images"})) == Path("civitai-images")
+
+
+def test_store_directory_file_uri(tmp_path: Path) -> None:
+    assert store_directory(Settings({"IMAGES_STORE": f"file://{tmp_path}/images"})) == tmp_path / "images"
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/images", "gs://bucket/x", "ftp://host/x"])
+def test_store_directory_rejects_remote_stores(uri: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(uri)):
+        store_directory(Settings({"IMAGES_STORE": uri}))
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_store_directory_rejects_empty(value: str | None) -> None:
+    with pytest.raises(ValueError, match="IMAGES_STORE"):
+        store_directory(Settings({"IMAGES_STORE": value}))
