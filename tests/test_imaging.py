@@ -218,6 +218,11 @@ def test_truncated_converted_formats_are_refused(make: Callable[[], bytes]) -> N
         prepare(images.truncated(make()))
 
 
+def test_gif_cut_inside_its_first_frame_is_refused() -> None:
+    with pytest.raises(ImageRejected, match="cannot decode GIF"):
+        prepare(images.truncated(images.gif_animated(), 0.2))
+
+
 def test_html_is_not_an_image() -> None:
     with pytest.raises(ImageRejected, match="not an image"):
         prepare(images.NOT_AN_IMAGE)

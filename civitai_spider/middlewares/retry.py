@@ -14,6 +14,7 @@ retried the same way.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
@@ -83,9 +84,11 @@ def _retry_after_seconds(response: Response) -> float | None:
         return None
     text = value.decode("latin-1").strip()
     try:
-        return max(float(text), 0.0)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         return max(parsedate_to_datetime(text).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError, OverflowError):

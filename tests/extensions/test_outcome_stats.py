@@ -1,0 +1,89 @@
+"""Tests of :class:`OutcomeStats`: each item signal lands in exactly one ``civitai/`` stat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from scrapy import signals
+from scrapy.exceptions import DropItem
+from twisted.python.failure import Failure
+
+from civitai_spider import outcomes
+from civitai_spider.extensions.outcome_stats import OutcomeStats
+from civitai_spider.items import CivitaiImage
+from civitai_spider.outcomes import DropImage
+from civitai_spider.spiders.civitai import CivitaiSpider
+from tests.conftest import project_crawler
+
+
+@pytest.fixture
+def crawler() -> Any:
+    crawler = project_crawler()
+    crawler.spider = CivitaiSpider.from_crawler(crawler)
+    return crawler
+
+
+def item(image_id: int = 1) -> CivitaiImage:
+    return CivitaiImage.from_api({"id": image_id, "url": f"https://image.civitai.com/k/{image_id}.jpeg"})
+
+
+def civitai_stats(crawler: Any) -> dict[str, Any]:
+    return {key: value for key, value in crawler.stats.get_stats().items() if key.startswith("civitai/")}
+
+
+def send(crawler: Any, signal: object, **kwargs: Any) -> None:
+    results = crawler.signals.send_catch_log(signal, spider=crawler.spider, response=None, **kwargs)
+    # send_catch_log turns a handler's exception into a Failure in the results.
+    assert not [result for _, result in results if isinstance(result, Failure)]
+
+
+def test_the_extension_is_enabled_by_the_project_settings(crawler: Any) -> None:
+    assert any(isinstance(extension, OutcomeStats) for extension in crawler.extensions.middlewares)
+
+
+def test_item_scraped_counts_saved(crawler: Any) -> None:
+    send(crawler, signals.item_scraped, item=item(1))
+    send(crawler, signals.item_scraped, item=item(2))
+    assert civitai_stats(crawler) == {outcomes.SAVED: 2}
+
+
+def test_drop_reasons_are_counted_separately(crawler: Any) -> None:
+    for reason in ("below_threshold", "below_threshold", "duplicate", "no_prompt"):
+        send(crawler, signals.item_dropped, item=item(), exception=DropImage(reason, "message"))
+    assert civitai_stats(crawler) == {
+        "civitai/dropped/below_threshold": 2,
+        "civitai/dropped/duplicate": 1,
+        "civitai/dropped/no_prompt": 1,
+    }
+
+
+def test_plain_drop_item_counts_as_other(crawler: Any) -> None:
+    send(crawler, signals.item_dropped, item=item(), exception=DropItem("another pipeline"))
+    assert civitai_stats(crawler) == {"civitai/dropped/other": 1}
+
+
+def test_failed_reason_counts_as_failed_not_dropped(crawler: Any) -> None:
+    exception = DropImage(outcomes.FAILED_REASON, "image 1 failed: HTTP 404", log_level="WARNING")
+    send(crawler, signals.item_dropped, item=item(), exception=exception)
+    assert civitai_stats(crawler) == {outcomes.FAILED: 1}
+
+
+def test_item_error_counts_as_failed(crawler: Any) -> None:
+    try:
+        raise OSError("disk full")
+    except OSError:
+        failure = Failure()
+    send(crawler, signals.item_error, item=item(), failure=failure)
+    send(crawler, signals.item_dropped, item=item(), exception=DropImage("failed", "x"))
+    assert civitai_stats(crawler) == {outcomes.FAILED: 2}
+
+
+def test_every_outcome_lands_in_one_bucket(crawler: Any) -> None:
+    send(crawler, signals.item_scraped, item=item())
+    send(crawler, signals.item_dropped, item=item(), exception=DropImage("duplicate", "x"))
+    send(crawler, signals.item_dropped, item=item(), exception=DropImage("failed", "x"))
+    send(crawler, signals.item_error, item=item(), failure=Failure(ValueError("x")))
+    values = civitai_stats(crawler)
+    assert sum(values.values()) == 4
+    assert values == {outcomes.SAVED: 1, "civitai/dropped/duplicate": 1, outcomes.FAILED: 2}

@@ -1,0 +1,319 @@
+"""Unit tests of the ``civitai`` spider without the network: arguments and page parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import scrapy
+from scrapy.exceptions import CloseSpider
+from scrapy.http import TextResponse
+
+from civitai_spider.api import API_PAGE_META_KEY
+from civitai_spider.items import CivitaiImage
+from civitai_spider.spiders.civitai import CivitaiSpider, parse_arguments
+from tests.conftest import project_crawler
+
+API_URL = "http://127.0.0.1:9/api/v1/images"
+DEFAULT_QUERY = {"limit": "200", "withMeta": "true", "sort": "Most Reactions", "period": "AllTime"}
+
+
+# --- parse_arguments -------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    assert parse_arguments({}) == (DEFAULT_QUERY, None)
+
+
+def test_every_argument_maps_to_its_api_name() -> None:
+    query, max_pages = parse_arguments(
+        {
+            "limit": "50",
+            "sort": "Newest",
+            "period": "Week",
+            "nsfw": "X",
+            "username": "bolero_537",
+            "model_id": "4201",
+            "model_version_id": "788385",
+            "post_id": "6030721",
+            "base_models": " SDXL 1.0 , Pony,,Flux.1 D ",
+            "max_pages": "3",
+        }
+    )
+    assert query == {
+        "limit": "50",
+        "withMeta": "true",
+        "sort": "Newest",
+        "period": "Week",
+        "nsfw": "X",
+        "username": "bolero_537",
+        "modelId": "4201",
+        "modelVersionId": "788385",
+        "postId": "6030721",
+        "baseModels": "SDXL 1.0,Pony,Flux.1 D",
+    }
+    assert max_pages == 3
+
+
+@pytest.mark.parametrize("limit", ["1", "200"])
+def test_limit_bounds_are_allowed(limit: str) -> None:
+    assert parse_arguments({"limit": limit})[0]["limit"] == limit
+
+
+@pytest.mark.parametrize(
+    "arguments, name, value, allowed",
+    [
+        ({"sort": "Best"}, "sort", "'Best'", "'Most Reactions'"),
+        ({"sort": "newest"}, "sort", "'newest'", "'Newest'"),
+        ({"period": "Decade"}, "period", "'Decade'", "'AllTime'"),
+        ({"nsfw": "Maybe"}, "nsfw", "'Maybe'", "'Mature'"),
+        ({"nsfw": ""}, "nsfw", "''", "'Soft'"),
+        ({"limit": "0"}, "limit", "'0'", "1 to 200"),
+        ({"limit": "201"}, "limit", "'201'", "1 to 200"),
+        ({"limit": "x"}, "limit", "'x'", "1 to 200"),
+        ({"limit": "-5"}, "limit", "'-5'", "1 to 200"),
+        ({"username": "a b"}, "username", "'a b'", "letters, digits and _"),
+        ({"username": "../x"}, "username", "'../x'", "letters, digits and _"),
+        ({"username": ""}, "username", "''", "letters, digits and _"),
+        ({"model_id": "-1"}, "model_id", "'-1'", "positive integer"),
+        ({"model_id": "x"}, "model_id", "'x'", "positive integer"),
+        ({"model_version_id": "1.5"}, "model_version_id", "'1.5'", "positive integer"),
+        ({"post_id": "0"}, "post_id", "'0'", "positive integer"),
+        ({"max_pages": "0"}, "max_pages", "'0'", "positive integer"),
+        ({"base_models": ""}, "base_models", "''", "comma-separated"),
+        ({"base_models": " , "}, "base_models", "' , '", "comma-separated"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_value(
+    arguments: dict[str, str], name: str, value: str, allowed: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_arguments(arguments)
+    message = str(caught.value)
+    assert f"{name}={value}" in message
+    assert allowed in message
+
+
+def test_sort_error_lists_every_allowed_value() -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_arguments({"sort": "Best"})
+    for sort in ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random"):
+        assert repr(sort) in str(caught.value)
+
+
+def test_check_arguments_ignores_unknown_arguments() -> None:
+    CivitaiSpider.check_arguments({"unknown": "x", "_job": "abc", "limit": "10"})
+    with pytest.raises(ValueError, match="limit"):
+        CivitaiSpider.check_arguments({"unknown": "x", "limit": "1000"})
+
+
+def test_constructor_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="period"):
+        CivitaiSpider(period="Century")
+
+
+# --- parse_page ------------------------------------------------------------------------
+
+
+def record(image_id: int, **changes: Any) -> dict[str, Any]:
+    return {
+        "id": image_id,
+        "url": f"https://image.civitai.com/k/{image_id}/original=true/{image_id}.jpeg",
+        "type": "image",
+        "stats": {"heartCount": 5},
+        "meta": {"prompt": "p"},
+        **changes,
+    }
+
+
+def first_request(spider: CivitaiSpider) -> scrapy.Request:
+    """Run the spider's ``start()`` up to its first request (this sets ``api_url`` and the error log)."""
+
+    async def run() -> scrapy.Request:
+        generator = spider.start()
+        try:
+            return await anext(generator)
+        finally:
+            await generator.aclose()
+
+    return asyncio.run(run())
+
+
+def started_spider(tmp_path: Path, **arguments: str) -> CivitaiSpider:
+    crawler = project_crawler(CIVITAI_API_URL=API_URL, IMAGES_STORE=str(tmp_path))
+    spider = CivitaiSpider.from_crawler(crawler, **arguments)
+    crawler.spider = spider
+    first_request(spider)
+    return spider
+
+
+def page(items: list[Any], metadata: Any = None, url: str = API_URL + "?limit=200") -> TextResponse:
+    payload: dict[str, Any] = {"items": items}
+    if metadata is not None:
+        payload["metadata"] = metadata
+    request = scrapy.Request(url, meta={API_PAGE_META_KEY: True})
+    return TextResponse(url, body=json.dumps(payload).encode(), encoding="utf-8", request=request)
+
+
+def query_of(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query, keep_blank_values=True)
+
+
+def test_start_requests_the_first_page(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path, sort="Newest", nsfw="Soft")
+    request = first_request(spider)
+    parts = urlsplit(request.url)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == API_URL
+    assert query_of(request.url) == {**{k: [v] for k, v in DEFAULT_QUERY.items()}, "sort": ["Newest"], "nsfw": ["Soft"]}
+    assert request.meta[API_PAGE_META_KEY] is True
+    assert request.dont_filter is True
+    assert request.callback == spider.parse_page
+    assert request.errback == spider.api_failed
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ['bdx:{"offset": 2, "k": "a b"}', "2|1733858354000", "a+b&c=%20#x;y/?z", "seed:Most Reactions:123"],
+)
+def test_next_page_request_comes_first_with_the_cursor_encoded(tmp_path: Path, cursor: str) -> None:
+    spider = started_spider(tmp_path, limit="2", username="bolero537")
+    results = list(spider.parse_page(page([record(1), record(2)], {"nextCursor": cursor})))
+    assert len(results) == 3
+    first = results[0]
+    assert isinstance(first, scrapy.Request)
+    assert all(isinstance(result, CivitaiImage) for result in results[1:])
+    parts = urlsplit(first.url)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == API_URL
+    expected = {**DEFAULT_QUERY, "limit": "2", "username": "bolero537", "cursor": cursor}
+    assert query_of(first.url) == {name: [value] for name, value in expected.items()}
+    assert first.meta[API_PAGE_META_KEY] is True
+    assert first.dont_filter is True
+    assert first.callback == spider.parse_page
+
+
+def test_numeric_cursor_is_used_as_text(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    first = next(iter(spider.parse_page(page([], {"nextCursor": 400}))))
+    assert query_of(first.url)["cursor"] == ["400"]
+
+
+def test_items_are_yielded_in_order(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    results = list(spider.parse_page(page([record(3), record(1), record(2)], {})))
+    assert [item.id for item in results] == [3, 1, 2]
+    assert all(isinstance(item, CivitaiImage) for item in results)
+
+
+@pytest.mark.parametrize("metadata", [{}, None, [], {"nextCursor": None}, {"nextCursor": ""}], ids=repr)
+def test_no_next_request_at_the_end(tmp_path: Path, metadata: Any) -> None:
+    spider = started_spider(tmp_path)
+    results = list(spider.parse_page(page([record(1)], metadata)))
+    assert [type(result) for result in results] == [CivitaiImage]
+
+
+def test_next_page_on_the_api_host_is_followed(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    next_page = API_URL + "?limit=200&cursor=2%7C17"
+    results = list(spider.parse_page(page([record(1)], {"nextPage": next_page})))
+    assert isinstance(results[0], scrapy.Request)
+    assert results[0].url == next_page
+
+
+@pytest.mark.parametrize(
+    "next_page",
+    [
+        "https://civitai.com/api/v1/images?limit=200&cursor=2",
+        "http://127.0.0.1:10/api/v1/images?cursor=2",
+        "http://evil.example/api/v1/images?cursor=2",
+    ],
+)
+def test_next_page_on_another_origin_is_not_followed(tmp_path: Path, next_page: str) -> None:
+    spider = started_spider(tmp_path)
+    results = list(spider.parse_page(page([record(1)], {"nextPage": next_page})))
+    assert not any(isinstance(result, scrapy.Request) for result in results)
+    assert len(results) == 1
+
+
+def test_repeated_cursor_closes_the_spider(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    assert isinstance(list(spider.parse_page(page([record(1)], {"nextCursor": "2|1"})))[0], scrapy.Request)
+    assert isinstance(list(spider.parse_page(page([record(2)], {"nextCursor": "4|1"})))[0], scrapy.Request)
+    with pytest.raises(CloseSpider) as caught:
+        list(spider.parse_page(page([record(3)], {"nextCursor": "2|1"})))
+    assert caught.value.reason == "cursor_loop"
+
+
+def test_repeated_next_page_closes_the_spider(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    next_page = API_URL + "?cursor=x"
+    list(spider.parse_page(page([record(1)], {"nextPage": next_page})))
+    with pytest.raises(CloseSpider) as caught:
+        list(spider.parse_page(page([record(2)], {"nextPage": next_page})))
+    assert caught.value.reason == "cursor_loop"
+
+
+def test_max_pages_stops(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path, max_pages="2")
+    first = list(spider.parse_page(page([record(1)], {"nextCursor": "a"})))
+    second = list(spider.parse_page(page([record(2)], {"nextCursor": "b"})))
+    assert isinstance(first[0], scrapy.Request)
+    assert [type(result) for result in second] == [CivitaiImage]
+
+
+def test_max_pages_one_stops_after_the_first_page(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path, max_pages="1")
+    results = list(spider.parse_page(page([record(1)], {"nextCursor": "a"})))
+    assert [type(result) for result in results] == [CivitaiImage]
+
+
+def test_video_is_not_yielded_and_counted(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    records = [record(1), record(2, type="video"), record(3, type="audio")]
+    results = list(spider.parse_page(page(records, {})))
+    assert [item.id for item in results] == [1]
+    stats = spider.crawler.stats
+    assert stats.get_value("civitai/dropped/video") == 1
+    assert stats.get_value("civitai/dropped/not_image") == 1
+    assert stats.get_value("civitai/items_seen") == 3
+
+
+def test_invalid_record_is_counted_and_logged(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    records = [record(1), record(-4), {"id": 5, "url": "ftp://x"}, "junk", record(2)]
+    results = list(spider.parse_page(page(records, {})))
+    assert [item.id for item in results] == [1, 2]
+    stats = spider.crawler.stats
+    assert stats.get_value("civitai/dropped/invalid_id") == 1
+    assert stats.get_value("civitai/dropped/invalid_url") == 1
+    assert stats.get_value("civitai/dropped/invalid_item") == 1
+    assert stats.get_value("civitai/items_seen") == 5
+    lines = (tmp_path / "error_log.txt").read_text().splitlines()
+    assert len(lines) == 3
+    assert lines[0].split("\t")[1] == "-4"
+    assert "id is not a positive integer" in lines[0]
+    assert lines[1].split("\t")[1:3] == ["5", "'ftp://x'"]
+
+
+def test_items_seen_counts_every_record_across_pages(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    list(spider.parse_page(page([record(1), record(2)], {"nextCursor": "a"})))
+    list(spider.parse_page(page([record(3), record(4, type="video"), record(0)], {})))
+    assert spider.crawler.stats.get_value("civitai/items_seen") == 5
+
+
+def test_empty_page_yields_nothing(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    assert list(spider.parse_page(page([], {}))) == []
+
+
+def test_page_that_is_not_a_page_stops_the_crawl(tmp_path: Path) -> None:
+    spider = started_spider(tmp_path)
+    request = scrapy.Request(API_URL, meta={API_PAGE_META_KEY: True})
+    html = TextResponse(API_URL, body=b"<html>busy</html>", encoding="utf-8", request=request)
+    with pytest.raises(CloseSpider) as caught:
+        list(spider.parse_page(html))
+    assert caught.value.reason == "api_error"

@@ -1,0 +1,67 @@
+"""Tests of :class:`CivitaiLogFormatter`: a dropped item is one line, without the item."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from scrapy.exceptions import DropItem
+from scrapy.utils.log import logformatter_adapter
+
+from civitai_spider.items import CivitaiImage
+from civitai_spider.logformatter import CivitaiLogFormatter
+from civitai_spider.outcomes import DropImage
+from civitai_spider.spiders.civitai import CivitaiSpider
+from tests.conftest import project_crawler
+
+PROMPT = "a very long prompt that must not be logged " * 20
+
+
+def item() -> CivitaiImage:
+    return CivitaiImage.from_api(
+        {"id": 77, "url": "https://image.civitai.com/k/77.jpeg", "meta": {"prompt": PROMPT}}
+    )
+
+
+def formatted(exception: BaseException, **settings: Any) -> tuple[int, str]:
+    crawler = project_crawler(**settings)
+    spider = CivitaiSpider.from_crawler(crawler)
+    formatter = crawler.logformatter
+    assert isinstance(formatter, CivitaiLogFormatter)  # the project's LOG_FORMATTER
+    result = formatter.dropped(item(), exception, None, spider)
+    assert set(result["args"]) == {"exception"}  # the item is not passed to the log
+    level, message, args = logformatter_adapter(result)
+    return level, message % args
+
+
+def test_filter_drop_is_one_debug_line_without_the_item() -> None:
+    level, text = formatted(DropImage("below_threshold", "image 77: heartCount 1 < 2"))
+    assert level == logging.DEBUG
+    assert text == "Dropped: image 77: heartCount 1 < 2"
+    assert "\n" not in text
+    assert PROMPT not in text
+
+
+def test_failure_drop_is_a_warning() -> None:
+    level, text = formatted(DropImage("failed", "image 77 failed: HTTP 404 <https://x/77.jpeg>", log_level="WARNING"))
+    assert level == logging.WARNING
+    assert text == "Dropped: image 77 failed: HTTP 404 <https://x/77.jpeg>"
+
+
+@pytest.mark.parametrize("setting, level", [("WARNING", logging.WARNING), ("INFO", logging.INFO)])
+def test_plain_drop_item_uses_the_default_level(setting: str, level: int) -> None:
+    got_level, text = formatted(DropItem("some other pipeline"), DEFAULT_DROPITEM_LOG_LEVEL=setting)
+    assert got_level == level
+    assert text == "Dropped: some other pipeline"
+
+
+def test_logged_record_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    crawler = project_crawler()
+    spider = CivitaiSpider.from_crawler(crawler)
+    logger = logging.getLogger("tests.logformatter")
+    result = crawler.logformatter.dropped(item(), DropImage("duplicate", "image 77: listed again"), None, spider)
+    with caplog.at_level(logging.DEBUG, logger="tests.logformatter"):
+        logger.log(*logformatter_adapter(result))
+    assert [record.getMessage() for record in caplog.records] == ["Dropped: image 77: listed again"]
+    assert caplog.records[0].levelno == logging.DEBUG
