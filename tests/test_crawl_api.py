@@ -84,6 +84,7 @@ def test_max_pages_stops_early(server: FakeCivitai, store: Path) -> None:
         ("username=bad name", "letters, digits and _"),
         ("model_id=-3", "positive integer"),
         ("max_pages=0", "positive integer"),
+        ("sortby=Newest", "allowed are sort, period"),
     ],
 )
 def test_bad_argument_is_one_clear_error_before_any_request(
@@ -94,7 +95,8 @@ def test_bad_argument_is_one_clear_error_before_any_request(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert repr(argument.split("=", 1)[1]) in error and named in error
+    name, value = argument.split("=", 1)
+    assert (repr(value) in error or repr(name) in error) and named in error
     assert server.requests == []
 
 

@@ -30,6 +30,10 @@ PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
 NSFW_LEVELS = ("None", "Soft", "Mature", "X", "true", "false")
 MAX_LIMIT = 200
 _USERNAME = re.compile(r"[A-Za-z0-9_]+")
+_ARGUMENTS = (
+    "sort", "period", "nsfw", "limit", "username", "model_id",
+    "model_version_id", "post_id", "base_models", "max_pages",
+)  # fmt: skip
 
 
 class CivitaiSpider(scrapy.Spider):
@@ -38,6 +42,7 @@ class CivitaiSpider(scrapy.Spider):
     name = "civitai"
 
     def __init__(self, *args: Any, **kwargs: Any):
+        _check_argument_names(kwargs)
         arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
         self.query, self.max_pages = parse_arguments(arguments)
@@ -47,6 +52,7 @@ class CivitaiSpider(scrapy.Spider):
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, str]) -> None:
         """Raise ``ValueError`` naming the first bad spider argument (used by ``scrapy crawl``)."""
+        _check_argument_names(arguments)
         parse_arguments({name: value for name, value in arguments.items() if name in _ARGUMENTS})
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
@@ -183,10 +189,12 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
     return query, max_pages
 
 
-_ARGUMENTS = (
-    "sort", "period", "nsfw", "limit", "username", "model_id",
-    "model_version_id", "post_id", "base_models", "max_pages",
-)  # fmt: skip
+def _check_argument_names(arguments: Mapping[str, Any]) -> None:
+    # A misspelt argument would otherwise be ignored and crawl everything. Names starting
+    # with "_" are Scrapy's and Scrapyd's own (e.g. _job).
+    for name in arguments:
+        if name not in _ARGUMENTS and not name.startswith("_"):
+            raise ValueError(f"unknown spider argument {name!r}: allowed are {', '.join(_ARGUMENTS)}")
 
 
 def _choice(arguments: Mapping[str, Any], name: str, default: str | None, allowed: tuple[str, ...]) -> str:

@@ -105,10 +105,14 @@ def test_sort_error_lists_every_allowed_value() -> None:
         assert repr(sort) in str(caught.value)
 
 
-def test_check_arguments_ignores_unknown_arguments() -> None:
-    CivitaiSpider.check_arguments({"unknown": "x", "_job": "abc", "limit": "10"})
+def test_check_arguments_rejects_unknown_names_but_not_scrapyd_ones() -> None:
+    CivitaiSpider.check_arguments({"_job": "abc", "limit": "10"})
+    with pytest.raises(ValueError, match="unknown spider argument 'sortby'"):
+        CivitaiSpider.check_arguments({"sortby": "Newest"})
+    with pytest.raises(ValueError, match="unknown spider argument 'usename'"):
+        CivitaiSpider(usename="alice")
     with pytest.raises(ValueError, match="limit"):
-        CivitaiSpider.check_arguments({"unknown": "x", "limit": "1000"})
+        CivitaiSpider.check_arguments({"_job": "x", "limit": "1000"})
 
 
 def test_constructor_rejects_bad_arguments() -> None:
