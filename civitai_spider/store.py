@@ -52,6 +52,15 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def sync_directory(directory: Path) -> None:
+    """Make the renames done in ``directory`` durable (a power cut could otherwise undo them)."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def append_line(path: Path, line: str, *, sync: bool = False) -> None:
     """Append one line with a single ``write()`` so concurrent or killed writers never tear it."""
     if "\n" in line or "\r" in line:

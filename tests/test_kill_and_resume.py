@@ -14,7 +14,6 @@ What must hold after any kill (the issue's requirements):
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import random
@@ -171,14 +170,6 @@ def check_store_invariants(
     return recorded
 
 
-def stats_of(result: CrawlResult) -> dict[str, Any]:
-    """The final stats dump of a crawl log (pprint puts the closing brace on the last key's line)."""
-    marker = "Dumping Scrapy stats:\n"
-    start = result.stderr.index(marker) + len(marker)
-    end = result.stderr.index("}\n", start) + 1
-    return eval(result.stderr[start:end], {"datetime": datetime})  # noqa: S307 - our own log
-
-
 def describe(result: CrawlResult) -> str:
     return f"exit status {result.returncode}; log ends with:\n{result.stderr[-3000:]}"
 
@@ -262,6 +253,8 @@ def test_kill_9_at_random_moments_then_rerun_completes(slow_cdn: FakeCivitai, st
             returncode = process.wait(timeout=30)
         assert returncode in (0, -signal.SIGKILL), f"round {round_number}: exit status {returncode}\n{log.read_text()}"
 
+        new_temporary = set(temporary_files(store)) - set(leftovers_before)
+        assert all(name.startswith(f"{TEMPORARY_PREFIX}{process.pid}-") for name in new_temporary), new_temporary
         if started_writing:
             # The temporary files of the previous kill were removed when this run started.
             kept = set(leftovers_before) & set(temporary_files(store))
@@ -275,8 +268,8 @@ def test_kill_9_at_random_moments_then_rerun_completes(slow_cdn: FakeCivitai, st
 
     result = run_crawl(slow_cdn, store, PAGE_SIZE)
     assert result.returncode == 0, describe(result)
-    stats = stats_of(result)
-    assert stats["finish_reason"] == "finished", describe(result)
+    assert result.finish_reason == "finished", describe(result)
+    stats = result.stats
     assert "Traceback" not in result.stderr
     if leftovers:
         assert f"Removed {len(leftovers)} temporary file(s)" in result.stderr
@@ -323,7 +316,7 @@ def test_torn_id_line_is_discarded_and_image_redownloaded(server: FakeCivitai, s
 
     result = run_crawl(server, store, PAGE_SIZE)
     assert result.returncode == 0, describe(result)
-    assert stats_of(result)["finish_reason"] == "finished", describe(result)
+    assert result.finish_reason == "finished", describe(result)
     assert f"Ignoring the unfinished last line {torn!r}" in result.stderr
     lines, rest = read_id_lines(store)
     assert rest == b"", "the ID file must end with a newline"
@@ -366,7 +359,7 @@ def test_partial_image_without_id_is_redownloaded(server: FakeCivitai, store: Pa
 
     result = run_crawl(server, store, PAGE_SIZE)
     assert result.returncode == 0, describe(result)
-    assert stats_of(result)["civitai/saved"] == 2, describe(result)
+    assert result.stats["civitai/saved"] == 2, describe(result)
     assert path_of(items[0]) in cdn_paths(server), "the partial image was not downloaded again"
     assert partial.read_bytes() == bodies()["jpeg"], "the partial image was not replaced"
     assert sorted(recorded_ids(store)) == [1000, 1001]

@@ -18,6 +18,7 @@ from civitai_spider.store import (
     log_line,
     remove_temporary_files,
     store_directory,
+    sync_directory,
     write_atomically,
 )
 
@@ -196,3 +197,10 @@ def test_store_directory_rejects_remote_stores(uri: str) -> None:
 def test_store_directory_rejects_empty(value: str | None) -> None:
     with pytest.raises(ValueError, match="IMAGES_STORE"):
         store_directory(Settings({"IMAGES_STORE": value}))
+
+
+def test_sync_directory_accepts_a_folder_and_rejects_a_file(tmp_path: Path) -> None:
+    sync_directory(tmp_path)
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError):
+        sync_directory(tmp_path / "file")

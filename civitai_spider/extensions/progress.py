@@ -1,21 +1,19 @@
 """A live progress bar on the terminal, like the original script's tqdm bar.
 
 Shown only when stderr is a terminal; under Scrapyd, CI or a pipe it stays silent and
-Scrapy's LogStats reports progress in the log instead. While the bar is shown, log
-lines are printed above it rather than through it.
+Scrapy's LogStats reports progress in the log instead. While the bar is shown, Scrapy's
+console log lines are printed above it rather than through it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from civitai_spider import outcomes
 
@@ -28,7 +26,7 @@ class ProgressBar:
     def __init__(self, crawler: Crawler):
         self.stats = crawler.stats
         self._bar: tqdm | None = None
-        self._exit_stack = ExitStack()
+        self._console_handlers: list[tuple[logging.StreamHandler, IO[str]]] = []
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
         for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
@@ -42,7 +40,12 @@ class ProgressBar:
 
     def spider_opened(self) -> None:
         self._bar = tqdm(desc="Saving images and metadata", unit=" images", file=sys.stderr, dynamic_ncols=True)
-        self._exit_stack.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()]))
+        # Keep Scrapy's own console handler (its LOG_LEVEL, format and filters) and only
+        # route what it writes through tqdm. With LOG_FILE there is none: nothing to do.
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.stdout):
+                original = handler.setStream(_AboveTheBar(handler.stream))
+                self._console_handlers.append((handler, original))
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         if self._bar is None:
@@ -64,4 +67,19 @@ class ProgressBar:
             self._bar.refresh()
             self._bar.close()
             self._bar = None
-        self._exit_stack.close()
+        for handler, original in self._console_handlers:
+            handler.setStream(original)
+        self._console_handlers.clear()
+
+
+class _AboveTheBar:
+    """A text stream that clears the bar, writes, and draws the bar again."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=self._stream, end="")
+
+    def flush(self) -> None:
+        self._stream.flush()

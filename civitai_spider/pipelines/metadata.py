@@ -15,7 +15,7 @@ from scrapy.utils.asyncio import run_in_thread
 
 from civitai_spider.id_file import id_file_path, record_id
 from civitai_spider.outcomes import METADATA_FILES_SAVED
-from civitai_spider.store import store_directory, write_atomically
+from civitai_spider.store import store_directory, sync_directory, write_atomically
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -42,6 +42,9 @@ class MetadataPipeline:
     def _save(self, image_id: int, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             write_atomically(self.directory / name, data)
+        # One directory sync covers the renames of the image and of these files: only
+        # then may the ID file say the set is complete.
+        sync_directory(self.directory)
         record_id(self.id_file, image_id)
 
 
