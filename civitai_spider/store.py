@@ -52,6 +52,10 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def copy_atomically(source: Path, target: Path) -> None:
+    write_atomically(target, source.read_bytes())
+
+
 def sync_directory(directory: Path) -> None:
     """Make the renames done in ``directory`` durable (a power cut could otherwise undo them)."""
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

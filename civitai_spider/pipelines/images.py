@@ -12,7 +12,7 @@ recorded, so the next run tries again).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
 from PIL import Image
@@ -28,6 +28,7 @@ from civitai_spider.store import (
     BOMB_LOG_NAME,
     ERROR_LOG_NAME,
     append_line,
+    copy_atomically,
     log_line,
     remove_temporary_files,
     store_directory,
@@ -99,8 +100,7 @@ class CivitaiImagesPipeline(ImagesPipeline):
         if adapter["image_file"] != own_name:
             # Another item with the same URL was downloading at the same moment and we
             # were handed its result: give this id its own copy.
-            data = await run_in_thread((self.directory / adapter["image_file"]).read_bytes)
-            await run_in_thread(write_atomically, self.directory / own_name, data)
+            await run_in_thread(copy_atomically, self.directory / adapter["image_file"], self.directory / own_name)
             adapter["image_file"] = own_name
         return item
 
@@ -137,7 +137,7 @@ class CivitaiImagesPipeline(ImagesPipeline):
         self.inc_stats("converted" if prepared.converted else "kept")
         return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
 
-    def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> Any:
+    def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> NoReturn:
         error = failure.value
         if isinstance(error, ImageFailed):
             raise error
