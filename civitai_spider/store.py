@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +39,12 @@ def store_directory(settings: BaseSettings) -> Path:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` never holds a partial file."""
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{path.name}")
+    # The pid in the name tells remove_temporary_files() whether its writer still runs.
+    descriptor, name = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
+    temporary = Path(name)
     try:
-        with open(temporary, "wb") as file:
+        with open(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the files from other users
             file.write(data)
             file.flush()
             # Without fsync a power cut after the rename can leave an empty file under

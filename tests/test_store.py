@@ -204,3 +204,9 @@ def test_sync_directory_accepts_a_folder_and_rejects_a_file(tmp_path: Path) -> N
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(NotADirectoryError):
         sync_directory(tmp_path / "file")
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    target = tmp_path / "1.jpg"
+    write_atomically(target, b"data")
+    assert target.stat().st_mode & 0o777 == 0o644
