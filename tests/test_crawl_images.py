@@ -213,7 +213,7 @@ def test_default_thresholds_and_junk_items(server: FakeCivitai, store: Path) -> 
     assert stats["civitai/saved"] + dropped + stats.get("civitai/failed", 0) == stats["civitai/items_seen"] == 7
     assert "'../../x'" in result.error_log() and "ftp://example.invalid" in result.error_log()
     assert not any(path.suffix == ".mp4" for path in store.iterdir())
-    assert not (store.parent / "x").exists()
+    assert [path.name for path in store.parent.iterdir()] == ["store"]  # nothing written outside
 
 
 def test_api_key_goes_to_the_api_only_and_never_into_outputs(server: FakeCivitai, store: Path, tmp_path: Path) -> None:
@@ -279,3 +279,16 @@ def test_crawl_logs_no_warning(server: FakeCivitai, store: Path, monkeypatch) ->
     assert result.returncode == 0
     assert "Warning" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_id_file_can_live_outside_the_store(server: FakeCivitai, store: Path, tmp_path: Path) -> None:
+    item = server.add_image_item(images.jpeg_rgb())
+    id_file = tmp_path / "state" / "ids.txt"
+
+    first = run_crawl(server, store, CIVITAI_ID_FILE=str(id_file))
+    second = run_crawl(server, store, CIVITAI_ID_FILE=str(id_file))
+
+    assert first.returncode == second.returncode == 0
+    assert id_file.read_text() == f"{item['id']}\n"
+    assert not (store / "downloaded_image_ID_DB.txt").exists()
+    assert second.stats["civitai/dropped/already_downloaded"] == 1
