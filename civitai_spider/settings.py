@@ -67,8 +67,9 @@ LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"
 RETRY_TIMES = 5
 ROBOTSTXT_OBEY = False
 USER_AGENT = "civitai-spider/0.1 (Scrapy)"
-# Each API response fans out into up to 200 items; Scrapy's default of 100 parallel
-# items per response mostly adds scheduling overhead.
+# Items processed in parallel per API page (each holds one image download). Scrapy's
+# 100 measured 30-40% slower than about 10 on loopback; 16 keeps more downloads in
+# flight for a real CDN's latency. The concurrency numbers are not yet benchmark-tuned.
 CONCURRENT_ITEMS = 16
 CONCURRENT_REQUESTS = 32
 CONCURRENT_REQUESTS_PER_DOMAIN = 16
