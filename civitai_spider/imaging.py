@@ -7,7 +7,8 @@ pipeline: Pillow releases the GIL while it decodes and encodes, so both cores wo
   PNG text chunks keep the generation parameters.
 - Anything else is converted: to PNG when it has transparency, else to JPEG.
 - A file cut short is refused. For JPEG and PNG that is a structural check (end marker,
-  chunk checksums), much cheaper than a full decode; converted images are decoded anyway.
+  chunk checksums), much cheaper than a full decode; only a JPEG without its end marker
+  at the end is decoded, to tell data appended after the marker from a cut-off file.
 - The format comes from the bytes: Civitai's URLs end in ``.jpeg`` whatever they hold.
 """
 
@@ -71,13 +72,22 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
 
         if source_format == "JPEG" and image.mode in ("RGB", "L"):
             if not body.rstrip(b"\x00").endswith(_JPEG_END_OF_IMAGE):
-                raise ImageRejected("truncated JPEG: no end-of-image marker")
+                _decode_jpeg_without_end_marker(image)
             return PreparedImage(body, "jpg", source_format, width, height, False, over_limit)
         if source_format == "PNG":
             _verify_png(body)
             return PreparedImage(body, "png", source_format, width, height, False, over_limit)
         data, extension = _convert(image, jpeg_quality)
     return PreparedImage(data, extension, source_format, width, height, True, over_limit)
+
+
+def _decode_jpeg_without_end_marker(image: Image.Image) -> None:
+    # Usually a file cut short; but some cameras append data after the end marker (e.g.
+    # Samsung's trailer), so only a full decode can tell. Rare, so the cost is fine.
+    try:
+        image.load()
+    except Exception as error:
+        raise ImageRejected(f"truncated JPEG: no end-of-image marker ({_describe(error)})") from None
 
 
 def _verify_png(body: bytes) -> None:

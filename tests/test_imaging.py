@@ -264,3 +264,15 @@ def test_bomb_is_refused_from_the_header() -> None:
 
 def _distance(a: Image.Image, b: Image.Image) -> int:
     return sum(abs(p - q) for p, q in zip(a.tobytes(), b.tobytes()))
+
+
+def test_jpeg_with_data_after_its_end_marker_is_kept_as_is() -> None:
+    # Some cameras append a trailer after the end-of-image marker; the image is whole.
+    body = images.jpeg_rgb() + b"SEFH\x00\x00trailerSEFT"
+    prepared = prepare(body)
+    assert (prepared.data, prepared.extension, prepared.converted) == (body, "jpg", False)
+
+
+def test_jpeg_missing_only_its_end_marker_is_refused() -> None:
+    with pytest.raises(ImageRejected, match="truncated JPEG"):
+        prepare(images.jpeg_rgb()[:-2])
