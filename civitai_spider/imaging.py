@@ -64,7 +64,8 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
         pixels = width * height
         if pixels > 2 * max_pixels:
             raise ImageRejected(
-                f"decompression bomb refused: {width}x{height} = {pixels} pixels, over twice the limit of {max_pixels}",
+                f"decompression bomb refused: {width}x{height} = {pixels} pixels,"
+                f" over twice the limit of {max_pixels}",
                 size=(width, height),
             )
         over_limit = pixels > max_pixels

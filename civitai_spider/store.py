@@ -40,7 +40,9 @@ def store_directory(settings: BaseSettings) -> Path:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` never holds a partial file."""
     # The pid in the name tells remove_temporary_files() whether its writer still runs.
-    descriptor, name = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent)
+    descriptor, name = tempfile.mkstemp(
+        prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent
+    )
     temporary = Path(name)
     try:
         with open(descriptor, "wb") as file:

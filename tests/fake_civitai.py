@@ -38,15 +38,36 @@ CHOICES = {
 }
 INTEGER_PARAMETERS = ("modelId", "modelVersionId", "postId", "imageId", "userId", "browsingLevel", "page")
 KNOWN_BASE_MODELS = {
-    "SD 1.4", "SD 1.5", "SD 1.5 LCM", "SD 1.5 Hyper", "SD 2.0", "SD 2.1", "SDXL 1.0",
-    "SDXL Turbo", "SDXL Lightning", "SDXL Hyper", "SD 3", "SD 3.5", "Pony", "Illustrious",
-    "NoobAI", "Flux.1 D", "Flux.1 S", "Hunyuan Video", "Wan Video", "Other",
+    "SD 1.4",
+    "SD 1.5",
+    "SD 1.5 LCM",
+    "SD 1.5 Hyper",
+    "SD 2.0",
+    "SD 2.1",
+    "SDXL 1.0",
+    "SDXL Turbo",
+    "SDXL Lightning",
+    "SDXL Hyper",
+    "SD 3",
+    "SD 3.5",
+    "Pony",
+    "Illustrious",
+    "NoobAI",
+    "Flux.1 D",
+    "Flux.1 S",
+    "Hunyuan Video",
+    "Wan Video",
+    "Other",
 }
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_]*")
 # Leading bytes -> Content-Type: the CDN tells the truth that the `.jpeg` URLs do not.
 MAGIC_NUMBERS = [
-    (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-    (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
     (b"\x1a\x45\xdf\xa3", "video/webm"),
 ]
 CursorStyle = Literal["offset", "json", "hostile"]
@@ -96,8 +117,13 @@ class Fault:
     seconds: float = 0.0
 
     @classmethod
-    def status(cls, code: int, body: bytes | None = None, retry_after: str | None = None,
-               content_type: str = "application/json") -> Fault:
+    def status(
+        cls,
+        code: int,
+        body: bytes | None = None,
+        retry_after: str | None = None,
+        content_type: str = "application/json",
+    ) -> Fault:
         """Answer `code` with `body` (default `{"error": <reason>}`) and maybe a Retry-After."""
         if body is None:
             reason = {status.value: status.phrase for status in http.HTTPStatus}.get(code, "Error")
@@ -194,8 +220,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         with fake._lock:
-            fake._requests.append(RecordedRequest(role, self.command, path, query, raw_query, headers,
-                                                  time.monotonic()))
+            fake._requests.append(
+                RecordedRequest(role, self.command, path, query, raw_query, headers, time.monotonic())
+            )
         fault = fake._next_fault(path)
         fake._stopping.wait(fake.api_delay if role == "api" else fake.cdn_delay)  # stop() cuts it short
         if fault and fault.kind == "reset":
@@ -247,8 +274,15 @@ class FakeCivitai:
     answer of both servers, `cdn_delay` overrides it for the CDN (both are attributes too).
     """
 
-    def __init__(self, *, cursor_style: CursorStyle = "offset", next_page_host: str | None = None,
-                 cursor_loop: bool = False, delay: float = 0.0, cdn_delay: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        cursor_style: CursorStyle = "offset",
+        next_page_host: str | None = None,
+        cursor_loop: bool = False,
+        delay: float = 0.0,
+        cdn_delay: float | None = None,
+    ) -> None:
         self.cursor_style, self.next_page_host, self.cursor_loop = cursor_style, next_page_host, cursor_loop
         self.strip_next_cursor = False
         self.api_delay = delay
@@ -270,8 +304,12 @@ class FakeCivitai:
         self._stopping.clear()
         self._servers = [_Server(("127.0.0.1", 0), self, "api"), _Server(("127.0.0.2", 0), self, "cdn")]
         for server in self._servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                                      name=f"fake-civitai-{server.role}", daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.02},
+                name=f"fake-civitai-{server.role}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
         return self
@@ -302,7 +340,8 @@ class FakeCivitai:
     def _base(self, role: str) -> str:
         for server in self._servers:
             if server.role == role:
-                return "http://%s:%d" % server.server_address[:2]
+                host, port = server.server_address[:2]
+                return f"http://{host}:{port}"
         raise RuntimeError("FakeCivitai is not started: use `with FakeCivitai() as server` or start()")
 
     @property
@@ -323,8 +362,15 @@ class FakeCivitai:
             self._images[path] = (body, content_type)
         return self._base("cdn") + path
 
-    def add_image_item(self, body: bytes | None = None, *, id: int | None = None, name: str | None = None,
-                       content_type: str | None = None, **fields: Any) -> dict[str, Any]:
+    def add_image_item(
+        self,
+        body: bytes | None = None,
+        *,
+        id: int | None = None,
+        name: str | None = None,
+        content_type: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """Append a Civitai-shaped item whose url serves `body` (unless None) and return it.
 
         `name` is the uuid segment of the URL (default: made from the id); the URL always ends
@@ -339,19 +385,38 @@ class FakeCivitai:
             if body is not None:
                 self.add_image(name, body, content_type or sniff_content_type(body))
             item: dict[str, Any] = {
-                "id": id, "url": url, "hash": "ULN0-w?b4nRjxGM{-;t7M_t7NGae~qRjMyt7", "width": 64,
-                "height": 48, "nsfwLevel": "None", "type": "image", "nsfw": False, "browsingLevel": 1,
+                "id": id,
+                "url": url,
+                "hash": "ULN0-w?b4nRjxGM{-;t7M_t7NGae~qRjMyt7",
+                "width": 64,
+                "height": 48,
+                "nsfwLevel": "None",
+                "type": "image",
+                "nsfw": False,
+                "browsingLevel": 1,
                 "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(1725066707 + id)),
                 "postId": 6000000 + id,
-                "stats": {"cryCount": 0, "laughCount": 0, "likeCount": 10, "dislikeCount": 0,
-                          "heartCount": 5, "commentCount": 0},
+                "stats": {
+                    "cryCount": 0,
+                    "laughCount": 0,
+                    "likeCount": 10,
+                    "dislikeCount": 0,
+                    "heartCount": 5,
+                    "commentCount": 0,
+                },
                 "meta": {
                     "prompt": f"masterpiece, best quality, test image {id}",
-                    "negativePrompt": "worst quality, bad anatomy", "seed": 3150861441 + id, "steps": 20,
-                    "sampler": "DPM++ 2M Karras", "cfgScale": 7, "Model": "boleromix_XL_V1.3",
+                    "negativePrompt": "worst quality, bad anatomy",
+                    "seed": 3150861441 + id,
+                    "steps": 20,
+                    "sampler": "DPM++ 2M Karras",
+                    "cfgScale": 7,
+                    "Model": "boleromix_XL_V1.3",
                     "resources": [{"hash": "afaf521da2", "name": "boleromix_XL_V1.3", "type": "model"}],
                 },
-                "username": "alice", "baseModel": "SDXL 1.0", "modelVersionIds": [788385],
+                "username": "alice",
+                "baseModel": "SDXL 1.0",
+                "modelVersionIds": [788385],
             }
             item.update(fields)
             self.items.append(item)
@@ -431,24 +496,28 @@ class FakeCivitai:
             if not isinstance(item, dict):
                 return True  # junk is served as is, whatever the filters
             version = numbers["modelVersionId"]
-            return all((
-                not query.get("username") or item.get("username") == query["username"],
-                numbers["postId"] is None or item.get("postId") == numbers["postId"],
-                numbers["imageId"] is None or item.get("id") == numbers["imageId"],
-                version is None or version in (item.get("modelVersionIds") or []),
-                not base_models or item.get("baseModel") in base_models,
-                "type" not in query or item.get("type") == query["type"],
-            ))
+            return all(
+                (
+                    not query.get("username") or item.get("username") == query["username"],
+                    numbers["postId"] is None or item.get("postId") == numbers["postId"],
+                    numbers["imageId"] is None or item.get("id") == numbers["imageId"],
+                    version is None or version in (item.get("modelVersionIds") or []),
+                    not base_models or item.get("baseModel") in base_models,
+                    "type" not in query or item.get("type") == query["type"],
+                )
+            )
 
         selected = [item for item in items if wanted(item)]
         if "cursor" in query:
             offset = self._decode_cursor(query["cursor"])
         else:
             offset = max(page - 1, 0) * limit if page else 0
-        served = selected[offset: offset + limit]
+        served = selected[offset : offset + limit]
         if query.get("withMeta") != "true":  # the real default: no meta unless asked for
-            served = [dict(item, meta=None) if isinstance(item, dict) and "meta" in item else item
-                      for item in served]
+            served = [
+                dict(item, meta=None) if isinstance(item, dict) and "meta" in item else item
+                for item in served
+            ]
         if self.cursor_loop:
             next_cursor = query.get("cursor") or self._encode_cursor(offset + limit)
         elif limit and offset + limit < len(selected):

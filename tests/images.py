@@ -38,9 +38,11 @@ def _picture(size: tuple[int, int], frame: int = 0) -> Image.Image:
     for y in range(height):
         for x in range(width):
             pixels += bytes(
-                ((x * 255 // max(width - 1, 1) + frame * 40) % 256,
-                 y * 255 // max(height - 1, 1),
-                 (x + y) * 4 % 256)
+                (
+                    (x * 255 // max(width - 1, 1) + frame * 40) % 256,
+                    y * 255 // max(height - 1, 1),
+                    (x + y) * 4 % 256,
+                )
             )
     picture = Image.frombytes("RGB", size, bytes(pixels))
     left = (width // 4 + frame * 5) % max(width, 1)
@@ -83,9 +85,7 @@ def jpeg_cmyk(size: tuple[int, int] = DEFAULT_SIZE) -> bytes:
     return make_image("JPEG", "CMYK", size, quality=90)
 
 
-def png_rgba_with_parameters(
-    text: str = A1111_PARAMETERS, size: tuple[int, int] = DEFAULT_SIZE
-) -> bytes:
+def png_rgba_with_parameters(text: str = A1111_PARAMETERS, size: tuple[int, int] = DEFAULT_SIZE) -> bytes:
     """An RGBA PNG carrying `text` in a `parameters` text chunk, as A1111 writes it.
 
     Pillow writes tEXt for Latin-1 text and falls back to iTXt for anything else.
@@ -111,9 +111,7 @@ def gif_animated(size: tuple[int, int] = DEFAULT_SIZE, frames: int = 3) -> bytes
     """An animated GIF with `frames` (at least 2) different frames, looping."""
     pictures = [_convert(_picture(size, frame), "P") for frame in range(max(frames, 2))]
     buffer = io.BytesIO()
-    pictures[0].save(
-        buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=100, loop=0
-    )
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=100, loop=0)
     return buffer.getvalue()
 
 
@@ -145,9 +143,7 @@ def bomb_png(size: tuple[int, int] = (200, 200)) -> bytes:
     width, height = size
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data)
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
     row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the packed pixels

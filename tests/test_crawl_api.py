@@ -109,7 +109,9 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         ("IMAGES_STORE", "s3://bucket/images", "local folder"),
     ],
 )
-def test_bad_setting_is_one_clear_error(setting: str, value: str, named: str, server: FakeCivitai, store: Path) -> None:
+def test_bad_setting_is_one_clear_error(
+    setting: str, value: str, named: str, server: FakeCivitai, store: Path
+) -> None:
     result = run_crawl(server, store, **{setting: value})
 
     assert result.returncode == 2

@@ -49,8 +49,10 @@ def test_every_format_saved_as_specified(server: FakeCivitai, store: Path) -> No
 
     assert result.returncode == 0, result.stderr
     assert result.finish_reason == "finished"
-    saved = {name: store / f"{item['id']}.{'png' if name in ('png', 'palette', 'webp_alpha') else 'jpg'}"
-             for name, item in items.items()}
+    saved = {
+        name: store / f"{item['id']}.{'png' if name in ('png', 'palette', 'webp_alpha') else 'jpg'}"
+        for name, item in items.items()
+    }
     # JPEG (RGB or L) and PNG originals: the very bytes the CDN sent.
     assert saved["jpeg"].read_bytes() == jpeg
     assert saved["grey"].read_bytes() == grey
@@ -110,7 +112,12 @@ def test_failed_images_are_logged_once_and_retried_next_run(server: FakeCivitai,
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    failed = {missing["id"]: "HTTP 404", cut["id"]: "truncated JPEG", junk["id"]: "not an image", broken["id"]: "HTTP 500"}
+    failed = {
+        missing["id"]: "HTTP 404",
+        cut["id"]: "truncated JPEG",
+        junk["id"]: "not an image",
+        broken["id"]: "HTTP 500",
+    }
     error_lines = result.error_log().splitlines()
     assert len(error_lines) == len(failed)
     for image_id, reason in failed.items():
@@ -210,24 +217,39 @@ def test_default_thresholds_and_junk_items(server: FakeCivitai, store: Path) -> 
     assert stats["civitai/dropped/invalid_url"] == 1
     assert stats["civitai/dropped/invalid_item"] == 1
     dropped = sum(value for key, value in stats.items() if key.startswith("civitai/dropped/"))
-    assert stats["civitai/saved"] + dropped + stats.get("civitai/failed", 0) == stats["civitai/items_seen"] == 7
+    assert (
+        stats["civitai/saved"] + dropped + stats.get("civitai/failed", 0) == stats["civitai/items_seen"] == 7
+    )
     assert "'../../x'" in result.error_log() and "ftp://example.invalid" in result.error_log()
     assert not any(path.suffix == ".mp4" for path in store.iterdir())
     assert [path.name for path in store.parent.iterdir()] == ["store"]  # nothing written outside
 
 
-def test_api_key_goes_to_the_api_only_and_never_into_outputs(server: FakeCivitai, store: Path, tmp_path: Path) -> None:
+def test_api_key_goes_to_the_api_only_and_never_into_outputs(
+    server: FakeCivitai, store: Path, tmp_path: Path
+) -> None:
     for _ in range(3):
         server.add_image_item(images.jpeg_rgb())
     server.add_image_item(None)  # a failure, so the error log has content
     feed = tmp_path / "items.jsonl"
 
-    result = run_crawl(server, store, "limit=2", api_key=API_KEY, LOG_LEVEL="DEBUG", FEEDS=json.dumps({str(feed): {"format": "jsonlines"}}))
+    result = run_crawl(
+        server,
+        store,
+        "limit=2",
+        api_key=API_KEY,
+        LOG_LEVEL="DEBUG",
+        FEEDS=json.dumps({str(feed): {"format": "jsonlines"}}),
+    )
 
     assert result.returncode == 0, result.stderr
     api = server.api_requests()
-    assert len(api) == 2 and all(request.headers.get("authorization") == f"Bearer {API_KEY}" for request in api)
-    assert server.cdn_requests() and all("authorization" not in request.headers for request in server.cdn_requests())
+    assert len(api) == 2 and all(
+        request.headers.get("authorization") == f"Bearer {API_KEY}" for request in api
+    )
+    assert server.cdn_requests() and all(
+        "authorization" not in request.headers for request in server.cdn_requests()
+    )
     assert API_KEY not in result.stdout + result.stderr
     assert len(feed.read_text().splitlines()) == 3
     for path in [feed, *store.iterdir()]:

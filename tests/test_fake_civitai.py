@@ -111,15 +111,31 @@ def test_meta_is_null_unless_with_meta_is_true(server: FakeCivitai) -> None:
     assert fetch_json(server.api_url, withMeta="false")[1]["items"][0]["meta"] is None
     served = fetch_json(server.api_url, withMeta="true")[1]["items"][0]
     assert served == item and served["username"] == "bob"
-    assert set(served["stats"]) == {"cryCount", "laughCount", "likeCount", "dislikeCount",
-                                    "heartCount", "commentCount"}
+    assert set(served["stats"]) == {
+        "cryCount",
+        "laughCount",
+        "likeCount",
+        "dislikeCount",
+        "heartCount",
+        "commentCount",
+    }
 
 
-@pytest.mark.parametrize("query", [
-    {"username": "bad-name!"}, {"username": "a b"}, {"limit": "201"}, {"limit": "-1"},
-    {"limit": "ten"}, {"sort": "Best"}, {"period": "Century"}, {"nsfw": "maybe"},
-    {"baseModels": "SDXL 1.0,Not A Model"}, {"modelVersionId": "x"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"username": "bad-name!"},
+        {"username": "a b"},
+        {"limit": "201"},
+        {"limit": "-1"},
+        {"limit": "ten"},
+        {"sort": "Best"},
+        {"period": "Century"},
+        {"nsfw": "maybe"},
+        {"baseModels": "SDXL 1.0,Not A Model"},
+        {"modelVersionId": "x"},
+    ],
+)
 def test_bad_parameters_answer_400_with_an_error(server: FakeCivitai, query: dict[str, str]) -> None:
     status, body = fetch_json(server.api_url, **query)
     assert status == 400 and body["error"]
@@ -131,8 +147,10 @@ def test_filters(server: FakeCivitai) -> None:
     junk = server.add_raw_item("not a dict")
 
     def ids(**query: str) -> list[Any]:
-        return [item["id"] if isinstance(item, dict) else item
-                for item in fetch_json(server.api_url, **query)[1]["items"]]
+        return [
+            item["id"] if isinstance(item, dict) else item
+            for item in fetch_json(server.api_url, **query)[1]["items"]
+        ]
 
     assert ids(username="bob") == [bob["id"], junk]
     assert ids(postId="1") == [alice["id"], junk]
@@ -202,8 +220,12 @@ def test_requests_are_recorded_with_their_headers(server: FakeCivitai) -> None:
     fetch(f"{server.api_url}?limit=3&withMeta=true", {"Authorization": "Bearer secret"})
     fetch(item["url"], {"User-Agent": "civitai-spider-test"})
     api, cdn = server.requests
-    assert (api.host, api.method, api.path, api.query) == ("api", "GET", API_PATH,
-                                                          {"limit": "3", "withMeta": "true"})
+    assert (api.host, api.method, api.path, api.query) == (
+        "api",
+        "GET",
+        API_PATH,
+        {"limit": "3", "withMeta": "true"},
+    )
     assert api.raw_query == "limit=3&withMeta=true" and api.headers["authorization"] == "Bearer secret"
     assert cdn.host == "cdn" and "authorization" not in cdn.headers
     assert cdn.headers["user-agent"] == "civitai-spider-test" and api.time <= cdn.time
@@ -230,13 +252,22 @@ def test_many_concurrent_requests_and_a_quick_stop() -> None:
         stuck.result(timeout=2)  # answered at once (or cut): either way it is over
 
 
-@pytest.mark.parametrize("make, fmt, mode", [
-    (images.jpeg_rgb, "JPEG", "RGB"), (images.jpeg_grey, "JPEG", "L"), (images.jpeg_cmyk, "JPEG", "CMYK"),
-    (images.png_rgb, "PNG", "RGB"), (images.png_rgba_with_parameters, "PNG", "RGBA"),
-    (images.webp_rgb, "WEBP", "RGB"), (images.webp_rgba, "WEBP", "RGBA"), (images.gif_animated, "GIF", "P"),
-    (images.palette_png_with_transparency, "PNG", "P"), (images.bmp, "BMP", "RGB"),
-    (images.tiff, "TIFF", "RGB"),
-])
+@pytest.mark.parametrize(
+    "make, fmt, mode",
+    [
+        (images.jpeg_rgb, "JPEG", "RGB"),
+        (images.jpeg_grey, "JPEG", "L"),
+        (images.jpeg_cmyk, "JPEG", "CMYK"),
+        (images.png_rgb, "PNG", "RGB"),
+        (images.png_rgba_with_parameters, "PNG", "RGBA"),
+        (images.webp_rgb, "WEBP", "RGB"),
+        (images.webp_rgba, "WEBP", "RGBA"),
+        (images.gif_animated, "GIF", "P"),
+        (images.palette_png_with_transparency, "PNG", "P"),
+        (images.bmp, "BMP", "RGB"),
+        (images.tiff, "TIFF", "RGB"),
+    ],
+)
 def test_image_factory(make: Any, fmt: str, mode: str) -> None:
     with Image.open(io.BytesIO(make())) as picture:
         picture.load()

@@ -129,7 +129,17 @@ def test_invalid_item_is_a_value_error_with_a_message() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://x", "javascript:alert(1)", "http://", "https://", "image.civitai.com/a.jpeg", "", None, 12, ["http://a/b"]],
+    [
+        "ftp://x",
+        "javascript:alert(1)",
+        "http://",
+        "https://",
+        "image.civitai.com/a.jpeg",
+        "",
+        None,
+        12,
+        ["http://a/b"],
+    ],
     ids=repr,
 )
 def test_invalid_url_is_rejected(url: Any) -> None:
@@ -147,7 +157,10 @@ def test_missing_url_is_rejected() -> None:
 
 
 def test_plain_http_url_is_accepted() -> None:
-    assert CivitaiImage.from_api(record_with(url="http://127.0.0.1:8080/a.png")).url == "http://127.0.0.1:8080/a.png"
+    assert (
+        CivitaiImage.from_api(record_with(url="http://127.0.0.1:8080/a.png")).url
+        == "http://127.0.0.1:8080/a.png"
+    )
 
 
 @pytest.mark.parametrize("record", [None, [], "x", 42, [{"id": 1, "url": URL}]], ids=repr)

@@ -108,7 +108,9 @@ def check_image_file(path: Path, kind: str | None = None) -> None:
         extension, kept = SAVED_AS[kind]
         assert path.suffix == "." + extension, f"{path.name}: a {kind} image must be saved as .{extension}"
         if kept:
-            assert path.read_bytes() == bodies()[kind], f"{path.name}: the original bytes must be kept as they are"
+            assert path.read_bytes() == bodies()[kind], (
+                f"{path.name}: the original bytes must be kept as they are"
+            )
     with Image.open(path) as image:
         image.load()  # a full decode: raises on a file cut short
         assert image.format == {".jpg": "JPEG", ".png": "PNG"}[path.suffix], path.name
@@ -229,7 +231,9 @@ def wait_for_progress(
 
 
 @pytest.mark.parametrize("seed", [11, 22, 33])
-def test_kill_9_at_random_moments_then_rerun_completes(slow_cdn: FakeCivitai, store: Path, tmp_path: Path, seed: int):
+def test_kill_9_at_random_moments_then_rerun_completes(
+    slow_cdn: FakeCivitai, store: Path, tmp_path: Path, seed: int
+):
     rng = random.Random(seed)
     kinds: dict[int, str] = {}
     items = add_mixed_items(slow_cdn, ITEM_COUNT, kinds)
@@ -251,10 +255,14 @@ def test_kill_9_at_random_moments_then_rerun_completes(slow_cdn: FakeCivitai, st
             process.kill()
             # Reaped, so its pid is dead and the next run may remove its leftovers.
             returncode = process.wait(timeout=30)
-        assert returncode in (0, -signal.SIGKILL), f"round {round_number}: exit status {returncode}\n{log.read_text()}"
+        assert returncode in (0, -signal.SIGKILL), (
+            f"round {round_number}: exit status {returncode}\n{log.read_text()}"
+        )
 
         new_temporary = set(temporary_files(store)) - set(leftovers_before)
-        assert all(name.startswith(f"{TEMPORARY_PREFIX}{process.pid}-") for name in new_temporary), new_temporary
+        assert all(name.startswith(f"{TEMPORARY_PREFIX}{process.pid}-") for name in new_temporary), (
+            new_temporary
+        )
         if started_writing:
             # The temporary files of the previous kill were removed when this run started.
             kept = set(leftovers_before) & set(temporary_files(store))
@@ -275,7 +283,9 @@ def test_kill_9_at_random_moments_then_rerun_completes(slow_cdn: FakeCivitai, st
         assert f"Removed {len(leftovers)} temporary file(s)" in result.stderr
     assert temporary_files(store) == [], "temporary files remain after a finished run"
 
-    assert sorted(recorded_ids(store)) == sorted(item["id"] for item in items), "each item once in the ID file"
+    assert sorted(recorded_ids(store)) == sorted(item["id"] for item in items), (
+        "each item once in the ID file"
+    )
     check_store_invariants(store, items, kinds=kinds, finished=True)
     assert stats.get("civitai/saved", 0) + stats.get("civitai/dropped/already_downloaded", 0) == ITEM_COUNT
     assert not (store / "error_log.txt").exists(), (store / "error_log.txt").read_text()
@@ -321,7 +331,9 @@ def test_torn_id_line_is_discarded_and_image_redownloaded(server: FakeCivitai, s
     lines, rest = read_id_lines(store)
     assert rest == b"", "the ID file must end with a newline"
     assert lines[0] == b"1000"
-    assert sorted(lines) == [b"1000", b"1001", b"1002", b"1003", b"1004"], f"the ID file is not clean: {lines}"
+    assert sorted(lines) == [b"1000", b"1001", b"1002", b"1003", b"1004"], (
+        f"the ID file is not clean: {lines}"
+    )
     check_store_invariants(store, items, kinds=kinds, finished=True)
     # 1000 was complete and stays so; the torn id 1001 is downloaded again, like 1002-1004.
     assert cdn_paths(server) == {path_of(item) for item in items[1:]}
@@ -341,7 +353,9 @@ def test_leftover_temporary_files_are_removed_at_start(server: FakeCivitai, stor
     assert result.returncode == 0, describe(result)
     assert not leftover.exists(), "a leftover temporary file was kept"
     assert live.exists(), "the temporary file of a live writer was removed"
-    assert re.search(r"INFO: Removed 1 temporary file\(s\) left by an interrupted run in \S*store\n", result.stderr)
+    assert re.search(
+        r"INFO: Removed 1 temporary file\(s\) left by an interrupted run in \S*store\n", result.stderr
+    )
     assert recorded_ids(store) == [1000]
     check_store_invariants(store, items, kinds=kinds, finished=True)
 
@@ -354,7 +368,9 @@ def test_partial_image_without_id_is_redownloaded(server: FakeCivitai, store: Pa
     # A partial image under the final name (as a non-atomic writer would leave it), its
     # metadata files even, but the id is not in the ID file.
     partial = store / "1000.jpg"
-    partial.write_bytes({"truncated": images.truncated(bodies()["jpeg"]), "garbage": os.urandom(3000), "empty": b""}[damage])
+    partial.write_bytes(
+        {"truncated": images.truncated(bodies()["jpeg"]), "garbage": os.urandom(3000), "empty": b""}[damage]
+    )
     (store / "1000_pos-prompt.txt").write_text("stale")
 
     result = run_crawl(server, store, PAGE_SIZE)

@@ -44,7 +44,9 @@ def test_filter_drop_is_one_debug_line_without_the_item() -> None:
 
 
 def test_failure_drop_is_a_warning() -> None:
-    level, text = formatted(DropImage("failed", "image 77 failed: HTTP 404 <https://x/77.jpeg>", log_level="WARNING"))
+    level, text = formatted(
+        DropImage("failed", "image 77 failed: HTTP 404 <https://x/77.jpeg>", log_level="WARNING")
+    )
     assert level == logging.WARNING
     assert text == "Dropped: image 77 failed: HTTP 404 <https://x/77.jpeg>"
 
@@ -60,7 +62,9 @@ def test_logged_record_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
     crawler = project_crawler()
     spider = CivitaiSpider.from_crawler(crawler)
     logger = logging.getLogger("tests.logformatter")
-    result = crawler.logformatter.dropped(item(), DropImage("duplicate", "image 77: listed again"), None, spider)
+    result = crawler.logformatter.dropped(
+        item(), DropImage("duplicate", "image 77: listed again"), None, spider
+    )
     with caplog.at_level(logging.DEBUG, logger="tests.logformatter"):
         logger.log(*logformatter_adapter(result))
     assert [record.getMessage() for record in caplog.records] == ["Dropped: image 77: listed again"]

@@ -13,8 +13,9 @@ from scrapy import signals
 from civitai_spider import outcomes
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
 
 
 class OutcomeStats:

@@ -18,8 +18,9 @@ from tqdm import tqdm
 from civitai_spider import outcomes
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
 
 
 class ProgressBar:
@@ -39,7 +40,9 @@ class ProgressBar:
         return cls(crawler)
 
     def spider_opened(self) -> None:
-        self._bar = tqdm(desc="Saving images and metadata", unit=" images", file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(
+            desc="Saving images and metadata", unit=" images", file=sys.stderr, dynamic_ncols=True
+        )
         # Keep Scrapy's own console handler (its LOG_LEVEL, format and filters) and only
         # route what it writes through tqdm. With LOG_FILE there is none: nothing to do.
         for handler in logging.getLogger().handlers:

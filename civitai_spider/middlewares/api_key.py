@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from civitai_spider.api import origin
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
     from scrapy.http import Request, Response
-    from typing_extensions import Self
 
 _HEADER = b"Authorization"
 
@@ -42,4 +43,3 @@ class ApiKeyMiddleware:
 
     def process_exception(self, request: Request, exception: Exception) -> None:
         request.headers.pop(_HEADER, None)
-

@@ -16,8 +16,9 @@ from civitai_spider.id_file import ensure_parent, id_file_path, load_ids
 from civitai_spider.outcomes import DropImage
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 

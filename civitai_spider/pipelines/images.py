@@ -95,19 +95,25 @@ class CivitaiImagesPipeline(ImagesPipeline):
             # only costs memory, and would hand a second id sharing this URL the first
             # id's file.
             for url in adapter["image_urls"]:
-                self.spiderinfo.downloaded.pop(self.crawler.request_fingerprinter.fingerprint(Request(url)), None)
+                self.spiderinfo.downloaded.pop(
+                    self.crawler.request_fingerprinter.fingerprint(Request(url)), None
+                )
         own_name = _file_name(adapter["id"], adapter["image_file"].rsplit(".", 1)[1])
         if adapter["image_file"] != own_name:
             # Another item with the same URL was downloading at the same moment and we
             # were handed its result: give this id its own copy.
-            await run_in_thread(copy_atomically, self.directory / adapter["image_file"], self.directory / own_name)
+            await run_in_thread(
+                copy_atomically, self.directory / adapter["image_file"], self.directory / own_name
+            )
             adapter["image_file"] = own_name
         return item
 
     def get_media_requests(self, item: Any, info: MediaPipeline.SpiderInfo) -> list[Request]:
         return [Request(url, callback=NO_CALLBACK) for url in ItemAdapter(item)["image_urls"]]
 
-    def media_to_download(self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None) -> None:
+    def media_to_download(
+        self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None
+    ) -> None:
         # Always download: the ID file, not the store's file dates, says what is done.
         return None
 
@@ -144,21 +150,27 @@ class CivitaiImagesPipeline(ImagesPipeline):
         text = str(error)
         raise ImageFailed(f"{type(error).__name__}: {text}" if text else type(error).__name__) from None
 
-    def item_completed(self, results: list[FileInfoOrError], item: Any, info: MediaPipeline.SpiderInfo) -> Any:
+    def item_completed(
+        self, results: list[FileInfoOrError], item: Any, info: MediaPipeline.SpiderInfo
+    ) -> Any:
         adapter = ItemAdapter(item)
         for ok, result in results:
             if not ok:
                 reason = str(result.value) or type(result.value).__name__
                 url = adapter["url"]
                 append_line(self.error_log, log_line(adapter["id"], url, reason))
-                raise DropImage(FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING")
+                raise DropImage(
+                    FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING"
+                )
         adapter["images"] = [result for _, result in results]
         adapter["image_file"] = adapter["images"][0]["path"]
         return item
 
     def _log_bomb(self, image_id: int, url: str, size: tuple[int, int], outcome: str) -> None:
         width, height = size
-        logger.warning("Image %s is %dx%d pixels, over CIVITAI_MAX_IMAGE_PIXELS: %s", image_id, width, height, outcome)
+        logger.warning(
+            "Image %s is %dx%d pixels, over CIVITAI_MAX_IMAGE_PIXELS: %s", image_id, width, height, outcome
+        )
         self.crawler.stats.inc_value(f"civitai/decompression_bomb/{outcome}")
         append_line(self.bomb_log, log_line(image_id, url, f"{width}x{height}", outcome))
 

@@ -18,8 +18,9 @@ from civitai_spider.outcomes import METADATA_FILES_SAVED
 from civitai_spider.store import store_directory, sync_directory, write_atomically
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
 
 
 class MetadataPipeline:

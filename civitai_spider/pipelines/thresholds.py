@@ -14,9 +14,10 @@ from civitai_spider.items import STAT_NAMES
 from civitai_spider.outcomes import DropImage
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 
 class ReactionThresholdsPipeline:

@@ -126,10 +126,14 @@ class CivitaiSpider(scrapy.Spider):
             return self._page_request(cursor)
         if isinstance(next_page, str) and next_page:
             if origin(next_page) != origin(self.api_url):
-                logger.error("Not following nextPage %s: it is not on the API host %s", next_page, self.api_url)
+                logger.error(
+                    "Not following nextPage %s: it is not on the API host %s", next_page, self.api_url
+                )
                 return None
             if next_page in self._cursors_seen:
-                logger.error("The API returned nextPage %s a second time: stopping to avoid a loop", next_page)
+                logger.error(
+                    "The API returned nextPage %s a second time: stopping to avoid a loop", next_page
+                )
                 raise CloseSpider("cursor_loop")
             self._cursors_seen.add(next_page)
             return self._api_request(next_page)
@@ -175,7 +179,11 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
         if not _USERNAME.fullmatch(str(username)):
             raise ValueError(f"username={username!r} is not valid: allowed are letters, digits and _")
         query["username"] = str(username)
-    for argument, parameter in (("model_id", "modelId"), ("model_version_id", "modelVersionId"), ("post_id", "postId")):
+    for argument, parameter in (
+        ("model_id", "modelId"),
+        ("model_version_id", "modelVersionId"),
+        ("post_id", "postId"),
+    ):
         if arguments.get(argument) is not None:
             query[parameter] = str(_integer(arguments, argument, None))
     base_models = arguments.get("base_models")
@@ -183,7 +191,9 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
         # The server owns the list of base models and answers 400 for unknown ones.
         names = [name.strip() for name in str(base_models).split(",") if name.strip()]
         if not names:
-            raise ValueError(f"base_models={base_models!r} is empty: give comma-separated names, e.g. 'SDXL 1.0,Pony'")
+            raise ValueError(
+                f"base_models={base_models!r} is empty: give comma-separated names, e.g. 'SDXL 1.0,Pony'"
+            )
         query["baseModels"] = ",".join(names)
     max_pages = _integer(arguments, "max_pages", None) if arguments.get("max_pages") is not None else None
     return query, max_pages
@@ -215,4 +225,3 @@ def _integer(arguments: Mapping[str, Any], name: str, default: int | None, maxim
         allowed = f"an integer from 1 to {maximum}" if maximum else "a positive integer"
         raise ValueError(f"{name}={value!r} is not valid: allowed is {allowed}")
     return number
-

@@ -46,7 +46,9 @@ class TerminalRun:
         return [line.rsplit("\r", 1)[-1] for line in self.output.replace("\r\n", "\n").split("\n")]
 
 
-def run_on_terminal(server: FakeCivitai, store: Path, *arguments: str, timeout: float = 60, **settings: str) -> TerminalRun:
+def run_on_terminal(
+    server: FakeCivitai, store: Path, *arguments: str, timeout: float = 60, **settings: str
+) -> TerminalRun:
     """Run ``scrapy crawl civitai`` with stdout and stderr on a pseudo-terminal."""
     master, slave = pty.openpty()
     # A fresh pty is 0x0, which tqdm takes as zero columns: give it a real size.
@@ -68,7 +70,9 @@ def run_on_terminal(server: FakeCivitai, store: Path, *arguments: str, timeout: 
         while True:
             if time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError(f"the crawl did not end in {timeout} s:\n" + b"".join(chunks).decode(errors="replace"))
+                raise AssertionError(
+                    f"the crawl did not end in {timeout} s:\n" + b"".join(chunks).decode(errors="replace")
+                )
             ready, _, _ = select.select([master], [], [], 0.5)
             if not ready:
                 continue
@@ -111,7 +115,10 @@ def test_bar_shown_on_a_terminal(server: FakeCivitai, store: Path):
     assert "metadata=30" in bar, bar  # pos-prompt, neg-prompt and meta.json for each
     # Log lines still appear, each whole on its own line, above the bar.
     screen = run.lines()
-    assert any(re.fullmatch(r"\S+ \S+ \[scrapy\.core\.engine\] INFO: Spider closed \(finished\)", line) for line in screen)
+    assert any(
+        re.fullmatch(r"\S+ \S+ \[scrapy\.core\.engine\] INFO: Spider closed \(finished\)", line)
+        for line in screen
+    )
     assert any(line.endswith("INFO: Dumping Scrapy stats:") for line in screen)
     assert EXTENSION_PATH in run.output  # listed among the enabled extensions
     assert "Traceback" not in run.output
@@ -133,7 +140,9 @@ def test_bar_postfix_counts_dropped_and_failed(server: FakeCivitai, store: Path)
     assert "failed=1" in bar, bar
     assert "metadata=9" in bar, bar
     # The failure is still reported in the log, on a line of its own.
-    assert any(re.search(r"WARNING: Dropped: image 1004 failed: HTTP 404 <http", line) for line in run.lines())
+    assert any(
+        re.search(r"WARNING: Dropped: image 1004 failed: HTTP 404 <http", line) for line in run.lines()
+    )
 
 
 def test_bar_silent_without_terminal(server: FakeCivitai, store: Path):
@@ -167,11 +176,15 @@ def test_log_level_still_applies_while_the_bar_is_shown(server: FakeCivitai, sto
     assert BAR_TITLE in run.output
     assert "INFO: Spider closed (finished)" in run.output
     debug_lines = [line for line in run.lines() if " DEBUG: " in line]
-    assert not debug_lines, f"{len(debug_lines)} DEBUG line(s) shown with LOG_LEVEL=INFO, e.g. {debug_lines[0][:200]!r}"
+    assert not debug_lines, (
+        f"{len(debug_lines)} DEBUG line(s) shown with LOG_LEVEL=INFO, e.g. {debug_lines[0][:200]!r}"
+    )
 
 
 @pytest.mark.parametrize("setting", ["LOG_FILE", "LOG_ENABLED"])
-def test_log_not_echoed_on_the_terminal_when_sent_elsewhere(server: FakeCivitai, store: Path, tmp_path: Path, setting: str):
+def test_log_not_echoed_on_the_terminal_when_sent_elsewhere(
+    server: FakeCivitai, store: Path, tmp_path: Path, setting: str
+):
     """With LOG_FILE (or LOG_ENABLED=False) the terminal shows the bar and no log line."""
     for _ in range(3):
         server.add_image_item(images.jpeg_rgb())

@@ -17,7 +17,9 @@ BEARER = b"Bearer s3cret-key"
 
 
 def middleware(api_key: str = "s3cret-key", api_url: str = API_URL, **settings: Any) -> ApiKeyMiddleware:
-    return ApiKeyMiddleware.from_crawler(project_crawler(CIVITAI_API_KEY=api_key, CIVITAI_API_URL=api_url, **settings))
+    return ApiKeyMiddleware.from_crawler(
+        project_crawler(CIVITAI_API_KEY=api_key, CIVITAI_API_URL=api_url, **settings)
+    )
 
 
 def sent_header(mw: ApiKeyMiddleware, url: str, **headers: str) -> bytes | None:

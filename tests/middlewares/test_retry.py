@@ -30,7 +30,9 @@ def middleware(**settings: Any) -> BackoffRetryMiddleware:
     return BackoffRetryMiddleware.from_crawler(crawler)
 
 
-def response(status: int = 200, headers: dict[str, str] | None = None, request: Request | None = None) -> Response:
+def response(
+    status: int = 200, headers: dict[str, str] | None = None, request: Request | None = None
+) -> Response:
     return Response(URL, status=status, headers=headers or {}, request=request)
 
 
@@ -127,7 +129,7 @@ def test_backoff_doubles_per_try(caplog: pytest.LogCaptureFixture) -> None:
             elapsed.append(seconds)
     assert request.meta["retry_times"] == 3
     assert logged_delays(caplog) == pytest.approx([0.05, 0.1, 0.2])
-    for seconds, expected in zip(elapsed, (0.05, 0.1, 0.2)):
+    for seconds, expected in zip(elapsed, (0.05, 0.1, 0.2), strict=True):
         assert seconds >= expected * 0.9
 
 

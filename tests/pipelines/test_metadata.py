@@ -91,7 +91,7 @@ def test_no_negative_prompt_file_without_meta() -> None:
 
 
 def test_meta_json_is_the_whole_record_plus_image_file() -> None:
-    record = make_record({"prompt": "猫 🐱", "negativePrompt": "bad", "comfy": "{\"nodes\": []}"})
+    record = make_record({"prompt": "猫 🐱", "negativePrompt": "bad", "comfy": '{"nodes": []}'})
     data = files_of(record)["42_meta.json"]
     assert json.loads(data) == {**record, "image_file": "42.jpg"}
     assert "image_file" not in record  # the API record itself is not changed

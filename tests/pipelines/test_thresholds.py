@@ -132,7 +132,15 @@ def test_missing_meta_is_dropped_as_no_meta() -> None:
 
 @pytest.mark.parametrize(
     "meta",
-    [{"prompt": ""}, {"prompt": "   \n\t"}, {"seed": 1}, {"prompt": None}, {"prompt": 42}, {"prompt": ["a"]}, {}],
+    [
+        {"prompt": ""},
+        {"prompt": "   \n\t"},
+        {"seed": 1},
+        {"prompt": None},
+        {"prompt": 42},
+        {"prompt": ["a"]},
+        {},
+    ],
     ids=repr,
 )
 def test_empty_or_missing_prompt_is_dropped_as_no_prompt(meta: dict[str, Any]) -> None:

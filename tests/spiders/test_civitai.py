@@ -172,7 +172,11 @@ def test_start_requests_the_first_page(tmp_path: Path) -> None:
     request = first_request(spider)
     parts = urlsplit(request.url)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == API_URL
-    assert query_of(request.url) == {**{k: [v] for k, v in DEFAULT_QUERY.items()}, "sort": ["Newest"], "nsfw": ["Soft"]}
+    assert query_of(request.url) == {
+        **{k: [v] for k, v in DEFAULT_QUERY.items()},
+        "sort": ["Newest"],
+        "nsfw": ["Soft"],
+    }
     assert request.meta[API_PAGE_META_KEY] is True
     assert request.dont_filter is True
     assert request.callback == spider.parse_page
