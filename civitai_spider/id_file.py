@@ -9,7 +9,6 @@ line (and cuts it off the file, so the next append does not glue onto it).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from scrapy.settings import BaseSettings
@@ -50,7 +49,3 @@ def load_ids(path: Path) -> set[int]:
 def record_id(path: Path, image_id: int) -> None:
     """Append one id, on disk (fsynced) before returning."""
     append_line(path, str(image_id), sync=True)
-
-
-def ensure_parent(path: Path) -> None:
-    os.makedirs(path.parent, exist_ok=True)

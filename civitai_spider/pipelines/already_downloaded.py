@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 
-from civitai_spider.id_file import ensure_parent, id_file_path, load_ids
+from civitai_spider.id_file import id_file_path, load_ids
 from civitai_spider.outcomes import DropImage
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class AlreadyDownloadedPipeline:
         return cls(crawler)
 
     def open_spider(self) -> None:
-        ensure_parent(self.id_file)
+        self.id_file.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self.downloaded = load_ids(self.id_file)
         logger.info(

@@ -115,33 +115,30 @@ class CivitaiSpider(scrapy.Spider):
             logger.info("Stopping after max_pages=%d page(s)", self.max_pages)
             return None
         cursor = metadata.get("nextCursor")
+        cursor = "" if cursor is None else str(cursor)
         next_page = metadata.get("nextPage")
-        if cursor is not None and not isinstance(cursor, str):
-            cursor = str(cursor)
         if cursor:
-            if cursor in self._cursors_seen:
-                logger.error("The API returned cursor %r a second time: stopping to avoid a loop", cursor)
-                raise CloseSpider("cursor_loop")
-            self._cursors_seen.add(cursor)
-            return self._page_request(cursor)
-        if isinstance(next_page, str) and next_page:
+            seen_key, request = cursor, self._page_request(cursor)
+        elif isinstance(next_page, str) and next_page:
             if origin(next_page) != origin(self.api_url):
                 logger.error(
                     "Not following nextPage %s: it is not on the API host %s", next_page, self.api_url
                 )
                 return None
-            if next_page in self._cursors_seen:
-                logger.error(
-                    "The API returned nextPage %s a second time: stopping to avoid a loop", next_page
+            seen_key, request = next_page, self._api_request(next_page)
+        else:
+            if item_count == 0 and self._pages > 1:
+                # Civitai's older query path answers an empty page without a cursor when
+                # its database query times out, so this end may not be the real one.
+                logger.warning(
+                    "Page %d was empty with no cursor: the listing may have ended early", self._pages
                 )
-                raise CloseSpider("cursor_loop")
-            self._cursors_seen.add(next_page)
-            return self._api_request(next_page)
-        if item_count == 0 and self._pages > 1:
-            # Civitai's older query path answers an empty page without a cursor when
-            # its database query times out, so this end may not be the real one.
-            logger.warning("Page %d was empty with no cursor: the listing may have ended early", self._pages)
-        return None
+            return None
+        if seen_key in self._cursors_seen:
+            logger.error("The API returned cursor %r a second time: stopping to avoid a loop", seen_key)
+            raise CloseSpider("cursor_loop")
+        self._cursors_seen.add(seen_key)
+        return request
 
     def api_failed(self, failure: Failure) -> None:
         request = failure.request
