@@ -241,7 +241,10 @@ def test_many_concurrent_requests_and_a_quick_stop() -> None:
         started = time.monotonic()
         server.stop()
         assert time.monotonic() - started < 1
-        assert idle.recv(1) == b""  # the server closed it
+        try:  # the server closed it: an orderly end, or a reset when it raced the close
+            assert idle.recv(1) == b""
+        except ConnectionResetError:
+            pass
         idle.close()
         stuck.result(timeout=2)  # answered at once (or cut): either way it is over
 
