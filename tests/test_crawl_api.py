@@ -73,6 +73,31 @@ def test_max_pages_stops_early(server: FakeCivitai, store: Path) -> None:
     assert result.stats["civitai/saved"] == 4
 
 
+def test_stop_after_seen_stops_once_caught_up(server: FakeCivitai, store: Path) -> None:
+    old = add_items(server, 30)
+    server.items.reverse()  # newest (highest id) first, as sort=Newest lists them
+    first = run_crawl(server, store, "limit=5", "sort=Newest")
+    assert first.finish_reason == "finished"
+    assert len(first.ids_recorded()) == 30
+
+    new = add_items(server, 3)
+    server.items[:] = [*reversed(new), *reversed(old)]
+    server.clear_requests()
+    result = run_crawl(server, store, "limit=5", "sort=Newest", "stop_after_seen=5")
+
+    assert result.returncode == 0, result.stderr
+    assert result.finish_reason == "caught_up"
+    assert sorted(result.ids_recorded()[30:]) == [item["id"] for item in new]
+    # The 5th old image in a row is on page 2; page 3 may already have been asked for when
+    # it arrives (the next page is requested first), but nothing later: 7 pages without the stop.
+    assert 2 <= len(server.api_requests()) <= 3
+    new_paths = {urlsplit(item["url"]).path for item in new}
+    assert {request.path for request in server.cdn_requests()} == new_paths
+    assert result.stats["civitai/dropped/already_downloaded"] >= 5
+    [line] = [line for line in result.stderr.splitlines() if "Caught up" in line]
+    assert "INFO" in line and "stop_after_seen=5" in line
+
+
 @pytest.mark.parametrize(
     ("argument", "named"),
     [
@@ -84,6 +109,8 @@ def test_max_pages_stops_early(server: FakeCivitai, store: Path) -> None:
         ("username=bad name", "letters, digits and _"),
         ("model_id=-3", "positive integer"),
         ("max_pages=0", "positive integer"),
+        ("stop_after_seen=0", "positive integer"),
+        ("stop_after_seen=5", "requires sort='Newest'"),
         ("sortby=Newest", "allowed are sort, period"),
     ],
 )

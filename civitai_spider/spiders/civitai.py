@@ -32,7 +32,7 @@ MAX_LIMIT = 200
 _USERNAME = re.compile(r"[A-Za-z0-9_]+")
 _ARGUMENTS = (
     "sort", "period", "nsfw", "limit", "username", "model_id",
-    "model_version_id", "post_id", "base_models", "max_pages",
+    "model_version_id", "post_id", "base_models", "max_pages", "stop_after_seen",
 )  # fmt: skip
 
 
@@ -45,7 +45,7 @@ class CivitaiSpider(scrapy.Spider):
         _check_argument_names(kwargs)
         arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
-        self.query, self.max_pages = parse_arguments(arguments)
+        self.query, self.max_pages, self.stop_after_seen = parse_arguments(arguments)
         self._cursors_seen: set[str] = set()
         self._pages = 0
 
@@ -161,8 +161,8 @@ class CivitaiSpider(scrapy.Spider):
         append_line(self._error_log, log_line(repr(image_id), repr(url), message))
 
 
-def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int | None]:
-    """Validate spider arguments; return the API query and ``max_pages``."""
+def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int | None, int | None]:
+    """Validate spider arguments; return the API query, ``max_pages`` and ``stop_after_seen``."""
     query: dict[str, str] = {
         "limit": str(_integer(arguments, "limit", MAX_LIMIT, maximum=MAX_LIMIT)),
         "withMeta": "true",
@@ -193,7 +193,17 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
             )
         query["baseModels"] = ",".join(names)
     max_pages = _integer(arguments, "max_pages", None) if arguments.get("max_pages") is not None else None
-    return query, max_pages
+    stop_after_seen = None
+    if arguments.get("stop_after_seen") is not None:
+        stop_after_seen = _integer(arguments, "stop_after_seen", None)
+        # Only newest first do the already-downloaded images come after all the new ones; in
+        # any other order a run of them says nothing about what is left.
+        if query["sort"] != "Newest":
+            raise ValueError(
+                f"stop_after_seen={arguments['stop_after_seen']!r} requires sort='Newest', "
+                f"not sort={query['sort']!r}"
+            )
+    return query, max_pages, stop_after_seen
 
 
 def _check_argument_names(arguments: Mapping[str, Any]) -> None:

@@ -26,11 +26,11 @@ DEFAULT_QUERY = {"limit": "200", "withMeta": "true", "sort": "Most Reactions", "
 
 
 def test_defaults() -> None:
-    assert parse_arguments({}) == (DEFAULT_QUERY, None)
+    assert parse_arguments({}) == (DEFAULT_QUERY, None, None)
 
 
 def test_every_argument_maps_to_its_api_name() -> None:
-    query, max_pages = parse_arguments(
+    query, max_pages, stop_after_seen = parse_arguments(
         {
             "limit": "50",
             "sort": "Newest",
@@ -42,6 +42,7 @@ def test_every_argument_maps_to_its_api_name() -> None:
             "post_id": "6030721",
             "base_models": " SDXL 1.0 , Pony,,Flux.1 D ",
             "max_pages": "3",
+            "stop_after_seen": "20",
         }
     )
     assert query == {
@@ -57,6 +58,7 @@ def test_every_argument_maps_to_its_api_name() -> None:
         "baseModels": "SDXL 1.0,Pony,Flux.1 D",
     }
     assert max_pages == 3
+    assert stop_after_seen == 20
 
 
 @pytest.mark.parametrize("limit", ["1", "200"])
@@ -84,6 +86,10 @@ def test_limit_bounds_are_allowed(limit: str) -> None:
         ({"model_version_id": "1.5"}, "model_version_id", "'1.5'", "positive integer"),
         ({"post_id": "0"}, "post_id", "'0'", "positive integer"),
         ({"max_pages": "0"}, "max_pages", "'0'", "positive integer"),
+        ({"sort": "Newest", "stop_after_seen": "0"}, "stop_after_seen", "'0'", "positive integer"),
+        ({"sort": "Newest", "stop_after_seen": "-2"}, "stop_after_seen", "'-2'", "positive integer"),
+        ({"sort": "Newest", "stop_after_seen": "ten"}, "stop_after_seen", "'ten'", "positive integer"),
+        ({"sort": "Newest", "stop_after_seen": "2.5"}, "stop_after_seen", "'2.5'", "positive integer"),
         ({"base_models": ""}, "base_models", "''", "comma-separated"),
         ({"base_models": " , "}, "base_models", "' , '", "comma-separated"),
     ],
@@ -96,6 +102,30 @@ def test_bad_values_are_rejected_naming_the_value(
     message = str(caught.value)
     assert f"{name}={value}" in message
     assert allowed in message
+
+
+@pytest.mark.parametrize("value", ["1", "50"])
+def test_stop_after_seen_with_newest(value: str) -> None:
+    query, _, stop_after_seen = parse_arguments({"sort": "Newest", "stop_after_seen": value})
+    assert stop_after_seen == int(value)
+    assert "stop_after_seen" not in query  # the API never hears of it
+
+
+@pytest.mark.parametrize("sort", [None, "Most Reactions", "Oldest", "Random"])
+def test_stop_after_seen_requires_sort_newest(sort: str | None) -> None:
+    arguments = {"stop_after_seen": "5"} if sort is None else {"sort": sort, "stop_after_seen": "5"}
+    with pytest.raises(ValueError) as caught:
+        parse_arguments(arguments)
+    message = str(caught.value)
+    assert "stop_after_seen='5'" in message and "requires sort='Newest'" in message
+    assert repr(sort or "Most Reactions") in message
+
+
+def test_spider_keeps_stop_after_seen() -> None:
+    assert CivitaiSpider(sort="Newest", stop_after_seen="7").stop_after_seen == 7
+    assert CivitaiSpider(sort="Newest").stop_after_seen is None
+    with pytest.raises(ValueError, match="requires sort='Newest'"):
+        CivitaiSpider.check_arguments({"stop_after_seen": "7"})
 
 
 def test_sort_error_lists_every_allowed_value() -> None:

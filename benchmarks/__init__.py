@@ -1,0 +1,1 @@
+"""The performance benchmark: ``python -m benchmarks.run`` (see README, "Performance")."""
