@@ -40,6 +40,13 @@ CIVITAI_MAX_IMAGE_PIXELS = 89_478_485
 CIVITAI_RETRY_BASE_DELAY = 1.0
 CIVITAI_RETRY_MAX_DELAY = 60.0
 
+# Threads for Pillow (checks, conversions): -1 means one per usable core. 0 runs Pillow in
+# the reactor thread, which stalls every download meanwhile (for benchmark comparison).
+CIVITAI_IMAGE_THREADS = -1
+# Images between request and saved file at once, across all pages. This bounds memory (a
+# 3 MB PNG is held two or three times meanwhile) and the load on the image CDN.
+CIVITAI_IMAGES_IN_FLIGHT = 32
+
 # --- Scrapy ----------------------------------------------------------------------------
 IMAGES_STORE = "civitai-images"
 ITEM_PIPELINES = {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import pytest
 from scrapy.settings import Settings
 
-from civitai_spider.id_file import id_file_path, load_ids, record_id
+from civitai_spider import id_file
+from civitai_spider.id_file import IdRecorder, id_file_path, load_ids, record_ids
 
 
 def test_missing_file_is_an_empty_set(tmp_path: Path) -> None:
@@ -41,7 +43,7 @@ def test_torn_last_line_is_ignored_and_cut_off(tmp_path: Path, caplog: pytest.Lo
         assert load_ids(path) == {1, 2}
     assert path.read_bytes() == b"1\n2\n"
     assert any("unfinished last line" in record.getMessage() for record in caplog.records)
-    record_id(path, 44)
+    record_ids(path, [44])
     assert path.read_bytes() == b"1\n2\n44\n"
     assert load_ids(path) == {1, 2, 44}
 
@@ -51,7 +53,7 @@ def test_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
     path.write_bytes(b"12345")
     assert load_ids(path) == set()
     assert path.read_bytes() == b""
-    record_id(path, 7)
+    record_ids(path, [7])
     assert path.read_bytes() == b"7\n"
 
 
@@ -84,18 +86,79 @@ def test_blank_lines_are_ignored_silently(tmp_path: Path, caplog: pytest.LogCapt
     assert caplog.records == []
 
 
-def test_record_id_appends_one_line(tmp_path: Path) -> None:
+def test_record_ids_appends_one_line_each(tmp_path: Path) -> None:
     path = tmp_path / "ids.txt"
-    record_id(path, 26962948)
-    record_id(path, 5)
-    assert path.read_bytes() == b"26962948\n5\n"
+    record_ids(path, [26962948])
+    record_ids(path, [5, 6])
+    assert path.read_bytes() == b"26962948\n5\n6\n"
 
 
-def test_record_id_keeps_existing_ids(tmp_path: Path) -> None:
+def test_record_ids_keeps_existing_ids(tmp_path: Path) -> None:
     path = tmp_path / "ids.txt"
     path.write_bytes(b"1\n")
-    record_id(path, 2)
+    record_ids(path, [2])
     assert load_ids(path) == {1, 2}
+
+
+def _recorder_with_counted_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[IdRecorder, list[Path]]:
+    syncs: list[Path] = []
+    real_sync = id_file.sync_file_system
+
+    def counted_sync(directory: Path) -> None:
+        syncs.append(directory)
+        real_sync(directory)
+
+    monkeypatch.setattr(id_file, "sync_file_system", counted_sync)
+    return IdRecorder(tmp_path / "ids.txt", tmp_path), syncs
+
+
+def test_recorder_commits_ids_waiting_together_in_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder, syncs = _recorder_with_counted_syncs(tmp_path, monkeypatch)
+
+    async def record_all() -> None:
+        await asyncio.gather(*(recorder.record(image_id) for image_id in range(1, 51)))
+
+    asyncio.run(record_all())
+
+    assert load_ids(tmp_path / "ids.txt") == set(range(1, 51))
+    # The committer starts on the loop's next turn: by then all 50 are waiting, one batch.
+    assert syncs == [tmp_path]
+
+
+def test_recorder_returns_only_once_the_id_is_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder, _ = _recorder_with_counted_syncs(tmp_path, monkeypatch)
+    seen_on_return: list[set[int]] = []
+
+    async def record_one(image_id: int) -> None:
+        await recorder.record(image_id)
+        seen_on_return.append(load_ids(tmp_path / "ids.txt"))
+
+    async def record_in_turn() -> None:
+        await record_one(1)
+        await record_one(2)  # after the first commit ended: a new committer starts
+
+    asyncio.run(record_in_turn())
+
+    assert seen_on_return == [{1}, {1, 2}]
+
+
+def test_recorder_failure_reaches_every_waiting_id(tmp_path: Path) -> None:
+    recorder = IdRecorder(tmp_path / "missing" / "ids.txt", tmp_path)
+
+    async def record_all() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(recorder.record(image_id) for image_id in (1, 2, 3)), return_exceptions=True
+        )
+
+    results = asyncio.run(record_all())
+
+    assert all(isinstance(result, FileNotFoundError) for result in results)
 
 
 def test_a_million_ids(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from civitai_spider.store import (
     log_line,
     remove_temporary_files,
     store_directory,
-    sync_directory,
+    sync_file_system,
     write_atomically,
 )
 
@@ -85,7 +85,7 @@ def test_replace_failure_leaves_no_temporary(tmp_path: Path) -> None:
 def test_append_line_creates_and_appends(tmp_path: Path) -> None:
     path = tmp_path / "ids.txt"
     append_line(path, "1")
-    append_line(path, "22", sync=True)
+    append_line(path, "22")
     append_line(path, "333")
     assert path.read_bytes() == b"1\n22\n333\n"
 
@@ -199,11 +199,19 @@ def test_store_directory_rejects_empty(value: str | None) -> None:
         store_directory(Settings({"IMAGES_STORE": value}))
 
 
-def test_sync_directory_accepts_a_folder_and_rejects_a_file(tmp_path: Path) -> None:
-    sync_directory(tmp_path)
+def test_sync_file_system_accepts_a_folder_and_rejects_a_file(tmp_path: Path) -> None:
+    sync_file_system(tmp_path)
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(NotADirectoryError):
-        sync_directory(tmp_path / "file")
+        sync_file_system(tmp_path / "file")
+
+
+def test_write_without_sync_still_replaces_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "1.jpg"
+    target.write_bytes(b"old")
+    write_atomically(target, b"new", sync=False)
+    assert target.read_bytes() == b"new"
+    assert [path.name for path in tmp_path.iterdir()] == ["1.jpg"]
 
 
 def test_written_files_are_readable_by_others(tmp_path: Path) -> None:

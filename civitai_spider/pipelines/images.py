@@ -3,15 +3,23 @@
 A subclass of Scrapy's ImagesPipeline that keeps its download machinery and replaces
 what it does with the bytes: stock ImagesPipeline re-encodes every image as JPEG quality
 75 in the reactor thread, flattens transparency onto white and names files by URL hash.
-Here the bytes decide (see :mod:`civitai_spider.imaging`), Pillow runs in a worker
-thread, files are written atomically, and a failure is one log line plus one line in
-``error_log.txt`` instead of a traceback, then the item is dropped (its id is not
-recorded, so the next run tries again).
+Here the bytes decide (see :mod:`civitai_spider.imaging`), Pillow runs in a pool of
+``CIVITAI_IMAGE_THREADS`` worker threads, files are written atomically, and a failure is
+one log line plus one line in ``error_log.txt`` instead of a traceback, then the item is
+dropped (its id is not recorded, so the next run tries again).
+
+At most ``CIVITAI_IMAGES_IN_FLIGHT`` images are between request and saved file at once,
+whatever the number of pages being processed: that, not the number of items, is what
+bounds memory (a 3 MB PNG is held two or three times while it is downloaded and checked).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
@@ -22,7 +30,7 @@ from scrapy.pipelines.images import ImagesPipeline
 from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
 
-from civitai_spider.imaging import ImageRejected, prepare_image
+from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.outcomes import FAILED_REASON, DropImage
 from civitai_spider.store import (
     BOMB_LOG_NAME,
@@ -61,6 +69,15 @@ class CivitaiImagesPipeline(ImagesPipeline):
         self.jpeg_quality = settings.getint("CIVITAI_JPEG_QUALITY")
         self.error_log = self.directory / ERROR_LOG_NAME
         self.bomb_log = self.directory / BOMB_LOG_NAME
+        threads = settings.getint("CIVITAI_IMAGE_THREADS", -1)
+        if threads < 0:
+            threads = (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
+        # Pillow releases the GIL while it decodes and encodes: one thread per core keeps
+        # every core busy without holding more decoded images in memory than that.
+        self.pillow = ThreadPoolExecutor(threads, thread_name_prefix="pillow") if threads else None
+        self.in_flight = asyncio.Semaphore(settings.getint("CIVITAI_IMAGES_IN_FLIGHT"))
 
     @classmethod
     def check_settings(cls, settings: BaseSettings) -> None:
@@ -70,6 +87,10 @@ class CivitaiImagesPipeline(ImagesPipeline):
             raise ValueError(f"CIVITAI_JPEG_QUALITY={quality} is not valid: allowed is 1 to 100")
         if settings.getint("CIVITAI_MAX_IMAGE_PIXELS") < 1:
             raise ValueError("CIVITAI_MAX_IMAGE_PIXELS must be a positive number of pixels")
+        if settings.getint("CIVITAI_IMAGE_THREADS", -1) < -1:
+            raise ValueError("CIVITAI_IMAGE_THREADS must be -1 (one per core), 0 (inline) or more")
+        if settings.getint("CIVITAI_IMAGES_IN_FLIGHT") < 1:
+            raise ValueError("CIVITAI_IMAGES_IN_FLIGHT must be at least 1")
 
     def open_spider(self) -> None:
         super().open_spider()
@@ -84,11 +105,14 @@ class CivitaiImagesPipeline(ImagesPipeline):
 
     def close_spider(self) -> None:
         logging.getLogger("scrapy.pipelines.media").removeFilter(_hide_reported_failures)
+        if self.pillow is not None:
+            self.pillow.shutdown(wait=False)
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         try:
-            item = await super().process_item(item)
+            async with self.in_flight:
+                item = await super().process_item(item)
         finally:
             # MediaPipeline keeps each URL's result for the whole run. Files here are
             # named by id and the ID pipeline already drops repeated ids, so the cache
@@ -103,7 +127,7 @@ class CivitaiImagesPipeline(ImagesPipeline):
             # Another item with the same URL was downloading at the same moment and we
             # were handed its result: give this id its own copy.
             await run_in_thread(
-                copy_atomically, self.directory / adapter["image_file"], self.directory / own_name
+                copy_atomically, self.directory / adapter["image_file"], self.directory / own_name, sync=False
             )
             adapter["image_file"] = own_name
         return item
@@ -129,8 +153,13 @@ class CivitaiImagesPipeline(ImagesPipeline):
         if response.status != 200:
             raise ImageFailed(f"HTTP {response.status}")
         try:
-            prepared = await run_in_thread(
-                prepare_image, response.body, max_pixels=self.max_pixels, jpeg_quality=self.jpeg_quality
+            prepared = await self._in_pillow_thread(
+                _prepare_and_write,
+                response.body,
+                self.directory,
+                image_id,
+                self.max_pixels,
+                self.jpeg_quality,
             )
         except ImageRejected as error:
             if error.size is not None:
@@ -138,9 +167,8 @@ class CivitaiImagesPipeline(ImagesPipeline):
             raise ImageFailed(str(error)) from None
         if prepared.over_pixel_limit:
             self._log_bomb(image_id, request.url, (prepared.width, prepared.height), "saved")
-        name = _file_name(image_id, prepared.extension)
-        await run_in_thread(write_atomically, self.directory / name, prepared.data)
         self.inc_stats("converted" if prepared.converted else "kept")
+        name = _file_name(image_id, prepared.extension)
         return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
 
     def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> NoReturn:
@@ -166,6 +194,11 @@ class CivitaiImagesPipeline(ImagesPipeline):
         adapter["image_file"] = adapter["images"][0]["path"]
         return item
 
+    async def _in_pillow_thread(self, function: Any, *args: Any) -> Any:
+        if self.pillow is None:  # CIVITAI_IMAGE_THREADS=0: inline, for comparison only
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pillow, function, *args)
+
     def _log_bomb(self, image_id: int, url: str, size: tuple[int, int], outcome: str) -> None:
         width, height = size
         logger.warning(
@@ -173,6 +206,16 @@ class CivitaiImagesPipeline(ImagesPipeline):
         )
         self.crawler.stats.inc_value(f"civitai/decompression_bomb/{outcome}")
         append_line(self.bomb_log, log_line(image_id, url, f"{width}x{height}", outcome))
+
+
+def _prepare_and_write(
+    body: bytes, directory: Path, image_id: int, max_pixels: int, jpeg_quality: int
+) -> PreparedImage:
+    # One trip to a worker thread for the check (or conversion) and the write. The file is
+    # flushed to disk with its metadata files, in a batch, before its id is recorded.
+    prepared = prepare_image(body, max_pixels=max_pixels, jpeg_quality=jpeg_quality)
+    write_atomically(directory / _file_name(image_id, prepared.extension), prepared.data, sync=False)
+    return prepared
 
 
 def _file_name(image_id: int, extension: str) -> str:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from itemadapter import ItemAdapter
 from scrapy.utils.asyncio import run_in_thread
 
-from civitai_spider.id_file import id_file_path, record_id
+from civitai_spider.id_file import IdRecorder, id_file_path
 from civitai_spider.outcomes import METADATA_FILES_SAVED
-from civitai_spider.store import store_directory, sync_directory, write_atomically
+from civitai_spider.store import store_directory, write_atomically
 
 if TYPE_CHECKING:
     from typing import Self
@@ -27,7 +27,7 @@ class MetadataPipeline:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.directory = store_directory(crawler.settings)
-        self.id_file = id_file_path(crawler.settings)
+        self.ids = IdRecorder(id_file_path(crawler.settings), self.directory)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -36,17 +36,15 @@ class MetadataPipeline:
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         files = metadata_files(adapter)
-        await run_in_thread(self._save, adapter["id"], files)
+        await run_in_thread(self._save, files)
         self.crawler.stats.inc_value(METADATA_FILES_SAVED, len(files))
+        # The ID file lists the id once the image and these files are on disk.
+        await self.ids.record(adapter["id"])
         return item
 
-    def _save(self, image_id: int, files: dict[str, bytes]) -> None:
+    def _save(self, files: dict[str, bytes]) -> None:
         for name, data in files.items():
-            write_atomically(self.directory / name, data)
-        # One directory sync covers the renames of the image and of these files: only
-        # then may the ID file say the set is complete.
-        sync_directory(self.directory)
-        record_id(self.id_file, image_id)
+            write_atomically(self.directory / name, data, sync=False)
 
 
 def metadata_files(adapter: ItemAdapter) -> dict[str, bytes]:
