@@ -8,8 +8,12 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 - for WebP also our crawl with Pillow inline in the reactor thread, on one core;
 - a re-run of the JPEG crawl over its complete store;
 - an ID file of a million ids, loaded;
-- the memory runs: the PNG crawl at two sizes (images are deleted as they land, so that
-  twenty thousand 3 MB files need no 60 GB of disk).
+- the memory runs: the PNG crawl at two sizes.
+
+Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
+and ID files stay), so that neither the disk's speed nor its size is what gets measured:
+twenty thousand 3 MB PNGs are 60 GB, and a PNG crawl downloads faster than many disks
+write. One extra run saves the PNGs to ``--disk-dir`` to show what the disk allows.
 
 It prints one table (rates, CPU, peak RSS, ratios taken within this run) and writes the raw
 numbers as JSON. Absolute numbers depend on the machine; the ratios are what to compare.
@@ -205,13 +209,14 @@ def crawl(
 
 @contextmanager
 def deleting_images(store: Path) -> Iterator[None]:
-    """Delete saved images while a crawl runs (metadata stays): disk use stays small."""
+    """Delete saved images while a crawl runs (metadata stays): the store stays small."""
     stop = threading.Event()
 
     def sweep() -> None:
         while not stop.wait(0.2):
-            for path in store.glob("*.png"):
-                path.unlink(missing_ok=True)
+            for pattern in ("*.png", "*.jpg"):
+                for path in store.rglob(pattern):
+                    path.unlink(missing_ok=True)
 
     sweeper = threading.Thread(target=sweep, daemon=True)
     sweeper.start()
@@ -232,41 +237,38 @@ def time_id_file_load(work: Path, count: int) -> float:
     return elapsed
 
 
-def benchmark(images: int, memory_images: list[int], id_count: int, work: Path) -> dict[str, object]:
+def benchmark(
+    images: int, memory_images: list[int], id_count: int, work: Path, stores: Path, disk: Path
+) -> dict[str, object]:
     runs: list[Run] = []
 
-    def store(name: str) -> Path:
-        return work / f"store-{name}"
+    def measure(server: Server, scenario: str, crawler: str, store: Path, **options: object) -> Run:
+        with deleting_images(store):
+            run = crawl(server, scenario, crawler, work, store, **options)
+        runs.append(run)
+        return run
 
     for kind in ("jpeg", "png", "webp"):
         scenario = {"jpeg": "JPEG kept", "png": "PNG kept", "webp": "WebP converted"}[kind]
         print(f"{scenario}: {images} images...", file=sys.stderr, flush=True)
         with serving(kind, images) as server:
-            runs.append(crawl(server, scenario, "bare", work, store(f"{kind}-bare")))
-            runs.append(crawl(server, scenario, "stock", work, store(f"{kind}-stock")))
-            runs.append(crawl(server, scenario, "civitai", work, store(kind)))
-            if kind == "webp":
-                runs.append(
-                    crawl(
-                        server,
-                        scenario,
-                        "civitai-inline-1-core",
-                        work,
-                        store(f"{kind}-inline"),
-                        settings={"CIVITAI_IMAGE_THREADS": "0"},
-                        one_core=True,
-                    )
-                )
+            measure(server, scenario, "bare", stores / f"{kind}-bare")
+            measure(server, scenario, "stock", stores / f"{kind}-stock")
+            measure(server, scenario, "civitai", stores / kind)
             if kind == "jpeg":
-                runs.append(crawl(server, "JPEG re-run, store complete", "civitai", work, store(kind)))
+                measure(server, "JPEG re-run, store complete", "civitai", stores / kind)
+            if kind == "png":
+                measure(server, "PNG kept, store on disk", "civitai", disk / kind)
+            if kind == "webp":
+                inline = {"settings": {"CIVITAI_IMAGE_THREADS": "0"}, "one_core": True}
+                measure(server, scenario, "civitai-inline-1-core", stores / f"{kind}-inline", **inline)
 
     memory_runs = []
     for count in memory_images:
         print(f"Memory: {count} PNG images...", file=sys.stderr, flush=True)
-        with serving("png", count) as server, deleting_images(store(f"memory-{count}")):
-            memory_runs.append(
-                crawl(server, f"Memory, {count} PNG", "civitai", work, store(f"memory-{count}"))
-            )
+        store = stores / f"memory-{count}"
+        with serving("png", count) as server, deleting_images(store):
+            memory_runs.append(crawl(server, f"Memory, {count} PNG", "civitai", work, store))
 
     print(f"ID file: {id_count} ids...", file=sys.stderr, flush=True)
     id_load = time_id_file_load(work, id_count)
@@ -348,6 +350,7 @@ def table(results: dict[str, object]) -> str:
     lines += [f"| {name} | {value:.2f}x |" for name, value in results["ratios"].items()]
     id_file = results["id_file"]
     lines += ["", f"ID file: {id_file['ids']:,} ids loaded in {id_file['load_seconds']:.2f} s"]
+    lines += [f"Stores on {results['store_file_system']}, images deleted as they land"]
     about = results["machine"]
     lines += [
         f"Machine: {about['cpu']}, {about['cores']} cores, {about['memory_gb']} GB; "
@@ -369,13 +372,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ids", type=int, default=1_000_000, help="ids in the ID file load test")
     parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
+        help="where the stores go (default /dev/shm, tmpfs, when writable; else a temporary folder)",
+    )
+    parser.add_argument(
+        "--disk-dir", type=Path, help="where the store-on-disk run saves (default: a temporary folder)"
+    )
+    parser.add_argument(
         "--json", type=Path, help="where to write the raw results (default: benchmark-<commit>.json)"
     )
     arguments = parser.parse_args(argv)
 
     about = machine()
-    with tempfile.TemporaryDirectory(prefix="civitai-benchmark-") as folder:
-        results = benchmark(arguments.images, arguments.memory_images, arguments.ids, Path(folder))
+    with (
+        tempfile.TemporaryDirectory(prefix="civitai-benchmark-") as work,
+        tempfile.TemporaryDirectory(prefix="civitai-benchmark-", dir=arguments.store_dir) as stores,
+        tempfile.TemporaryDirectory(prefix="civitai-benchmark-", dir=arguments.disk_dir) as disk,
+    ):
+        results = benchmark(
+            arguments.images, arguments.memory_images, arguments.ids, Path(work), Path(stores), Path(disk)
+        )
+        results["store_file_system"] = _file_system(Path(stores))
     results["ratios"] = ratios(results["runs"], results["memory_runs"])
     results["machine"] = about
     print(table(results))
@@ -388,6 +407,21 @@ def main(argv: list[str] | None = None) -> None:
     }
     output.write_text(json.dumps(raw, indent=2))
     print(f"Raw results: {output}", file=sys.stderr)
+
+
+def _file_system(path: Path) -> str:
+    """The file system type of ``path`` (from /proc/mounts: the longest mount point above it)."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    resolved = str(path.resolve())
+    above = [
+        (point, kind)
+        for point, kind in mounts
+        if resolved == point or resolved.startswith(point.rstrip("/") + "/")
+    ]
+    return max(above, key=lambda mount: len(mount[0]))[1] if above else "unknown"
 
 
 def _raw(run: Run) -> dict[str, object]:
