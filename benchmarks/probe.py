@@ -8,6 +8,7 @@ callback, or simply no free core).
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ class Probe:
         self.crawler = crawler
         self.path = crawler.settings.get("BENCHMARK_PROBE_FILE")
         self.worst_stall = 0.0
+        self.worst_gc = 0.0
+        self._gc_started = 0.0
         self._last = 0.0
         self._heartbeat = task.LoopingCall(self._beat)
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
@@ -40,6 +43,14 @@ class Probe:
     def _opened(self) -> None:
         self._last = time.monotonic()
         self._heartbeat.start(_BEAT, now=False)
+        gc.callbacks.append(self._timed_gc)
+
+    def _timed_gc(self, phase: str, info: dict[str, int]) -> None:
+        # A full collection walks every live object: a classic cause of a long stall.
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.worst_gc = max(self.worst_gc, time.perf_counter() - self._gc_started)
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -49,9 +60,13 @@ class Probe:
     def _closed(self) -> None:
         if self._heartbeat.running:
             self._heartbeat.stop()
+        gc.callbacks.remove(self._timed_gc)
         stats = {name: _plain(value) for name, value in self.crawler.stats.get_stats().items()}
         with open(self.path, "w") as file:
-            json.dump({"stats": stats, "worst_stall_seconds": self.worst_stall}, file)
+            json.dump(
+                {"stats": stats, "worst_stall_seconds": self.worst_stall, "worst_gc_seconds": self.worst_gc},
+                file,
+            )
 
 
 def _plain(value: object) -> object:

@@ -59,6 +59,7 @@ class Run:
     peak_rss_mb: float
     megabytes: float  # response bytes downloaded
     worst_stall_ms: float
+    worst_gc_ms: float
     api_pages: int
     server_cpu_seconds: float
     stats: dict[str, object] = field(repr=False)
@@ -201,6 +202,7 @@ def crawl(
         peak_rss_mb=usage.ru_maxrss / 1024,
         megabytes=int(stats.get("downloader/response_bytes", 0)) / 1e6,
         worst_stall_ms=1000 * probe["worst_stall_seconds"],
+        worst_gc_ms=1000 * probe["worst_gc_seconds"],
         api_pages=counts["api"],
         server_cpu_seconds=server_cpu,
         stats=stats,
@@ -336,14 +338,15 @@ def machine() -> dict[str, object]:
 def table(results: dict[str, object]) -> str:
     lines = [
         "| scenario | crawler | images | images/s | MB/s | CPU ms/image | peak RSS MB | worst stall ms "
-        "| server CPU ms/image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| worst GC ms | server CPU ms/image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in [*results["runs"], *results["memory_runs"]]:
         rate = f"{run.images_per_second:.0f}" if run.images else f"0 ({run.items_per_second:.0f} items/s)"
         lines.append(
             f"| {run.scenario} | {run.crawler} | {run.images} | {rate} | {run.megabytes / run.elapsed:.0f} "
             f"| {run.cpu_per_image_ms:.1f} | {run.peak_rss_mb:.0f} | {run.worst_stall_ms:.0f} "
+            f"| {run.worst_gc_ms:.0f} "
             f"| {1000 * run.server_cpu_seconds / max(run.images, 1):.1f} |"
         )
     lines += ["", "| ratio (same run) | value |", "|---|---|"]

@@ -66,6 +66,7 @@ DOWNLOADER_MIDDLEWARES = {
 EXTENSIONS = {
     "civitai_spider.extensions.outcome_stats.OutcomeStats": 100,
     "civitai_spider.extensions.progress.ProgressBar": 200,
+    "civitai_spider.extensions.gc_freeze.FreezeStartupObjects": 300,
 }
 # One line per dropped or failed image, without the whole item.
 LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"
@@ -74,12 +75,23 @@ LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"
 RETRY_TIMES = 5
 ROBOTSTXT_OBEY = False
 USER_AGENT = "civitai-spider/0.1 (Scrapy)"
-# Items processed in parallel per API page (each holds one image download). Scrapy's
-# 100 measured 30-40% slower than about 10 on loopback; 16 keeps more downloads in
-# flight for a real CDN's latency. The concurrency numbers are not yet benchmark-tuned.
-CONCURRENT_ITEMS = 16
-CONCURRENT_REQUESTS = 32
-CONCURRENT_REQUESTS_PER_DOMAIN = 16
+# --- Concurrency, tuned with benchmarks/run.py (README, "Performance"; 2 cores, loopback) ---
+# API pages go one at a time, through a download slot of their own: each page names the
+# next one's cursor anyway, and image traffic must never crowd the API nor make it look
+# like we hammer it. (The spider puts pages in the slot "civitai-api", see api.py.)
+DOWNLOAD_SLOTS = {"civitai-api": {"concurrency": 1}}
+# Images go wide: CIVITAI_IMAGES_IN_FLIGHT (32) bounds them; the CDN's slot allows as many.
+# (Scrapy 2.19 under asyncio starts every request queued in a slot at once, whatever its
+# concurrency; our in-flight bound is what holds.)
+CONCURRENT_REQUESTS = 64
+CONCURRENT_REQUESTS_PER_DOMAIN = 32
+# Items processed in parallel per API page; an item waiting for an image slot costs about
+# 1 KB. JPEG crawl, 3,000 images: 16 -> ~410 images/s, 32 -> ~460, 64 -> ~445; Scrapy's 100
+# only adds tasks.
+CONCURRENT_ITEMS = 32
+# Thread pools: Pillow has its own (CIVITAI_IMAGE_THREADS, one thread per core); file writes
+# and the ID file's syncs use asyncio's default pool (cores + 4 threads), enough to keep the
+# disk busy. Twisted's pool (REACTOR_THREADPOOL_MAXSIZE) only resolves host names here.
 DOWNLOAD_TIMEOUT = 120
 # Originals of 100+ megapixels exist; the default warning size (32 MB) would log noise.
 DOWNLOAD_WARNSIZE = 128 * 1024 * 1024

@@ -19,7 +19,13 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
 from civitai_spider import outcomes
-from civitai_spider.api import API_PAGE_META_KEY, origin, page_problem, server_error_message
+from civitai_spider.api import (
+    API_DOWNLOAD_SLOT,
+    API_PAGE_META_KEY,
+    origin,
+    page_problem,
+    server_error_message,
+)
 from civitai_spider.items import CivitaiImage, InvalidApiItem
 from civitai_spider.store import ERROR_LOG_NAME, append_line, log_line, store_directory
 
@@ -73,7 +79,7 @@ class CivitaiSpider(scrapy.Spider):
             url,
             callback=self.parse_page,
             errback=self.api_failed,
-            meta={API_PAGE_META_KEY: True},
+            meta={API_PAGE_META_KEY: True, "download_slot": API_DOWNLOAD_SLOT},
             # Cursor loops are detected below, with a clear reason; the dupefilter
             # would end them silently.
             dont_filter=True,
