@@ -42,6 +42,7 @@ import scrapy
 
 from civitai_spider import settings as project_settings
 from civitai_spider.id_file import load_ids
+from civitai_spider.store import TEMPORARY_PREFIX
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
@@ -192,6 +193,10 @@ def crawl(
     server_cpu = server.cpu_seconds() - server_cpu
     probe = json.loads(probe_file.read_text())
     stats = probe["stats"]
+    if stats.get("civitai/failed"):
+        raise RuntimeError(
+            f"{scenario}/{crawler}: {stats['civitai/failed']} image(s) failed, see {values['LOG_FILE']}"
+        )
     return Run(
         scenario=scenario,
         crawler=crawler,
@@ -218,7 +223,9 @@ def deleting_images(store: Path) -> Iterator[None]:
         while not stop.wait(0.2):
             for pattern in ("*.png", "*.jpg"):
                 for path in store.rglob(pattern):
-                    path.unlink(missing_ok=True)
+                    # Never a file still being written: the crawl would fail to rename it.
+                    if not path.name.startswith(TEMPORARY_PREFIX):
+                        path.unlink(missing_ok=True)
 
     sweeper = threading.Thread(target=sweep, daemon=True)
     sweeper.start()

@@ -36,6 +36,8 @@ def test_benchmark_runs_every_scenario_and_reports_them(tmp_path: Path) -> None:
             assert run["images"] == IMAGES, (scenario, crawler)
             assert run["elapsed"] > 0 and run["cpu_seconds"] > 0 and run["peak_rss_mb"] > 0
             assert run["megabytes"] > 0
+            if crawler == "civitai":
+                assert run["stats"]["civitai/saved"] == IMAGES, scenario
     inline = runs.pop(("WebP converted", "civitai-inline-1-core"))
     assert inline["images"] == IMAGES and inline["stats"]["civitai/saved"] == IMAGES
     on_disk = runs.pop(("PNG kept, store on disk", "civitai"))
