@@ -134,6 +134,8 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         ("CIVITAI_THRESHOLDS", "{not json", "not a JSON object"),
         ("CIVITAI_JPEG_QUALITY", "0", "CIVITAI_JPEG_QUALITY"),
         ("IMAGES_STORE", "s3://bucket/images", "local folder"),
+        ("CIVITAI_IMAGE_THREADS", "-2", "CIVITAI_IMAGE_THREADS"),
+        ("CIVITAI_IMAGES_IN_FLIGHT", "0", "CIVITAI_IMAGES_IN_FLIGHT"),
     ],
 )
 def test_bad_setting_is_one_clear_error(

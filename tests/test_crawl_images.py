@@ -8,6 +8,7 @@ from io import BytesIO
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from PIL import Image
 
 from tests import images
@@ -314,3 +315,18 @@ def test_id_file_can_live_outside_the_store(server: FakeCivitai, store: Path, tm
     assert id_file.read_text() == f"{item['id']}\n"
     assert not (store / "downloaded_image_ID_DB.txt").exists()
     assert second.stats["civitai/dropped/already_downloaded"] == 1
+
+
+@pytest.mark.parametrize("threads", ["0", "1"])
+def test_images_in_flight_stay_within_the_bound(threads: str, server: FakeCivitai, store: Path) -> None:
+    items = [server.add_image_item(images.webp_rgb()) for _ in range(8)]
+    server.cdn_delay = 0.3  # every image takes at least 0.3 s to arrive
+
+    # 0 threads: Pillow inline in the reactor thread, the benchmark's comparison mode.
+    result = run_crawl(server, store, CIVITAI_IMAGES_IN_FLIGHT="2", CIVITAI_IMAGE_THREADS=threads)
+
+    assert result.stats["civitai/saved"] == len(items)
+    # A request holds its place for at least 0.3 s after it arrives: three arrivals within
+    # 0.3 s would mean three images in progress at once.
+    arrivals = [request.time for request in server.cdn_requests()]
+    assert max(sum(start <= time < start + 0.3 for time in arrivals) for start in arrivals) == 2
