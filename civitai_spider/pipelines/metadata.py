@@ -2,20 +2,22 @@
 
 Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-prompt.txt``
 (only with a non-empty negative prompt) and ``<id>_meta.json`` (the whole API record plus
-``image_file``). The id goes into the ID file last, so a listed id always has every file.
+``image_file``). The id goes into the ID file last, so a listed id always has every file. A file system
+error (disk full, read-only store) fails the item like a failed download: one WARNING line,
+one ``error_log.txt`` line, the id not recorded (the next run tries again), the crawl goes on.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
 from scrapy.utils.asyncio import run_in_thread
 
 from civitai_spider.id_file import IdRecorder, id_file_path
-from civitai_spider.outcomes import METADATA_FILES_SAVED
-from civitai_spider.store import store_directory, write_atomically
+from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
+from civitai_spider.store import ERROR_LOG_NAME, append_line, log_line, store_directory, write_atomically
 
 if TYPE_CHECKING:
     from typing import Self
@@ -36,11 +38,25 @@ class MetadataPipeline:
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         files = metadata_files(adapter)
-        await run_in_thread(self._save, files)
+        try:
+            await run_in_thread(self._save, files)
+        except OSError as error:
+            self._fail(adapter, f"metadata not saved: {_describe(error)}")
         self.crawler.stats.inc_value(METADATA_FILES_SAVED, len(files))
-        # The ID file lists the id once the image and these files are on disk.
-        await self.ids.record(adapter["id"])
+        try:
+            # The ID file lists the id once the image and these files are on disk.
+            await self.ids.record(adapter["id"])
+        except OSError as error:
+            self._fail(adapter, f"id not recorded: {_describe(error)}")
         return item
+
+    def _fail(self, adapter: ItemAdapter, reason: str) -> NoReturn:
+        url = adapter["url"]
+        try:
+            append_line(self.directory / ERROR_LOG_NAME, log_line(adapter["id"], url, reason))
+        except OSError:
+            pass  # the store itself is failing: the WARNING line below still says why
+        raise DropImage(FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING")
 
     def _save(self, files: dict[str, bytes]) -> None:
         for name, data in files.items():
@@ -58,6 +74,10 @@ def metadata_files(adapter: ItemAdapter) -> dict[str, bytes]:
     record = {**adapter["api_item"], "image_file": adapter["image_file"]}
     files[f"{image_id}_meta.json"] = json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8")
     return files
+
+
+def _describe(error: OSError) -> str:
+    return f"{type(error).__name__}: {error.strerror or error}"
 
 
 def _text(value: Any) -> str:

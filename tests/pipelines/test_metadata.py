@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from itemadapter import ItemAdapter
 
+from civitai_spider import id_file, store
 from civitai_spider.items import CivitaiImage
-from civitai_spider.outcomes import METADATA_FILES_SAVED
+from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
 from civitai_spider.pipelines.metadata import MetadataPipeline, metadata_files
+from civitai_spider.store import TEMPORARY_PREFIX
 from tests.conftest import project_crawler
 
 _UNSET = object()
@@ -140,15 +144,71 @@ def test_stat_counts_every_file_saved(tmp_path: Path) -> None:
     assert not (tmp_path / "43_neg-prompt.txt").exists()
 
 
+def _assert_failed_cleanly(tmp_path: Path, failure: pytest.ExceptionInfo[DropImage], reason: str) -> None:
+    assert failure.value.reason == FAILED_REASON
+    assert reason in str(failure.value) and "image 42 failed" in str(failure.value)
+    [line] = (tmp_path / "error_log.txt").read_text().splitlines()
+    assert line.split("\t")[1:3] == ["42", make_record()["url"]] and reason in line
+    assert not (tmp_path / "downloaded_image_ID_DB.txt").exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(TEMPORARY_PREFIX)]
+
+
 def test_id_is_not_recorded_when_a_file_cannot_be_written(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
     pipe = MetadataPipeline.from_crawler(crawler)
     (tmp_path / "42_meta.json").mkdir()  # a folder in the way: the rename fails
     (tmp_path / "42_meta.json" / "x").write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(DropImage) as failure:
         asyncio.run(pipe.process_item(saved_item(make_record())))
-    assert not (tmp_path / "downloaded_image_ID_DB.txt").exists()
+    _assert_failed_cleanly(tmp_path, failure, "metadata not saved: IsADirectoryError")
     assert crawler.stats.get_value(METADATA_FILES_SAVED) is None
+
+
+def test_read_only_store_fails_the_item_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    pipe = MetadataPipeline.from_crawler(crawler)
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(store.tempfile, "mkstemp", read_only)
+    with pytest.raises(DropImage) as failure:
+        asyncio.run(pipe.process_item(saved_item(make_record())))
+    _assert_failed_cleanly(tmp_path, failure, "metadata not saved: OSError: Read-only file system")
+
+
+def test_disk_full_while_writing_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    pipe = MetadataPipeline.from_crawler(crawler)
+    real_replace = os.replace
+
+    def full_disk(source: Any, target: Any) -> None:
+        if str(target).endswith("_meta.json"):  # the first files went in; then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(source, target)
+
+    monkeypatch.setattr(store.os, "replace", full_disk)
+    with pytest.raises(DropImage) as failure:
+        asyncio.run(pipe.process_item(saved_item(make_record())))
+    _assert_failed_cleanly(tmp_path, failure, "metadata not saved: OSError: No space left on device")
+    assert not (tmp_path / "42_meta.json").exists()
+
+
+def test_id_file_that_cannot_be_written_fails_the_item_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    pipe = MetadataPipeline.from_crawler(crawler)
+
+    def full_disk(path: Path, image_ids: list[int]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(id_file, "record_ids", full_disk)
+    with pytest.raises(DropImage) as failure:
+        asyncio.run(pipe.process_item(saved_item(make_record())))
+    _assert_failed_cleanly(tmp_path, failure, "id not recorded: OSError: No space left on device")
 
 
 def test_custom_id_file_is_used(tmp_path: Path) -> None:
