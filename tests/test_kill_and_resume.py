@@ -380,3 +380,46 @@ def test_partial_image_without_id_is_redownloaded(server: FakeCivitai, store: Pa
     assert partial.read_bytes() == bodies()["jpeg"], "the partial image was not replaced"
     assert sorted(recorded_ids(store)) == [1000, 1001]
     check_store_invariants(store, items, kinds=kinds, finished=True)
+
+
+def test_jobdir_pause_with_one_ctrl_c_then_resume_continues_where_it_stopped(
+    server: FakeCivitai, store: Path, tmp_path: Path
+) -> None:
+    items = [server.add_image_item(images.jpeg_rgb()) for _ in range(30)]
+    server.api_delay = 0.3  # ten pages of three: several seconds to stop in the middle of
+    jobdir = tmp_path / "job"
+    api_key = "civitai-key-for-jobdir-5b2e"
+    command = crawl_command(server, store, "limit=3", JOBDIR=str(jobdir))
+    process = subprocess.Popen(
+        command,
+        cwd=REPOSITORY,
+        env=crawl_environment(api_key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(server.api_requests()) < 4:
+        assert time.monotonic() < deadline and process.poll() is None, "the crawl did not get going"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # one Ctrl-C: Scrapy's graceful stop
+    stdout, stderr = process.communicate(timeout=60)
+    paused = CrawlResult(process.returncode, stdout, stderr, store)
+    assert paused.finish_reason == "shutdown", stderr
+    pages_before = len(server.api_requests())
+    assert 0 < len(paused.ids_recorded()) < len(items)
+
+    server.clear_requests()
+    server.api_delay = 0
+    resumed = run_crawl(server, store, "limit=3", api_key=api_key, JOBDIR=str(jobdir))
+
+    assert resumed.finish_reason == "finished", resumed.stderr
+    assert "Resuming a paused job" in resumed.stderr
+    first_page = server.api_requests()[0]
+    assert "cursor" in first_page.query  # it went on from the saved cursor, not the first page
+    assert pages_before + len(server.api_requests()) <= 11  # ten pages, one maybe asked twice
+    recorded = resumed.ids_recorded()
+    assert sorted(recorded) == sorted(item["id"] for item in items)  # every id, each once
+    for path in jobdir.rglob("*"):  # the queue holds page requests: never with the key
+        if path.is_file():
+            assert api_key.encode() not in path.read_bytes(), path

@@ -52,8 +52,9 @@ class CivitaiSpider(scrapy.Spider):
         arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
         self.query, self.max_pages, self.stop_after_seen = parse_arguments(arguments)
-        self._cursors_seen: set[str] = set()
-        self._pages = 0
+        #: Cursors followed and pages done. With JOBDIR it lives in ``self.state``, which
+        #: Scrapy saves on a pause, so a resumed job still catches a loop and counts pages.
+        self._progress: dict[str, Any] = {"cursors_seen": set(), "pages": 0}
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, str]) -> None:
@@ -66,6 +67,17 @@ class CivitaiSpider(scrapy.Spider):
         self.api_url: str = settings.get("CIVITAI_API_URL")
         self._error_log = store_directory(settings) / ERROR_LOG_NAME
         self._error_log.parent.mkdir(parents=True, exist_ok=True)
+        job_state = getattr(self, "state", None)  # set by Scrapy's SpiderState with JOBDIR
+        if job_state is not None:
+            self._progress = job_state.setdefault("civitai_progress", self._progress)
+        scheduler = self.crawler.engine.scheduler
+        if scheduler is not None and scheduler.has_pending_requests():
+            # A paused job (JOBDIR) saved its next page request: go on from there.
+            logger.info(
+                "Resuming a paused job after %d page(s): continuing from its saved page request",
+                self._progress["pages"],
+            )
+            return
         yield self._page_request(cursor=None)
 
     def _page_request(self, cursor: str | None) -> scrapy.Request:
@@ -91,7 +103,7 @@ class CivitaiSpider(scrapy.Spider):
             # The retry middleware already retried this page; give up loudly.
             self._stop_for_api_error(problem, response.url)
         payload = response.json()
-        self._pages += 1
+        self._progress["pages"] += 1
         records = payload["items"]
         metadata = payload.get("metadata")
         metadata = metadata if isinstance(metadata, dict) else {}
@@ -117,7 +129,8 @@ class CivitaiSpider(scrapy.Spider):
             yield item
 
     def _next_page_request(self, metadata: dict[str, Any], item_count: int) -> scrapy.Request | None:
-        if self.max_pages is not None and self._pages >= self.max_pages:
+        pages = self._progress["pages"]
+        if self.max_pages is not None and pages >= self.max_pages:
             logger.info("Stopping after max_pages=%d page(s)", self.max_pages)
             return None
         cursor = metadata.get("nextCursor")
@@ -133,17 +146,16 @@ class CivitaiSpider(scrapy.Spider):
                 return None
             seen_key, request = next_page, self._api_request(next_page)
         else:
-            if item_count == 0 and self._pages > 1:
+            if item_count == 0 and pages > 1:
                 # Civitai's older query path answers an empty page without a cursor when
                 # its database query times out, so this end may not be the real one.
-                logger.warning(
-                    "Page %d was empty with no cursor: the listing may have ended early", self._pages
-                )
+                logger.warning("Page %d was empty with no cursor: the listing may have ended early", pages)
             return None
-        if seen_key in self._cursors_seen:
+        cursors_seen = self._progress["cursors_seen"]
+        if seen_key in cursors_seen:
             logger.error("The API returned cursor %r a second time: stopping to avoid a loop", seen_key)
             raise CloseSpider("cursor_loop")
-        self._cursors_seen.add(seen_key)
+        cursors_seen.add(seen_key)
         return request
 
     def api_failed(self, failure: Failure) -> None:

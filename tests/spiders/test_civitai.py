@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -177,12 +178,56 @@ def first_request(spider: CivitaiSpider) -> scrapy.Request:
     return asyncio.run(run())
 
 
-def started_spider(tmp_path: Path, **arguments: str) -> CivitaiSpider:
+class _Scheduler:
+    """The one scheduler method ``start()`` asks: is a saved request waiting (a resumed JOBDIR)?"""
+
+    def __init__(self, pending: bool) -> None:
+        self.pending = pending
+
+    def has_pending_requests(self) -> bool:
+        return self.pending
+
+
+def new_spider(tmp_path: Path, *, pending: bool = False, **arguments: str) -> CivitaiSpider:
     crawler = project_crawler(CIVITAI_API_URL=API_URL, IMAGES_STORE=str(tmp_path))
     spider = CivitaiSpider.from_crawler(crawler, **arguments)
     crawler.spider = spider
+    crawler.engine = SimpleNamespace(scheduler=_Scheduler(pending))  # type: ignore[assignment]
+    return spider
+
+
+def started_spider(tmp_path: Path, **arguments: str) -> CivitaiSpider:
+    spider = new_spider(tmp_path, **arguments)
     first_request(spider)
     return spider
+
+
+def all_start_requests(spider: CivitaiSpider) -> list[scrapy.Request]:
+    async def run() -> list[scrapy.Request]:
+        return [request async for request in spider.start()]
+
+    return asyncio.run(run())
+
+
+def test_a_resumed_job_continues_from_its_saved_request_not_the_first_page(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path, pending=True)
+    spider.state = {"civitai_progress": {"cursors_seen": {"c1", "c2"}, "pages": 2}}
+
+    assert all_start_requests(spider) == []
+    # The saved progress is the spider's: a cursor seen before the pause is still a loop.
+    response = page([record(7)], {"nextCursor": "c2"})
+    with pytest.raises(CloseSpider) as caught:
+        list(spider.parse_page(response))
+    assert caught.value.reason == "cursor_loop"
+
+
+def test_progress_is_kept_in_the_job_state_for_a_pause(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path)
+    spider.state = {}
+    assert len(all_start_requests(spider)) == 1  # a new job starts at the first page
+    list(spider.parse_page(page([record(7)], {"nextCursor": "c1"})))
+
+    assert spider.state["civitai_progress"] == {"cursors_seen": {"c1"}, "pages": 1}
 
 
 def page(items: list[Any], metadata: Any = None, url: str = API_URL + "?limit=200") -> TextResponse:
