@@ -40,6 +40,11 @@ CIVITAI_MAX_IMAGE_PIXELS = 89_478_485
 CIVITAI_RETRY_BASE_DELAY = 1.0
 CIVITAI_RETRY_MAX_DELAY = 60.0
 
+# Which redirects of an image download are followed: "https" (to an https:// address, any
+# host), "any" or "none". A refused redirect fails the image with the reason logged.
+CIVITAI_IMAGE_REDIRECTS = "https"
+MEDIA_ALLOW_REDIRECTS = True
+
 # Threads for Pillow (checks, conversions): -1 means one per usable core. 0 runs Pillow in
 # the reactor thread, which stalls every download meanwhile (for benchmark comparison).
 CIVITAI_IMAGE_THREADS = -1
@@ -59,6 +64,9 @@ DOWNLOADER_MIDDLEWARES = {
     # Replaces Scrapy's RetryMiddleware: same settings, plus backoff and Retry-After.
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "civitai_spider.middlewares.retry.BackoffRetryMiddleware": 550,
+    # Just before RedirectMiddleware (600) on the way back: refuses image redirects that
+    # CIVITAI_IMAGE_REDIRECTS does not allow.
+    "civitai_spider.middlewares.image_redirects.ImageRedirectPolicyMiddleware": 650,
     # Last before the network, so the key is on the wire only: not in the retry and
     # redirect copies, the HTTP cache or a JOBDIR queue.
     "civitai_spider.middlewares.api_key.ApiKeyMiddleware": 950,

@@ -330,3 +330,32 @@ def test_images_in_flight_stay_within_the_bound(threads: str, server: FakeCivita
     # 0.3 s would mean three images in progress at once.
     arrivals = [request.time for request in server.cdn_requests()]
     assert max(sum(start <= time < start + 0.3 for time in arrivals) for start in arrivals) == 2
+
+
+def test_image_redirect_to_plain_http_is_refused_by_default(server: FakeCivitai, store: Path) -> None:
+    item = server.add_image_item(images.jpeg_rgb())
+    target = server.add_image("moved", images.jpeg_rgb())
+    server.inject_always(item["url"], Fault.redirect(target))  # the fake CDN is plain http
+
+    result = run_crawl(server, store)
+
+    assert result.stats["civitai/failed"] == 1 and result.ids_recorded() == []
+    assert [request.path for request in server.cdn_requests()] == [urlsplit(item["url"]).path]
+    assert f"redirect to {target} not followed (CIVITAI_IMAGE_REDIRECTS=https)" in result.error_log()
+
+
+def test_image_redirect_followed_when_allowed_without_the_key(server: FakeCivitai, store: Path) -> None:
+    body = images.jpeg_rgb()
+    item = server.add_image_item(images.jpeg_rgb())
+    target = server.add_image("moved", body)
+    server.inject_always(item["url"], Fault.redirect(target))
+
+    result = run_crawl(server, store, api_key=API_KEY, CIVITAI_IMAGE_REDIRECTS="any")
+
+    assert result.ids_recorded() == [item["id"]]
+    assert (store / f"{item['id']}.jpg").read_bytes() == body
+    assert [request.path for request in server.cdn_requests()] == [
+        urlsplit(item["url"]).path,
+        urlsplit(target).path,
+    ]
+    assert all("authorization" not in request.headers for request in server.cdn_requests())

@@ -2,15 +2,16 @@
 
 The header is added last before the network (this middleware sits at 950) and removed
 as soon as the answer or error comes back, so the copies that retries and redirects make,
-the HTTP cache and a ``JOBDIR`` queue never hold it. A request to any other origin
-(the image CDN, a redirect target) never carries it.
+the HTTP cache and a ``JOBDIR`` queue never hold it. Only API page requests to the API's
+own origin carry it: never an image download (even one redirected to the API host), never
+a request to another origin (the image CDN, a redirect target).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from civitai_spider.api import origin
+from civitai_spider.api import API_PAGE_META_KEY, origin
 
 if TYPE_CHECKING:
     from typing import Self
@@ -32,7 +33,11 @@ class ApiKeyMiddleware:
         return cls(settings.get("CIVITAI_API_KEY") or "", settings.get("CIVITAI_API_URL"))
 
     def process_request(self, request: Request) -> None:
-        if self._authorization and origin(request.url) == self._api_origin:
+        if (
+            self._authorization
+            and request.meta.get(API_PAGE_META_KEY)
+            and origin(request.url) == self._api_origin
+        ):
             request.headers[_HEADER] = self._authorization
         else:
             request.headers.pop(_HEADER, None)

@@ -9,6 +9,7 @@ from scrapy import Request
 from scrapy.http import Response
 from twisted.internet.error import ConnectionRefusedError
 
+from civitai_spider.api import API_PAGE_META_KEY
 from civitai_spider.middlewares.api_key import ApiKeyMiddleware
 from tests.conftest import project_crawler
 
@@ -22,8 +23,13 @@ def middleware(api_key: str = "s3cret-key", api_url: str = API_URL, **settings: 
     )
 
 
+def page_request(url: str, **headers: str) -> Request:
+    """A request the spider makes for an API page (images are never marked so)."""
+    return Request(url, headers=headers, meta={API_PAGE_META_KEY: True})
+
+
 def sent_header(mw: ApiKeyMiddleware, url: str, **headers: str) -> bytes | None:
-    request = Request(url, headers=headers)
+    request = page_request(url, **headers)
     assert mw.process_request(request) is None
     return request.headers.get("Authorization")
 
@@ -80,7 +86,7 @@ def test_no_key_sends_no_header() -> None:
 
 def test_header_is_gone_after_the_response() -> None:
     mw = middleware()
-    request = Request(API_URL)
+    request = page_request(API_URL)
     mw.process_request(request)
     assert request.headers.get("Authorization") == BEARER
     answer = Response(API_URL, status=503, request=request)
@@ -92,7 +98,7 @@ def test_header_is_gone_after_the_response() -> None:
 
 def test_header_is_gone_after_an_exception() -> None:
     mw = middleware()
-    request = Request(API_URL)
+    request = page_request(API_URL)
     mw.process_request(request)
     assert request.headers.get("Authorization") == BEARER
     assert mw.process_exception(request, ConnectionRefusedError()) is None
@@ -101,6 +107,13 @@ def test_header_is_gone_after_an_exception() -> None:
 
 
 def test_key_is_not_in_the_url() -> None:
-    request = Request(API_URL + "?limit=2")
+    request = page_request(API_URL + "?limit=2")
     middleware().process_request(request)
     assert "s3cret" not in request.url
+
+
+def test_an_image_download_never_carries_the_key_even_from_the_api_host() -> None:
+    # An image whose address (or a redirect) points at the API host is still not an API page.
+    request = Request(API_URL + "/../image.jpeg")
+    assert middleware().process_request(request) is None
+    assert request.headers.get("Authorization") is None
