@@ -67,13 +67,19 @@ def metadata_files(adapter: ItemAdapter) -> dict[str, bytes]:
     """File name -> contents for one item whose image is saved."""
     image_id = adapter["id"]
     meta = adapter.get("meta") or {}
-    files = {f"{image_id}_pos-prompt.txt": _text(meta.get("prompt")).encode("utf-8")}
+    files = {f"{image_id}_pos-prompt.txt": _utf8(_text(meta.get("prompt")))}
     negative = meta.get("negativePrompt")
     if isinstance(negative, str) and negative.strip():
-        files[f"{image_id}_neg-prompt.txt"] = negative.encode("utf-8")
+        files[f"{image_id}_neg-prompt.txt"] = _utf8(negative)
     record = {**adapter["api_item"], "image_file": adapter["image_file"]}
-    files[f"{image_id}_meta.json"] = json.dumps(record, ensure_ascii=False, indent=2).encode("utf-8")
+    files[f"{image_id}_meta.json"] = _utf8(json.dumps(record, ensure_ascii=False, indent=2))
     return files
+
+
+def _utf8(text: str) -> bytes:
+    # JSON may carry a lone surrogate ("\ud800"), which has no UTF-8 form: it is written as
+    # that escape instead (in meta.json, the very JSON escape it came as).
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _describe(error: OSError) -> str:

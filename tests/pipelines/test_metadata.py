@@ -215,3 +215,11 @@ def test_custom_id_file_is_used(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path), CIVITAI_ID_FILE="ids.txt")
     asyncio.run(MetadataPipeline.from_crawler(crawler).process_item(saved_item(make_record())))
     assert (tmp_path / "ids.txt").read_text() == "42\n"
+
+
+def test_lone_surrogate_from_json_is_written_as_its_escape() -> None:
+    # The API's JSON may hold "\ud800", a code point UTF-8 cannot encode.
+    files = files_of(make_record({"prompt": "a \ud800 cat", "negativePrompt": "\udfff"}))
+    assert files["42_pos-prompt.txt"] == b"a \\ud800 cat"
+    assert files["42_neg-prompt.txt"] == b"\\udfff"
+    assert json.loads(files["42_meta.json"])["meta"]["prompt"] == "a \ud800 cat"
