@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from scrapy.settings import BaseSettings
@@ -92,7 +93,7 @@ def sync_file_system(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _find_syncfs():  # noqa: ANN202 - a ctypes function or None
+def _find_syncfs() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
