@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from scrapy.settings import BaseSettings
 from scrapy.utils.asyncio import run_in_thread
 
-from civitai_spider.store import store_directory, sync_file_system
+from civitai_spider.store import append_bytes, store_directory, sync_file_system
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +50,7 @@ def load_ids(path: Path) -> set[int]:
 
 def record_ids(path: Path, image_ids: list[int]) -> None:
     """Append ids with one ``write()`` (a kill tears at most the last line), then fsync."""
-    data = "".join(f"{image_id}\n" for image_id in image_ids).encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    append_bytes(path, "".join(f"{image_id}\n" for image_id in image_ids).encode(), sync=True)
 
 
 class IdRecorder:

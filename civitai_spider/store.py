@@ -109,10 +109,16 @@ def append_line(path: Path, line: str) -> None:
     """Append one line with a single ``write()`` so concurrent or killed writers never tear it."""
     if "\n" in line or "\r" in line:
         line = line.replace("\r", " ").replace("\n", " ")
-    data = (line + "\n").encode("utf-8")
+    append_bytes(path, (line + "\n").encode("utf-8"))
+
+
+def append_bytes(path: Path, data: bytes, *, sync: bool = False) -> None:
+    """Append ``data`` with a single ``write()`` (O_APPEND), fsynced first when ``sync``."""
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(descriptor, data)
+        if sync:
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
 
