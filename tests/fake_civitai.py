@@ -3,7 +3,7 @@
 The API listens on 127.0.0.1 and the CDN on 127.0.0.2 (Linux routes all of 127/8 to
 loopback): two hosts to a client, so a test can catch an API key leaking to the image
 host. Both record every request (header names lower-cased, repeated headers joined by
-", ") and inject faults per path. Behaviour: /work/shared/docs/civitai-api.md.
+", ") and inject faults per path, or per API page (by cursor). Behaviour: /work/shared/docs/civitai-api.md.
 
     with FakeCivitai() as server:
         item = server.add_image_item(images.jpeg_rgb())
@@ -223,7 +223,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fake._requests.append(
                 RecordedRequest(role, self.command, path, query, raw_query, headers, time.monotonic())
             )
-        fault = fake._next_fault(path)
+        fault = fake._next_fault(role, path, query)
         fake._stopping.wait(fake.api_delay if role == "api" else fake.cdn_delay)  # stop() cuts it short
         if fault and fault.kind == "reset":
             # SO_LINGER 0 makes close() send a RST; the read buffer holds the last socket reference.
@@ -291,6 +291,7 @@ class FakeCivitai:
         self._images: dict[str, tuple[bytes, str]] = {}  # CDN path -> (body, Content-Type)
         self._faults: dict[str, collections.deque[Fault]] = {}
         self._permanent_faults: dict[str, Fault] = {}
+        self._page_faults: dict[str | None, collections.deque[Fault]] = {}  # by cursor
         self._requests: list[RecordedRequest] = []
         self._next_id = 1000
         self._lock = threading.RLock()
@@ -433,23 +434,43 @@ class FakeCivitai:
         with self._lock:
             self._faults.setdefault(_path_of(path_or_url), collections.deque()).extend(faults)
 
+    def inject_page(self, cursor: str | None, *faults: Fault) -> None:
+        """Queue faults for the API page asked for with `cursor` (None: the first page, which has none).
+
+        They come before the faults queued with :meth:`inject` for the API path.
+        """
+        with self._lock:
+            self._page_faults.setdefault(cursor, collections.deque()).extend(faults)
+
+    def cursor_for(self, offset: int) -> str:
+        """The nextCursor leading to the page that starts at item `offset` (cursors hold offsets)."""
+        return self._encode_cursor(offset)
+
     def inject_always(self, path_or_url: str, fault: Fault) -> None:
         """Apply `fault` to every request of the path once its queue is empty, forever."""
         with self._lock:
             self._permanent_faults[_path_of(path_or_url)] = fault
 
-    def faults_left(self, path_or_url: str) -> int:
-        """How many queued (one-shot) faults the path still has."""
+    def faults_left(self, path_or_url: str | None = None) -> int:
+        """How many queued (one-shot) faults the path still has; with no path, all of them."""
         with self._lock:
+            if path_or_url is None:
+                queues = [*self._faults.values(), *self._page_faults.values()]
+                return sum(len(queue) for queue in queues)
             return len(self._faults.get(_path_of(path_or_url), ()))
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._page_faults.clear()
             self._permanent_faults.clear()
 
-    def _next_fault(self, path: str) -> Fault | None:
+    def _next_fault(self, role: str, path: str, query: dict[str, str]) -> Fault | None:
         with self._lock:
+            if role == "api" and path == API_PATH:
+                page_queue = self._page_faults.get(query.get("cursor"))
+                if page_queue:
+                    return page_queue.popleft()
             queue = self._faults.get(path)
             return queue.popleft() if queue else self._permanent_faults.get(path)
 

@@ -188,6 +188,24 @@ def test_faults_are_consumed_in_order_then_normal_service(server: FakeCivitai) -
     assert fetch(url)[2] == fetch(url)[2] == images.NOT_AN_IMAGE
 
 
+def test_page_faults_hit_only_the_page_with_that_cursor(server: FakeCivitai) -> None:
+    for _ in range(6):
+        server.add_image_item(images.jpeg_rgb())
+    second_page = server.cursor_for(2)
+    server.inject_page(second_page, Fault.status(429), Fault.html_200())
+    server.inject_page(None, Fault.status(503))
+    assert server.faults_left() == 3
+    assert fetch(server.api_url + "?limit=2")[0] == 503  # the first page has no cursor
+    first = fetch_json(server.api_url + "?limit=2")[1]
+    assert first["metadata"]["nextCursor"] == second_page
+    assert fetch(server.api_url + "?limit=2&cursor=" + server.cursor_for(4))[0] == 200  # another page
+    next_page = first["metadata"]["nextPage"]
+    assert fetch(next_page)[0] == 429
+    assert fetch(next_page)[1]["Content-Type"].startswith("text/html")
+    assert [item["id"] for item in fetch_json(next_page)[1]["items"]] == [1002, 1003]
+    assert server.faults_left() == 0
+
+
 def test_short_body_sends_less_than_its_content_length(server: FakeCivitai) -> None:
     body = images.jpeg_rgb()
     url = urlsplit(server.add_image_item(body)["url"])
