@@ -226,37 +226,6 @@ def test_default_thresholds_and_junk_items(server: FakeCivitai, store: Path) -> 
     assert [path.name for path in store.parent.iterdir()] == ["store"]  # nothing written outside
 
 
-def test_api_key_goes_to_the_api_only_and_never_into_outputs(
-    server: FakeCivitai, store: Path, tmp_path: Path
-) -> None:
-    for _ in range(3):
-        server.add_image_item(images.jpeg_rgb())
-    server.add_image_item(None)  # a failure, so the error log has content
-    feed = tmp_path / "items.jsonl"
-
-    result = run_crawl(
-        server,
-        store,
-        "limit=2",
-        api_key=API_KEY,
-        LOG_LEVEL="DEBUG",
-        FEEDS=json.dumps({str(feed): {"format": "jsonlines"}}),
-    )
-
-    assert result.returncode == 0, result.stderr
-    api = server.api_requests()
-    assert len(api) == 2 and all(
-        request.headers.get("authorization") == f"Bearer {API_KEY}" for request in api
-    )
-    assert server.cdn_requests() and all(
-        "authorization" not in request.headers for request in server.cdn_requests()
-    )
-    assert API_KEY not in result.stdout + result.stderr
-    assert len(feed.read_text().splitlines()) == 3
-    for path in [feed, *store.iterdir()]:
-        assert API_KEY.encode() not in path.read_bytes(), path
-
-
 def test_api_key_not_sent_to_a_redirect_target(server: FakeCivitai, store: Path) -> None:
     server.add_image_item(images.jpeg_rgb())
     server.inject(server.api_url, Fault.redirect(server.image_base + "moved"))
