@@ -6,14 +6,21 @@ pipeline: Pillow releases the GIL while it decodes and encodes, so both cores wo
 - JPEG (mode RGB or L) and PNG originals are kept byte for byte: no quality loss, and
   PNG text chunks keep the generation parameters.
 - Anything else is converted: to PNG when it has transparency, else to JPEG.
-- A file cut short is refused. For JPEG and PNG that is a structural check (end marker,
-  chunk checksums), much cheaper than a full decode; only a JPEG without its end marker
-  at the end is decoded, to tell data appended after the marker from a cut-off file.
+- A file cut short is refused. For JPEG and PNG that is a structural check (an end marker
+  after the compressed data, chunk checksums), much cheaper than a full decode.
+- Transparency means a pixel that is not fully opaque, not merely an alpha channel:
+  animated WebP frames always decode with one, opaque or not.
+- 16-bit, 32-bit and floating-point greys (TIFF) are scaled to 8 bits when converted:
+  Pillow's ``convert()`` clips them, which turns most of them white or black.
 - The format comes from the bytes: Civitai's URLs end in ``.jpeg`` whatever they hold.
+- Memory: a bomb is refused from its header, before any pixel is decoded; PNG text
+  chunks stay within Pillow's limits (``MAX_TEXT_CHUNK`` decompressed per chunk, 1 MB,
+  and ``MAX_TEXT_MEMORY`` in all, 64 MB), past which the file is refused.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,7 +28,20 @@ from io import BytesIO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
+_JPEG_START_OF_SCAN = 0xDA
+# JPEG markers that stand alone, without a length: the restart markers, start of image, TEM.
+_JPEG_MARKERS_WITHOUT_LENGTH = frozenset({*range(0xD0, 0xD9), 0x01})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Greys wider than 8 bits, with the ranges their values usually span, narrowest first: the
+# 16-bit modes span all 16 bits by definition, a float picture is usually 0..1 (or 0..255
+# as Pillow makes them), a 32-bit TIFF or PGM usually holds 8 or 16 bits. The narrowest
+# range that holds the picture keeps a dark picture dark; values that fit none of them are
+# stretched from their own minimum and maximum.
+_WIDE_GREY_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "F": ((0, 1), (0, 255)),
+    "I": ((0, 255), (0, 65535)),
+    **{mode: ((0, 65535),) for mode in ("I;16", "I;16L", "I;16B", "I;16N")},
+}
 
 
 class ImageRejected(Exception):
@@ -72,10 +92,10 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
         over_limit = pixels > max_pixels
         source_format = image.format or "unknown"
 
-        if source_format == "JPEG" and image.mode in ("RGB", "L"):
-            if not body.rstrip(b"\x00").endswith(_JPEG_END_OF_IMAGE):
-                _decode_jpeg_without_end_marker(image)
-            return PreparedImage(body, "jpg", source_format, width, height, False, over_limit)
+        if source_format == "JPEG":
+            _verify_jpeg_end(body)
+            if image.mode in ("RGB", "L"):
+                return PreparedImage(body, "jpg", source_format, width, height, False, over_limit)
         if source_format == "PNG":
             _verify_png(body)
             return PreparedImage(body, "png", source_format, width, height, False, over_limit)
@@ -83,13 +103,35 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
     return PreparedImage(data, extension, source_format, width, height, True, over_limit)
 
 
-def _decode_jpeg_without_end_marker(image: Image.Image) -> None:
-    # Usually a file cut short; but some cameras append data after the end marker (e.g.
-    # Samsung's trailer), so only a full decode can tell. Rare, so the cost is fine.
-    try:
-        image.load()
-    except Exception as error:
-        raise ImageRejected(f"truncated JPEG: no end-of-image marker ({_describe(error)})") from None
+def _verify_jpeg_end(body: bytes) -> None:
+    # A whole JPEG has its end-of-image marker after its compressed data: at the very end,
+    # before zero padding, or before data some cameras append (e.g. Samsung's trailer). A
+    # file cut short has none; nor has a header followed by junk, even when a tolerant
+    # decoder would fill in the pixels (libjpeg only warns about corrupt data). The compressed
+    # data never holds the marker's bytes (0xFF is escaped there), so a search suffices.
+    if body.rstrip(b"\x00").endswith(_JPEG_END_OF_IMAGE):
+        return
+    scan = _jpeg_scan_start(body)
+    if scan is None or body.find(_JPEG_END_OF_IMAGE, scan) == -1:
+        raise ImageRejected("truncated JPEG: no end-of-image marker after the image data")
+
+
+def _jpeg_scan_start(body: bytes) -> int | None:
+    """Where the compressed data of the first scan starts, or None if there is no scan."""
+    # Walk the segments rather than search for the start-of-scan bytes: an EXIF thumbnail
+    # is a whole JPEG inside a segment, with its own start of scan and end of image.
+    position = 2  # after the start-of-image marker
+    while position + 4 <= len(body):
+        marker = body[position + 1]
+        if body[position] != 0xFF or marker in (0x00, 0xFF):
+            position += 1  # junk or fill bytes between segments, skipped as Pillow does
+        elif marker in _JPEG_MARKERS_WITHOUT_LENGTH:
+            position += 2
+        else:
+            position += 2 + int.from_bytes(body[position + 2 : position + 4], "big")
+            if marker == _JPEG_START_OF_SCAN:
+                return position
+    return None
 
 
 def _verify_png(body: bytes) -> None:
@@ -106,16 +148,50 @@ def _convert(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
     try:
         image.seek(0)  # the first frame of an animation
         image.load()  # a full decode: raises on a file cut short
-        has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
-        # The converted file carries no EXIF, so apply its orientation to the pixels.
-        image = ImageOps.exif_transpose(image)
-        if has_alpha:
-            return _encode(image.convert("RGBA"), "PNG"), "png"
-        return _encode(image.convert("RGB"), "JPEG", quality=jpeg_quality), "jpg"
+        # The converted file carries no EXIF, so apply its orientation to the pixels. In
+        # place, and no conversion to the mode it already has: each copy of a picture near
+        # the pixel limit costs hundreds of megabytes.
+        ImageOps.exif_transpose(image, in_place=True)
+        picture = _rgb_or_rgba(image)
+        if picture.mode == "RGBA":
+            return _encode(picture, "PNG"), "png"
+        return _encode(picture, "JPEG", quality=jpeg_quality), "jpg"
     except ImageRejected:
         raise
     except Exception as error:
         raise ImageRejected(f"cannot decode {image.format or 'image'}: {_describe(error)}") from None
+
+
+def _rgb_or_rgba(image: Image.Image) -> Image.Image:
+    """The picture in RGBA if some pixel is not fully opaque, else in RGB."""
+    if image.mode in _WIDE_GREY_RANGES:
+        return _to_eight_bits(image).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:  # the lowest alpha
+            return rgba
+        image = rgba
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _to_eight_bits(image: Image.Image) -> Image.Image:
+    """A grey of 16 or 32 bits (integer or float) as 8 bits, its usual range mapped to 0..255."""
+    wide = image if image.mode == "F" else image.convert("F")
+    lowest, highest = wide.getextrema()
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
+        # NaN or infinity: no scale shows the rest (it all turns black), and Pillow has no
+        # cheap way to mask them out.
+        raise ImageRejected("float picture with NaN or infinite values: no sensible 8-bit version")
+    low, high = next(
+        (
+            (bottom, top)
+            for bottom, top in _WIDE_GREY_RANGES[image.mode]
+            if bottom <= lowest and highest <= top
+        ),
+        (lowest, highest),
+    )
+    scale = 255 / (high - low) if high > low else 1.0
+    return wide.point(lambda value: value * scale - low * scale).convert("L")
 
 
 def _encode(image: Image.Image, image_format: str, **options: int) -> bytes:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
+import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from tests import images
+from tests.conftest import REPOSITORY
 
 WIDTH, HEIGHT = images.DEFAULT_SIZE
 PIXELS = WIDTH * HEIGHT
@@ -183,9 +189,19 @@ def test_bmp_and_tiff_become_jpeg(make: Callable[[], bytes], source_format: str)
 # --- refused ---------------------------------------------------------------------------
 
 
-def test_truncated_jpeg_is_refused() -> None:
-    with pytest.raises(ImageRejected, match="truncated"):
-        prepare(images.truncated(images.jpeg_rgb()))
+@pytest.mark.parametrize(
+    "make",
+    [
+        images.jpeg_rgb,
+        images.jpeg_grey,
+        images.jpeg_cmyk,
+        lambda: images.make_image("JPEG", "RGB", quality=90, progressive=True),
+    ],
+    ids=["rgb", "grey", "cmyk", "progressive"],
+)
+def test_truncated_jpeg_is_refused(make: Callable[[], bytes]) -> None:
+    with pytest.raises(ImageRejected, match="truncated JPEG"):
+        prepare(images.truncated(make()))
 
 
 @pytest.mark.parametrize(
@@ -212,7 +228,7 @@ def test_truncated_webp_is_refused(make: Callable[[], bytes]) -> None:
         prepare(images.truncated(make()))
 
 
-@pytest.mark.parametrize("make", [images.jpeg_cmyk, images.bmp, images.tiff], ids=["cmyk", "bmp", "tiff"])
+@pytest.mark.parametrize("make", [images.bmp, images.tiff], ids=["bmp", "tiff"])
 def test_truncated_converted_formats_are_refused(make: Callable[[], bytes]) -> None:
     with pytest.raises(ImageRejected, match="cannot decode"):
         prepare(images.truncated(make()))
@@ -226,11 +242,6 @@ def test_gif_cut_inside_its_first_frame_is_refused() -> None:
 def test_html_is_not_an_image() -> None:
     with pytest.raises(ImageRejected, match="not an image"):
         prepare(images.NOT_AN_IMAGE)
-
-
-def test_empty_body_is_refused() -> None:
-    with pytest.raises(ImageRejected, match="empty"):
-        prepare(b"")
 
 
 # --- pixel limits ----------------------------------------------------------------------
@@ -257,13 +268,6 @@ def test_over_twice_the_limit_is_refused_with_the_size(make: Callable[[], bytes]
     assert caught.value.size == (WIDTH, HEIGHT)
 
 
-def test_bomb_is_refused_from_the_header() -> None:
-    # 30000 x 30000 = 900 Mpx; refused before any pixel is decoded.
-    with pytest.raises(ImageRejected) as caught:
-        prepare(images.bomb_png((30000, 30000)), max_pixels=89_478_485)
-    assert caught.value.size == (30000, 30000)
-
-
 def _distance(a: Image.Image, b: Image.Image) -> int:
     return sum(abs(p - q) for p, q in zip(a.tobytes(), b.tobytes(), strict=True))
 
@@ -278,3 +282,282 @@ def test_jpeg_with_data_after_its_end_marker_is_kept_as_is() -> None:
 def test_jpeg_missing_only_its_end_marker_is_refused() -> None:
     with pytest.raises(ImageRejected, match="truncated JPEG"):
         prepare(images.jpeg_rgb()[:-2])
+
+
+# --- hostile images (issue 5): every mode, animations, junk, bombs, text -----------------
+
+DEFAULT_LIMIT = 89_478_485  # CIVITAI_MAX_IMAGE_PIXELS' default
+
+
+def _encoded(picture: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def _mean_difference(image: Image.Image, expected: Image.Image) -> float:
+    """Mean difference per channel value, over 4x4 block averages of the two pictures.
+
+    JPEG noise and dithering average out; a wrong picture (white, black, inverted colours,
+    another frame) does not.
+    """
+    one, other = (picture.convert("RGB").reduce(4).tobytes() for picture in (image, expected))
+    return sum(abs(a - b) for a, b in zip(one, other, strict=True)) / len(one)
+
+
+@pytest.mark.parametrize(
+    "mode, image_format, outcome",
+    images.MODE_MATRIX,
+    ids=[f"{mode}-{image_format}" for mode, image_format, _ in images.MODE_MATRIX],
+)
+def test_every_mode_is_kept_or_converted_to_the_same_picture(
+    mode: str, image_format: str, outcome: str
+) -> None:
+    body = images.mode_image(mode, image_format)
+    with Image.open(io.BytesIO(body)) as source:
+        assert source.format == image_format
+        # A wide grey should look like the 8-bit grey it was scaled up from (Pillow's own
+        # convert() clips it); anything else like what Pillow decodes, transparency included.
+        expected = images.grey().convert("RGBA") if mode in images.WIDE_GREYS else source.convert("RGBA")
+    low, high = expected.convert("L").getextrema()
+    assert high - low > 200, "the source picture should not be flat"
+
+    prepared = prepare(body)
+
+    assert (prepared.source_format, prepared.width, prepared.height) == (image_format, WIDTH, HEIGHT)
+    if outcome == "kept":
+        assert (prepared.data, prepared.converted) == (body, False)
+        assert prepared.extension == ("jpg" if image_format == "JPEG" else "png")
+        return
+    assert (prepared.extension, prepared.converted) == (outcome, True)
+    image = decode(prepared.data)
+    assert image.size == (WIDTH, HEIGHT)
+    if outcome == "png":
+        assert (image.format, image.mode) == ("PNG", "RGBA")
+        # PNG is lossless: the very pixels Pillow decodes from the source, alpha included.
+        assert image.tobytes() == expected.tobytes()
+        assert image.getextrema()[3][0] < 255, "some pixel should be see-through"
+    else:
+        assert (image.format, image.mode) == ("JPEG", "RGB")
+        assert _mean_difference(image, expected) < 4
+
+
+@pytest.mark.parametrize(
+    "mode, scale, shown",
+    [
+        ("I;16", lambda grey: grey * 16, lambda grey: grey * 16 / 257),  # 16 bits: a 0..65535 range
+        ("I", lambda grey: grey * 16, lambda grey: grey * 16 / 257),  # 32 bits holding 16
+        ("F", lambda grey: grey / 1020, lambda grey: grey / 4),  # float: a 0..1 range
+    ],
+    ids=["I;16", "I", "F"],
+)
+def test_dark_wide_grey_stays_dark(
+    mode: str, scale: Callable[[float], float], shown: Callable[[float], float]
+) -> None:
+    grey = images.grey()
+    body = _encoded(images.wide_grey(grey, mode, scale), "TIFF")
+    image = decode(prepare(body).data)
+    assert _mean_difference(image, grey.point(shown)) < 3
+
+
+def test_wide_grey_outside_any_usual_range_is_stretched_between_its_extremes() -> None:
+    grey = images.grey()
+    # Signed 32-bit values from about -2^30 to +2^30: neither 8 nor 16 bits hold them.
+    body = _encoded(images.wide_grey(grey, "I", lambda value: value * 2**23 - 2**30), "TIFF")
+    image = decode(prepare(body).data)
+    assert _mean_difference(image, ImageOps.autocontrast(grey)) < 3
+
+
+@pytest.mark.parametrize("mode, extension", [("RGB", "jpg"), ("RGBA", "png")])
+def test_animated_webp_becomes_its_first_frame(mode: str, extension: str) -> None:
+    body = images.webp_animated(mode=mode)
+    prepared = prepare(body)
+    assert (prepared.extension, prepared.source_format, prepared.converted) == (extension, "WEBP", True)
+    image = decode(prepared.data)
+    assert image.mode == ("RGBA" if extension == "png" else "RGB")
+    with Image.open(io.BytesIO(body)) as webp:
+        assert webp.n_frames == 3
+        first = webp.convert("RGBA")
+        webp.seek(webp.n_frames - 1)
+        last = webp.convert("RGBA")
+    assert _mean_difference(image, first) < 3
+    assert _mean_difference(image, last) > 10
+    if extension == "png":
+        assert image.tobytes() == first.tobytes()
+
+
+def _gif_with_unused_transparent_index() -> bytes:
+    with Image.open(io.BytesIO(images.make_image("GIF", "P"))) as gif:
+        unused = gif.histogram().index(0)  # a palette index that no pixel uses
+        return _encoded(gif, "GIF", transparency=unused)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _encoded(images.grey().convert("LA"), "TIFF"),
+        lambda: _encoded(images.grey().convert("RGBA"), "TIFF"),
+        _gif_with_unused_transparent_index,
+    ],
+    ids=["LA-TIFF", "RGBA-TIFF", "GIF-unused-transparent-index"],
+)
+def test_alpha_that_no_pixel_uses_gives_a_jpeg(make: Callable[[], bytes]) -> None:
+    body = make()
+    with Image.open(io.BytesIO(body)) as source:
+        assert source.mode in ("LA", "RGBA") or "transparency" in source.info
+        expected = source.convert("RGBA")
+    assert expected.getextrema()[3] == (255, 255)
+    prepared = prepare(body)
+    assert prepared.extension == "jpg"
+    assert _mean_difference(decode(prepared.data), expected) < 4
+
+
+@pytest.mark.parametrize("name", list(images.REFUSED))
+def test_hostile_body_is_refused_with_its_reason(name: str) -> None:
+    make, reason = images.REFUSED[name]
+    with pytest.raises(ImageRejected, match=re.escape(reason)):
+        prepare(make(), max_pixels=DEFAULT_LIMIT)
+
+
+def test_pillow_alone_accepts_the_jpeg_junk_that_decodes() -> None:
+    # What makes that REFUSED case worth having: libjpeg fills the picture in from the junk,
+    # with mere warnings, so only the missing end marker tells.
+    decode(images.REFUSED["jpeg_header_then_junk_that_decodes"][0]())
+
+
+def test_jpeg_with_an_exif_thumbnail_is_kept() -> None:
+    body = images.jpeg_with_exif_thumbnail()
+    assert body.count(b"\xff\xd9") == 2  # the thumbnail's end marker, then the picture's
+    assert prepare(body).data == body
+    # Cut short ("jpeg_with_exif_thumbnail_cut", refused) only the thumbnail's is left.
+    assert body[:-200].count(b"\xff\xd9") == 1
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("webp_bomb", (16383, 16383)),
+        ("png_bomb", (30000, 30000)),
+        ("jpeg_declaring_a_bomb", (65535, 65535)),
+        ("gif_declaring_a_bomb", (65535, 65535)),
+    ],
+)
+def test_bomb_tiny_in_bytes_is_refused_with_its_size(name: str, size: tuple[int, int]) -> None:
+    body = images.REFUSED[name][0]()
+    assert len(body) < 120_000
+    with pytest.raises(ImageRejected) as caught:
+        prepare(body, max_pixels=DEFAULT_LIMIT)
+    assert caught.value.size == size
+
+
+def test_webp_bomb_is_a_real_one() -> None:
+    # Under the limit it decodes in full: what the header check spares at 16383 x 16383.
+    body = images.webp_bomb((1500, 1000))
+    assert len(body) < 100
+    image = decode(prepare(body, max_pixels=DEFAULT_LIMIT).data)
+    assert image.size == (1500, 1000)
+    assert _mean_difference(image, Image.new("RGB", image.size, (40, 90, 200))) < 2
+
+
+@pytest.mark.parametrize(
+    "kind, text_size",
+    [("tEXt", 200_000), ("zTXt", 200_000), ("iTXt", 200_000), ("tEXt", 5_000_000)],
+    ids=["tEXt-200KB", "zTXt-200KB", "iTXt-200KB", "tEXt-5MB"],
+)
+def test_png_with_a_large_text_chunk_is_kept_byte_for_byte(kind: str, text_size: int) -> None:
+    # ComfyUI workflows and A1111 parameters live in PNG text; Pillow limits only
+    # decompressed text (1 MB a chunk), not plain tEXt.
+    body = images.png_with_text_chunk(kind, text_size)
+    prepared = prepare(body)
+    assert (prepared.data, prepared.extension, prepared.converted) == (body, "png", False)
+    assert len(decode(body).text["parameters"]) == text_size
+
+
+# --- memory: hostile bodies tiny in bytes stay tiny in memory ---------------------------
+
+#: Peak memory growth allowed while refusing them all. A bomb decoded would blow it: 16
+#: bytes a pixel for a WebP, so 550 MB for the smallest bomb here.
+MEMORY_BOUND_MB = 150
+MEMORY_TEST_LIMIT = 10_000_000  # pixels; see the test
+# Not the 16383 x 16383 WebP bomb: Pillow's open() reserves 8 bytes a pixel of address
+# space for it (libwebp's canvases, untouched unless decoded), past the child's limit.
+MEMORY_HOSTILE_BODIES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "webp_bomb_36_megapixels": (lambda: images.webp_bomb((6000, 6000)), "decompression bomb"),
+    **{
+        name: images.REFUSED[name]
+        for name in (
+            "png_bomb",
+            "jpeg_declaring_a_bomb",
+            "gif_declaring_a_bomb",
+            "png_ztxt_50_mb",
+            "png_itxt_50_mb",
+            "png_70_ztxt_of_1_mb",
+        )
+    },
+}
+# Run in a child process, so that its peak resident memory counts prepare_image() alone:
+# the bodies are built by the parent, and the codecs loaded before the first body. The peak
+# is VmHWM, reset before each body, not ru_maxrss: Linux carries ru_maxrss over exec(), so
+# a child's would start at the pytest process's own peak and hide anything smaller.
+MEMORY_CHILD = """
+import json, resource, sys
+from pathlib import Path
+
+from PIL import Image
+
+from civitai_spider.imaging import ImageRejected, prepare_image
+from tests import images
+
+
+def status_kb(field):
+    return int(Path("/proc/self/status").read_text().split(field + ":")[1].split()[0])
+
+
+# A regression must fail the test, not take the machine's memory: 2 GB of address space.
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+Image.MAX_IMAGE_PIXELS = None
+folder, max_pixels = Path(sys.argv[1]), int(sys.argv[2])
+for body in (images.jpeg_rgb(), images.png_rgb(), images.webp_rgba(), images.gif_animated(), images.tiff()):
+    prepare_image(body, max_pixels=max_pixels, jpeg_quality=95)
+report = {}
+for path in sorted(folder.iterdir()):
+    body = path.read_bytes()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # peak := current (Linux 4.0+)
+    except OSError:
+        pass  # then the peak since the start: still an upper bound
+    before = status_kb("VmRSS")
+    try:
+        prepare_image(body, max_pixels=max_pixels, jpeg_quality=95)
+        outcome = "saved"
+    except ImageRejected as error:
+        outcome = str(error)
+    except MemoryError:
+        outcome = "MemoryError"
+    growth = status_kb("VmHWM") - before
+    report[path.name] = {"bytes": len(body), "outcome": outcome, "peak_growth_kb": growth}
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
+def test_hostile_bodies_are_refused_within_bounded_memory(tmp_path: Path) -> None:
+    # A pixel limit of 10 Mpx rather than the default 89 Mpx: the header check is the same
+    # code, and a regression then decodes a 36 Mpx bomb (0.6 GB, 3 s) rather than 268 Mpx.
+    for name, (make, _) in MEMORY_HOSTILE_BODIES.items():
+        (tmp_path / name).write_bytes(make())
+
+    process = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(tmp_path), str(MEMORY_TEST_LIMIT)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert process.returncode == 0, process.stderr
+    report = json.loads(process.stdout)
+    assert max(entry["peak_growth_kb"] for entry in report.values()) < MEMORY_BOUND_MB * 1024, report
+    for name, (_, reason) in MEMORY_HOSTILE_BODIES.items():
+        assert report[name]["bytes"] < 300_000, name  # tiny in bytes
+        assert reason in report[name]["outcome"], (name, report[name])
