@@ -13,15 +13,18 @@ pipeline: Pillow releases the GIL while it decodes and encodes, so both cores wo
 - 16-bit, 32-bit and floating-point greys (TIFF) are scaled to 8 bits when converted:
   Pillow's ``convert()`` clips them, which turns most of them white or black.
 - The format comes from the bytes: Civitai's URLs end in ``.jpeg`` whatever they hold.
-- Memory: a bomb is refused from its header, before any pixel is decoded; PNG text
+- Memory: a bomb is refused from its header, before any pixel is decoded; pictures over
+  16 Mpx are converted one at a time; PNG text
   chunks stay within Pillow's limits (``MAX_TEXT_CHUNK`` decompressed per chunk, 1 MB,
   and ``MAX_TEXT_MEMORY`` in all, 64 MB), past which the file is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
+import threading
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -32,6 +35,12 @@ _JPEG_START_OF_SCAN = 0xDA
 # JPEG markers that stand alone, without a length: the restart markers, start of image, TEM.
 _JPEG_MARKERS_WITHOUT_LENGTH = frozenset({*range(0xD0, 0xD9), 0x01})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# A conversion holds the decoded picture and its copies (up to 16 bytes a pixel for a
+# WebP): a few gigabytes for one near twice the pixel limit. Large pictures therefore
+# convert one at a time, whatever the number of Pillow threads, so that the peak is one
+# large picture plus small ones.
+_LARGE_PICTURE_PIXELS = 16_000_000
+_large_conversion = threading.Lock()
 # Greys wider than 8 bits, with the ranges their values usually span, narrowest first: the
 # 16-bit modes span all 16 bits by definition, a float picture is usually 0..1 (or 0..255
 # as Pillow makes them), a 32-bit TIFF or PGM usually holds 8 or 16 bits. The narrowest
@@ -99,7 +108,8 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
         if source_format == "PNG":
             _verify_png(body)
             return PreparedImage(body, "png", source_format, width, height, False, over_limit)
-        data, extension = _convert(image, jpeg_quality)
+        with _large_conversion if pixels > _LARGE_PICTURE_PIXELS else contextlib.nullcontext():
+            data, extension = _convert(image, jpeg_quality)
     return PreparedImage(data, extension, source_format, width, height, True, over_limit)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from w3lib.url import safe_url_string
+
 #: The six reaction counts the API reports under ``stats``.
 STAT_NAMES: tuple[str, ...] = (
     "cryCount",
@@ -106,7 +108,10 @@ def _is_http_url(value: Any) -> bool:
         return False
     try:
         parts = urlsplit(value)
-    except ValueError:
+        # The image Request parses the URL with w3lib, stricter than urlsplit: a URL it
+        # refuses (port over 65535, a lone surrogate) would fail the item with a traceback.
+        safe_url_string(value)
+    except ValueError:  # UnicodeEncodeError included
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 

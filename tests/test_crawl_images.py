@@ -130,6 +130,7 @@ def test_failed_images_are_logged_once_and_retried_next_run(server: FakeCivitai,
     assert result.ids_recorded() == [good["id"]]
     stats = result.stats
     assert stats["civitai/failed"] == 4
+    assert "log_count/ERROR" not in stats  # a failed image is a WARNING, retries given up included
     assert stats["civitai/saved"] + stats["civitai/failed"] == stats["civitai/items_seen"] == 5
 
     # The next run asks again for the failed images only, and now gets them.

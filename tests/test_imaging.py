@@ -7,12 +7,15 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
 
+from civitai_spider import imaging
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from tests import images
 from tests.conftest import REPOSITORY
@@ -561,3 +564,36 @@ def test_hostile_bodies_are_refused_within_bounded_memory(tmp_path: Path) -> Non
     for name, (_, reason) in MEMORY_HOSTILE_BODIES.items():
         assert report[name]["bytes"] < 300_000, name  # tiny in bytes
         assert reason in report[name]["outcome"], (name, report[name])
+
+
+@pytest.mark.parametrize(
+    ("threshold", "expected_at_once"), [(PIXELS - 1, 1), (PIXELS, 4)], ids=["large", "small"]
+)
+def test_large_pictures_are_converted_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, threshold: int, expected_at_once: int
+) -> None:
+    monkeypatch.setattr(imaging, "_LARGE_PICTURE_PIXELS", threshold)
+    convert = imaging._convert
+    lock, running, most = threading.Lock(), [0], [0]
+    all_started = threading.Barrier(4)
+
+    def watched(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            all_started.wait(timeout=0.5)  # small ones all meet here; large ones time out alone
+        except threading.BrokenBarrierError:
+            pass
+        try:
+            return convert(image, jpeg_quality)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(imaging, "_convert", watched)
+    body = images.webp_rgb()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: prepare(body), range(4)))
+    assert all(result.extension == "jpg" for result in results)
+    assert most[0] == expected_at_once

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from scrapy import Request
 
 from civitai_spider.items import STAT_NAMES, CivitaiImage, InvalidApiItem
 
@@ -146,6 +147,26 @@ def test_invalid_item_is_a_value_error_with_a_message() -> None:
     ids=repr,
 )
 def test_invalid_url_is_rejected(url: Any) -> None:
+    with pytest.raises(InvalidApiItem) as caught:
+        CivitaiImage.from_api(record_with(url=url))
+    assert caught.value.reason == "invalid_url"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.2:99999/x.jpeg",
+        "https://image.civitai.com:-1/a.jpeg",
+        "https://image.civitai.com/\ud800.jpeg",
+        "https://\udfff/a.jpeg",
+    ],
+    ids=repr,
+)
+def test_url_that_no_request_can_be_made_of_is_rejected(url: str) -> None:
+    # urlsplit() takes these, but Scrapy's Request (w3lib) refuses them: a traceback in the
+    # images pipeline and no error_log.txt line, found by tests/test_crawl_hostile_items.py.
+    with pytest.raises(ValueError):
+        Request(url)
     with pytest.raises(InvalidApiItem) as caught:
         CivitaiImage.from_api(record_with(url=url))
     assert caught.value.reason == "invalid_url"

@@ -133,7 +133,10 @@ class CivitaiImagesPipeline(ImagesPipeline):
         return item
 
     def get_media_requests(self, item: Any, info: MediaPipeline.SpiderInfo) -> list[Request]:
-        return [Request(url, callback=NO_CALLBACK) for url in ItemAdapter(item)["image_urls"]]
+        # An image that used up its retries is reported here, one WARNING with the reason;
+        # Scrapy's own "Gave up retrying" would add an ERROR, the level of a broken crawl.
+        meta = {"give_up_log_level": "DEBUG"}
+        return [Request(url, callback=NO_CALLBACK, meta=meta) for url in ItemAdapter(item)["image_urls"]]
 
     def media_to_download(
         self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None
