@@ -582,7 +582,7 @@ def test_large_pictures_are_converted_one_at_a_time(
             running[0] += 1
             most[0] = max(most[0], running[0])
         try:
-            all_started.wait(timeout=0.5)  # small ones all meet here; large ones time out alone
+            all_started.wait(timeout=2)  # small ones all meet here; a large one times out alone
         except threading.BrokenBarrierError:
             pass
         try:
