@@ -8,7 +8,11 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 - for WebP also our crawl with Pillow inline in the reactor thread, on one core;
 - a re-run of the JPEG crawl over its complete store;
 - an ID file of a million ids, loaded;
-- the memory runs: the PNG crawl at two sizes.
+- the memory runs: the PNG crawl at two sizes;
+- the video run: twenty 200 MB videos (``media=video``), for its peak memory against the bound
+  (``CIVITAI_VIDEOS_IN_FLIGHT`` times the video, plus what the JPEG crawl needs) and its stalls.
+
+``--scenarios`` picks among ``formats`` (the first four items), ``memory`` and ``videos``.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
 and ID files stay), so that neither the disk's speed nor its size is what gets measured:
@@ -47,6 +51,7 @@ from civitai_spider.store import TEMPORARY_PREFIX
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
 REFERENCE_CONCURRENCY = 64  # the references run wide open: they are the ceiling
+SCENARIOS = ("formats", "memory", "videos")
 
 
 @dataclass
@@ -82,9 +87,10 @@ class Run:
 class Server:
     """The benchmark server in its own process, so its work is not the crawl's."""
 
-    def __init__(self, kind: str, count: int) -> None:
+    def __init__(self, kind: str, count: int, video_bytes: int | None = None) -> None:
+        options = [] if video_bytes is None else ["--video-bytes", str(video_bytes)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.server", kind, str(count)],
+            [sys.executable, "-m", "benchmarks.server", kind, str(count), *options],
             cwd=REPOSITORY,
             stdout=subprocess.PIPE,
             text=True,
@@ -109,8 +115,8 @@ class Server:
 
 
 @contextmanager
-def serving(kind: str, count: int) -> Iterator[Server]:
-    server = Server(kind, count)
+def serving(kind: str, count: int, video_bytes: int | None = None) -> Iterator[Server]:
+    server = Server(kind, count, video_bytes)
     try:
         yield server
     finally:
@@ -125,6 +131,7 @@ def crawl(
     store: Path,
     *,
     settings: dict[str, str] | None = None,
+    arguments: tuple[str, ...] = (),
     one_core: bool = False,
 ) -> Run:
     """Run one crawl to its end and measure it."""
@@ -163,6 +170,8 @@ def crawl(
         cwd = work  # outside the project: Scrapy's defaults only
     else:
         command = [sys.executable, "-m", "scrapy", "crawl", "civitai"]
+        for argument in arguments:
+            command += ["-a", argument]
         values = {
             **common,
             "EXTENSIONS": json.dumps({**project_settings.EXTENSIONS, PROBE: 0}),
@@ -221,7 +230,7 @@ def deleting_images(store: Path) -> Iterator[None]:
 
     def sweep() -> None:
         while not stop.wait(0.2):
-            for pattern in ("*.png", "*.jpg"):
+            for pattern in ("*.png", "*.jpg", "*.mp4"):
                 for path in store.rglob(pattern):
                     # Never a file still being written: the crawl would fail to rename it.
                     if not path.name.startswith(TEMPORARY_PREFIX):
@@ -246,10 +255,21 @@ def time_id_file_load(work: Path, count: int) -> float:
     return elapsed
 
 
-def benchmark(
-    images: int, memory_images: list[int], id_count: int, work: Path, stores: Path, disk: Path
-) -> dict[str, object]:
+@dataclass
+class Plan:
+    """What one invocation measures."""
+
+    images: int
+    memory_images: list[int]
+    ids: int
+    videos: int
+    video_bytes: int
+    scenarios: set[str]
+
+
+def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, object]:
     runs: list[Run] = []
+    images = plan.images
 
     def measure(server: Server, scenario: str, crawler: str, store: Path, **options: object) -> Run:
         with deleting_images(store):
@@ -257,7 +277,7 @@ def benchmark(
         runs.append(run)
         return run
 
-    for kind in ("jpeg", "png", "webp"):
+    for kind in ("jpeg", "png", "webp") if "formats" in plan.scenarios else ():
         scenario = {"jpeg": "JPEG kept", "png": "PNG kept", "webp": "WebP converted"}[kind]
         print(f"{scenario}: {images} images...", file=sys.stderr, flush=True)
         with serving(kind, images) as server:
@@ -273,22 +293,28 @@ def benchmark(
                 measure(server, scenario, "civitai-inline-1-core", stores / f"{kind}-inline", **inline)
 
     memory_runs = []
-    for count in memory_images:
+    for count in plan.memory_images if "memory" in plan.scenarios else ():
         print(f"Memory: {count} PNG images...", file=sys.stderr, flush=True)
         store = stores / f"memory-{count}"
         with serving("png", count) as server, deleting_images(store):
             memory_runs.append(crawl(server, f"Memory, {count} PNG", "civitai", work, store))
 
-    print(f"ID file: {id_count} ids...", file=sys.stderr, flush=True)
-    id_load = time_id_file_load(work, id_count)
-    return {"runs": runs, "memory_runs": memory_runs, "id_file": {"ids": id_count, "load_seconds": id_load}}
+    if "videos" in plan.scenarios and plan.videos:
+        scenario = f"Videos, {plan.videos} x {plan.video_bytes / 1e6:g} MB"
+        print(f"{scenario}...", file=sys.stderr, flush=True)
+        with serving("video", plan.videos, plan.video_bytes) as server:
+            measure(server, scenario, "civitai", stores / "video", arguments=("media=video",))
+
+    print(f"ID file: {plan.ids} ids...", file=sys.stderr, flush=True)
+    id_load = time_id_file_load(work, plan.ids)
+    return {"runs": runs, "memory_runs": memory_runs, "id_file": {"ids": plan.ids, "load_seconds": id_load}}
 
 
 def _find(runs: list[Run], scenario: str, crawler: str) -> Run | None:
     return next((run for run in runs if run.scenario == scenario and run.crawler == crawler), None)
 
 
-def ratios(runs: list[Run], memory_runs: list[Run]) -> dict[str, float]:
+def ratios(runs: list[Run], memory_runs: list[Run], video_bytes: int) -> dict[str, float]:
     found: dict[str, float] = {}
     for scenario in ("JPEG kept", "PNG kept", "WebP converted"):
         ours, bare, stock = (_find(runs, scenario, name) for name in ("civitai", "bare", "stock"))
@@ -310,6 +336,14 @@ def ratios(runs: list[Run], memory_runs: list[Run]) -> dict[str, float]:
             min(memory_runs, key=lambda run: run.items),
         )
         found["Memory: peak RSS largest / smallest"] = largest.peak_rss_mb / smallest.peak_rss_mb
+    video = next((run for run in runs if run.scenario.startswith("Videos")), None)
+    jpeg = _find(runs, "JPEG kept", "civitai")
+    if video and jpeg:
+        # The bound: the videos in flight held whole, plus what a crawl of images needs anyway.
+        bound_mb = project_settings.CIVITAI_VIDEOS_IN_FLIGHT * video_bytes / 2**20 + jpeg.peak_rss_mb
+        found["Videos: peak RSS / (videos in flight x video + JPEG crawl's peak RSS)"] = (
+            video.peak_rss_mb / bound_mb
+        )
     return found
 
 
@@ -381,6 +415,15 @@ def main(argv: list[str] | None = None) -> None:
         help="PNG crawl sizes for the memory runs (default 20000 5000; none to skip)",
     )
     parser.add_argument("--ids", type=int, default=1_000_000, help="ids in the ID file load test")
+    parser.add_argument("--videos", type=int, default=20, help="videos in the video run (default 20)")
+    parser.add_argument("--video-mb", type=float, default=200, help="size of each video, MB (default 200)")
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="what to run (default all); the video ratio needs formats too",
+    )
     parser.add_argument(
         "--store-dir",
         type=Path,
@@ -401,11 +444,17 @@ def main(argv: list[str] | None = None) -> None:
         tempfile.TemporaryDirectory(prefix="civitai-benchmark-", dir=arguments.store_dir) as stores,
         tempfile.TemporaryDirectory(prefix="civitai-benchmark-", dir=arguments.disk_dir) as disk,
     ):
-        results = benchmark(
-            arguments.images, arguments.memory_images, arguments.ids, Path(work), Path(stores), Path(disk)
+        plan = Plan(
+            images=arguments.images,
+            memory_images=arguments.memory_images,
+            ids=arguments.ids,
+            videos=arguments.videos,
+            video_bytes=int(arguments.video_mb * 1e6),
+            scenarios=set(arguments.scenarios),
         )
+        results = benchmark(plan, Path(work), Path(stores), Path(disk))
         results["store_file_system"] = _file_system(Path(stores))
-    results["ratios"] = ratios(results["runs"], results["memory_runs"])
+    results["ratios"] = ratios(results["runs"], results["memory_runs"], plan.video_bytes)
     results["machine"] = about
     print(table(results))
 

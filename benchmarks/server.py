@@ -1,11 +1,12 @@
-"""A fast fake Civitai for the benchmark: API pages and image bytes served from memory.
+"""A fast fake Civitai for the benchmark: API pages and image or video bytes served from memory.
 
 The tests' fake (``tests/fake_civitai.py``) favours checks and fault injection over speed: a
 thread per connection, Python's ``http.server``. Here one asyncio process answers the API
 (``/api/v1/images``, offset cursors, ``nextCursor`` and ``nextPage``) and the image CDN
 (``/images/<id>``) on one port, so that the crawler, not the server, is what gets measured.
 
-Run it as ``python -m benchmarks.server KIND COUNT``: it prints ``PORT <n>`` once listening.
+Run it as ``python -m benchmarks.server KIND COUNT [--video-bytes N]``: it prints ``PORT <n>``
+once listening.
 ``GET /_counts`` answers ``{"api": pages served, "images": image requests}`` and resets them.
 """
 
@@ -18,16 +19,24 @@ import sys
 from urllib.parse import parse_qsl
 
 from benchmarks.images import make_images
+from benchmarks.videos import make_video
 
 _API_PATH = b"/api/v1/images"
 _IMAGES_PATH = b"/images/"
 
 
 class _Catalogue:
-    """COUNT Civitai-shaped items whose urls cycle through a few distinct image bodies."""
+    """COUNT Civitai-shaped items whose urls cycle through a few distinct image bodies.
 
-    def __init__(self, kind: str, count: int, port: int) -> None:
-        self.bodies, self.content_type = make_images(kind)
+    Kind ``video``: COUNT video items, each served the same MP4 of ``video_bytes`` bytes.
+    """
+
+    def __init__(self, kind: str, count: int, port: int, video_bytes: int) -> None:
+        if kind == "video":
+            self.bodies, self.content_type = [make_video(video_bytes)], "video/mp4"
+        else:
+            self.bodies, self.content_type = make_images(kind)
+        self.kind = "video" if kind == "video" else "image"
         self.count = count
         self.base = f"http://127.0.0.1:{port}"
         self.counts = {"api": 0, "images": 0}
@@ -40,7 +49,7 @@ class _Catalogue:
             "width": 1024,
             "height": 1536,
             "nsfwLevel": "None",
-            "type": "image",
+            "type": self.kind,
             "createdAt": "2024-08-31T01:28:28.000Z",
             "postId": 6_000_000 + index,
             "stats": {
@@ -120,12 +129,12 @@ class _Connection(asyncio.Protocol):
         self.transport.write(body)
 
 
-async def serve(kind: str, count: int) -> None:
+async def serve(kind: str, count: int, video_bytes: int) -> None:
     loop = asyncio.get_running_loop()
     holder: list[_Catalogue] = []
     server = await loop.create_server(lambda: _Connection(holder[0]), "127.0.0.1", 0, backlog=1024)
     port = server.sockets[0].getsockname()[1]
-    holder.append(_Catalogue(kind, count, port))
+    holder.append(_Catalogue(kind, count, port, video_bytes))
     print(f"PORT {port}", flush=True)
     async with server:
         await server.serve_forever()
@@ -133,11 +142,12 @@ async def serve(kind: str, count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("jpeg", "png", "webp"))
+    parser.add_argument("kind", choices=("jpeg", "png", "webp", "video"))
     parser.add_argument("count", type=int)
+    parser.add_argument("--video-bytes", type=int, default=200_000_000, help="size of the video (kind video)")
     arguments = parser.parse_args()
     try:
-        asyncio.run(serve(arguments.kind, arguments.count))
+        asyncio.run(serve(arguments.kind, arguments.count, arguments.video_bytes))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -1,8 +1,9 @@
-"""The item the spider yields: one Civitai image and its generation metadata.
+"""The item the spider yields: one Civitai image or video and its generation metadata.
 
 The API is loose about types (``stats`` counts may be missing or junk, ``meta`` is
-free-form, ``baseModel`` may be null), so :meth:`CivitaiImage.from_api` is the one
-place that decides what a usable record is. Everything after it can trust the types.
+free-form and comes in two shapes, ``baseModel`` may be null), so
+:meth:`CivitaiImage.from_api` is the one place that decides what a usable record is.
+Everything after it can trust the types.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from itemadapter import ItemAdapter
 from w3lib.url import safe_url_string
 
 #: The six reaction counts the API reports under ``stats``.
@@ -24,6 +26,11 @@ STAT_NAMES: tuple[str, ...] = (
 )
 
 
+def media_of(item: Any) -> str:
+    """``"video"`` or ``"image"``: how an item is saved and counted (anything else is an image)."""
+    return "video" if ItemAdapter(item).get("type") == "video" else "image"
+
+
 class InvalidApiItem(ValueError):
     """An API record that cannot become an item; ``reason`` is a short stat-friendly name."""
 
@@ -34,7 +41,7 @@ class InvalidApiItem(ValueError):
 
 @dataclass
 class CivitaiImage:
-    """One image record of ``/api/v1/images``, plus what the pipelines add to it."""
+    """One record of ``/api/v1/images`` (an image or a video), plus what the pipelines add to it."""
 
     id: int
     url: str
@@ -48,13 +55,14 @@ class CivitaiImage:
     username: str | None = None
     base_model: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    #: The generation parameters, flat (``{"prompt": ...}``) whichever shape the API sent.
     meta: dict[str, Any] | None = None
     #: The record exactly as the API sent it, written out as ``<id>_meta.json``.
     api_item: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Filled by the images pipeline (Scrapy's ``IMAGES_URLS_FIELD``/``IMAGES_RESULT_FIELD``).
     image_urls: list[str] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
-    #: The saved image's file name inside ``IMAGES_STORE`` (``<id>.jpg`` or ``<id>.png``).
+    #: The saved file's name inside ``IMAGES_STORE`` (``<id>.jpg``, ``<id>.png``, ``<id>.mp4``...).
     image_file: str | None = None
 
     @classmethod
@@ -73,7 +81,7 @@ class CivitaiImage:
         url = record.get("url")
         if not _is_http_url(url):
             raise InvalidApiItem("invalid_url", f"image {image_id} has no http(s) url: {_short(url)}")
-        meta = record.get("meta")
+        meta = _flat_meta(record.get("meta"))
         raw_stats = record.get("stats")
         raw_stats = raw_stats if isinstance(raw_stats, dict) else {}
         return cls(
@@ -89,7 +97,7 @@ class CivitaiImage:
             username=_str_or_none(record.get("username")),
             base_model=_str_or_none(record.get("baseModel")),
             stats={name: _count(raw_stats.get(name)) for name in STAT_NAMES},
-            meta=meta if isinstance(meta, dict) else None,
+            meta=meta,
             api_item=record,
             image_urls=[url],
         )
@@ -101,6 +109,18 @@ class CivitaiImage:
     @property
     def negative_prompt(self) -> Any:
         return self.meta.get("negativePrompt") if self.meta else None
+
+
+def _flat_meta(meta: Any) -> dict[str, Any] | None:
+    """``meta`` in its flat shape, or None.
+
+    Civitai's older database path (``imageId``, or ``modelId`` without ``modelVersionId``)
+    answers ``{"id": <image id>, "meta": {...}}`` unless the query says ``flatMeta=true``;
+    the spider always says so, but an answer of that shape must not lose the prompt.
+    """
+    if isinstance(meta, dict) and meta.keys() == {"id", "meta"}:
+        meta = meta["meta"]
+    return meta if isinstance(meta, dict) else None
 
 
 def _is_http_url(value: Any) -> bool:

@@ -25,8 +25,12 @@ CIVITAI_API_KEY = os.environ.get("CIVITAI_API_KEY", "")
 # dislikeCount heartCount commentCount. JSON on the command line:
 #   -s CIVITAI_THRESHOLDS='{"likeCount": 10}'
 CIVITAI_THRESHOLDS = {"heartCount": 2}
-# Drop images without generation metadata or with an empty prompt.
+# Drop images and videos without generation metadata or with an empty prompt. Most videos
+# come without a prompt: a video crawl usually wants this off.
 CIVITAI_REQUIRE_PROMPT = True
+# Ask the API for each item's tags (withTags=true): they land in <id>_meta.json as
+# "tags": [{"id": ..., "name": ...}]. Off by default: it costs the server a join per page.
+CIVITAI_WITH_TAGS = False
 # Ids of images already downloaded, one per line. A relative path is inside IMAGES_STORE.
 CIVITAI_ID_FILE = "downloaded_image_ID_DB.txt"
 # JPEG quality for images that must be converted (WebP, GIF, CMYK JPEG...). JPEG and
@@ -51,13 +55,22 @@ CIVITAI_IMAGE_THREADS = -1
 # Images between request and saved file at once, across all pages. This bounds memory (a
 # 3 MB PNG is held two or three times meanwhile) and the load on the image CDN.
 CIVITAI_IMAGES_IN_FLIGHT = 32
+# Videos between request and saved file at once, apart from images. A video is held whole
+# in memory until it is written: peak memory grows by this times the largest video.
+CIVITAI_VIDEOS_IN_FLIGHT = 2
+# A video larger than this many bytes fails (Scrapy's download_maxsize for video requests:
+# cancelled from its Content-Length, or once that many bytes came). Default 1 GiB.
+CIVITAI_MAX_VIDEO_BYTES = 1024**3
+# Seconds a video download may take in all (DOWNLOAD_TIMEOUT, 120, is for images and pages:
+# a 500 MB video needs over 4 MB/s to arrive within it).
+CIVITAI_VIDEO_DOWNLOAD_TIMEOUT = 600
 
 # --- Scrapy ----------------------------------------------------------------------------
 IMAGES_STORE = "civitai-images"
 ITEM_PIPELINES = {
     "civitai_spider.pipelines.thresholds.ReactionThresholdsPipeline": 100,
     "civitai_spider.pipelines.already_downloaded.AlreadyDownloadedPipeline": 200,
-    "civitai_spider.pipelines.images.CivitaiImagesPipeline": 300,
+    "civitai_spider.pipelines.media.CivitaiMediaPipeline": 300,
     "civitai_spider.pipelines.metadata.MetadataPipeline": 400,
 }
 DOWNLOADER_MIDDLEWARES = {
@@ -108,6 +121,7 @@ SCRAPER_SLOT_MAX_ACTIVE_SIZE = 1_000_000
 # disk busy. Twisted's pool (REACTOR_THREADPOOL_MAXSIZE) only resolves host names here.
 DOWNLOAD_TIMEOUT = 120
 # Originals of 100+ megapixels exist; the default warning size (32 MB) would log noise.
+# (Videos have their own cap, CIVITAI_MAX_VIDEO_BYTES, and no warning size.)
 DOWNLOAD_WARNSIZE = 128 * 1024 * 1024
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False

@@ -36,6 +36,8 @@ CHOICES = {
     "nsfw": {"None", "Soft", "Mature", "X", "true", "false"},
     "type": {"image", "video", "audio"},
 }
+#: nsfw -> the browsing levels it stands for (PG=1, PG13=2, R=4, X=8, XXX=16; X means all of them).
+NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 31}
 INTEGER_PARAMETERS = ("modelId", "modelVersionId", "postId", "imageId", "userId", "browsingLevel", "page")
 KNOWN_BASE_MODELS = {
     "SD 1.4",
@@ -273,7 +275,8 @@ class FakeCivitai:
     "hostile" (a JSON cursor also holding `+&=#%;/?é`, which only a properly encoded query keeps).
     `next_page_host` ("host:port" or "scheme://host:port") replaces the API host in nextPage.
     `cursor_loop` answers every page with the first page's nextCursor. Setting the attribute
-    `strip_next_cursor` leaves only nextPage in the metadata. `delay` slows every
+    `strip_next_cursor` leaves only nextPage in the metadata; `ignore_flat_meta` nests meta on
+    the older query path even with flatMeta=true. `delay` slows every
     answer of both servers, `cdn_delay` overrides it for the CDN (both are attributes too).
     """
 
@@ -288,6 +291,7 @@ class FakeCivitai:
     ) -> None:
         self.cursor_style, self.next_page_host, self.cursor_loop = cursor_style, next_page_host, cursor_loop
         self.strip_next_cursor = False
+        self.ignore_flat_meta = False
         self.api_delay = delay
         self.cdn_delay = delay if cdn_delay is None else cdn_delay
         self.items: list[Any] = []  # served in this order; may be changed between requests
@@ -516,18 +520,26 @@ class FakeCivitai:
         limit, numbers, base_models = _validate(query, items)
         page = numbers["page"]
 
+        levels = _browsing_levels(query, numbers)
+        tags = {int(tag) for tag in query.get("tags", "").split(",") if tag.strip()}
+
         def wanted(item: Any) -> bool:
             if not isinstance(item, dict):
                 return True  # junk is served as is, whatever the filters
             version = numbers["modelVersionId"]
+            level, kind = item.get("browsingLevel"), item.get("type")
             return all(
                 (
                     not query.get("username") or item.get("username") == query["username"],
+                    numbers["userId"] is None or item.get("userId") == numbers["userId"],
                     numbers["postId"] is None or item.get("postId") == numbers["postId"],
                     numbers["imageId"] is None or item.get("id") == numbers["imageId"],
                     version is None or version in (item.get("modelVersionIds") or []),
                     not base_models or item.get("baseModel") in base_models,
-                    "type" not in query or item.get("type") == query["type"],
+                    # Junk levels and types are served as they are, like any junk.
+                    "type" not in query or kind not in CHOICES["type"] or kind == query["type"],
+                    type(level) is not int or bool(level & levels),
+                    not tags or bool(tags & _tag_ids(item)),
                 )
             )
 
@@ -536,12 +548,8 @@ class FakeCivitai:
             offset = self._decode_cursor(query["cursor"])
         else:
             offset = max(page - 1, 0) * limit if page else 0
-        served = selected[offset : offset + limit]
-        if query.get("withMeta") != "true":  # the real default: no meta unless asked for
-            served = [
-                dict(item, meta=None) if isinstance(item, dict) and "meta" in item else item
-                for item in served
-            ]
+        flat = query.get("flatMeta") == "true" and not self.ignore_flat_meta
+        served = [_as_served(item, query, numbers, flat) for item in selected[offset : offset + limit]]
         if self.cursor_loop:
             next_cursor = query.get("cursor") or self._encode_cursor(offset + limit)
         elif limit and offset + limit < len(selected):
@@ -609,6 +617,41 @@ def _validate(query: dict[str, str], items: list[Any]) -> tuple[int, dict[str, i
     if numbers["page"] is not None and numbers["page"] * limit > 1000:
         raise _BadRequest("Too many pages: use cursors instead", status=429)
     return limit, numbers, base_models
+
+
+def _browsing_levels(query: dict[str, str], numbers: dict[str, int | None]) -> int:
+    """The browsingLevel bitmask a query asks for: browsingLevel, else from nsfw, else PG only."""
+    if numbers["browsingLevel"] is not None:
+        return numbers["browsingLevel"]
+    return NSFW_BROWSING_LEVELS.get(query.get("nsfw", "None"), 1)
+
+
+def _tag_ids(item: dict[str, Any]) -> set[Any]:
+    tags = item.get("tags")
+    return {tag.get("id") for tag in tags if isinstance(tag, dict)} if isinstance(tags, list) else set()
+
+
+def _as_served(item: Any, query: dict[str, str], numbers: dict[str, int | None], flat: bool) -> Any:
+    """An item as the API answers it: meta and tags only when asked for, meta flat or nested."""
+    if not isinstance(item, dict):
+        return item
+    served = dict(item)
+    if query.get("withTags") != "true":
+        served.pop("tags", None)
+    if "meta" not in served:
+        return served
+    if query.get("withMeta") != "true":  # the real default: no meta unless asked for
+        served["meta"] = None
+    elif not flat and _older_query_path(numbers):
+        served["meta"] = {"id": item.get("id"), "meta": item["meta"]}
+    return served
+
+
+def _older_query_path(numbers: dict[str, int | None]) -> bool:
+    """Whether the real server answers this query from its database rather than its search index."""
+    return numbers["imageId"] is not None or (
+        numbers["modelId"] is not None and numbers["modelVersionId"] is None
+    )
 
 
 def _cdn_path(name: str) -> str:

@@ -14,13 +14,14 @@ from pathlib import Path
 from tests.conftest import REPOSITORY
 
 IMAGES = 8
+VIDEOS = 3
 
 
 def test_benchmark_runs_every_scenario_and_reports_them(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     process = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--images", str(IMAGES), "--memory-images", "16", "8"]
-        + ["--ids", "1000", "--json", str(output)],
+        + ["--videos", str(VIDEOS), "--video-mb", "2", "--ids", "1000", "--json", str(output)],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
@@ -42,6 +43,9 @@ def test_benchmark_runs_every_scenario_and_reports_them(tmp_path: Path) -> None:
     assert inline["images"] == IMAGES and inline["stats"]["civitai/saved"] == IMAGES
     on_disk = runs.pop(("PNG kept, store on disk", "civitai"))
     assert on_disk["images"] == IMAGES and on_disk["stats"]["civitai/saved"] == IMAGES
+    video = runs.pop((f"Videos, {VIDEOS} x 2 MB", "civitai"))
+    assert video["images"] == VIDEOS and video["stats"]["civitai/saved/video"] == VIDEOS
+    assert video["megabytes"] > VIDEOS * 2
     rerun = runs.pop(("JPEG re-run, store complete", "civitai"))
     assert rerun["images"] == 0 and rerun["items"] == IMAGES
     assert rerun["stats"]["civitai/dropped/already_downloaded"] == IMAGES
@@ -58,6 +62,7 @@ def test_benchmark_runs_every_scenario_and_reports_them(tmp_path: Path) -> None:
         "WebP converted: civitai / stock",
         "WebP converted: threads / inline on 1 core",
         "Memory: peak RSS largest / smallest",
+        "Videos: peak RSS / (videos in flight x video + JPEG crawl's peak RSS)",
     }
     assert results["machine"]["cores"] >= 1
     assert "| JPEG kept | civitai |" in process.stdout and "ID file: 1,000 ids" in process.stdout

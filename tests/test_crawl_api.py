@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -45,13 +46,64 @@ def test_arguments_map_to_the_query_on_every_page(server: FakeCivitai, store: Pa
     pages = server.api_requests()
     assert len(pages) == 3
     expected = {
-        "limit": "2", "withMeta": "true", "sort": "Newest", "period": "Week", "nsfw": "X",
-        "username": "bob_1", "modelId": "12", "modelVersionId": "788385", "postId": "77",
-        "baseModels": "Pony,SDXL 1.0",
+        "limit": "2", "withMeta": "true", "flatMeta": "true", "sort": "Newest", "period": "Week",
+        "nsfw": "X", "type": "image", "username": "bob_1", "modelId": "12", "modelVersionId": "788385",
+        "postId": "77", "baseModels": "Pony,SDXL 1.0",
     }  # fmt: skip
     for page in pages:
         assert {name: page.query[name] for name in expected} == expected
     assert result.stats["civitai/saved"] == 5
+
+
+def test_more_filters_map_to_the_query_on_every_page(server: FakeCivitai, store: Path) -> None:
+    tagged = [{"id": 5133, "name": "landscape"}, {"id": 4, "name": "anime"}]
+    wanted = add_items(server, 3, userId=41, browsingLevel=4, tags=tagged)
+    add_items(server, 1, userId=41, browsingLevel=8, tags=tagged)  # another level
+    add_items(server, 1, userId=7, browsingLevel=4, tags=tagged)  # another user
+    add_items(server, 1, userId=41, browsingLevel=4, tags=[{"id": 9, "name": "cat"}])  # other tags
+
+    result = run_crawl(
+        server, store, "limit=2", "user_id=41", "tags=5133, 4", "browsing_level=5", "nsfw=X", "media=all"
+    )
+
+    assert result.returncode == 0, result.stderr
+    pages = server.api_requests()
+    assert len(pages) == 2
+    expected = {"userId": "41", "tags": "5133,4", "browsingLevel": "5"}
+    for page in pages:
+        assert {name: page.query[name] for name in expected} == expected
+        # browsing_level overrides nsfw: only one of them is sent; media=all sends no type.
+        assert "nsfw" not in page.query and "type" not in page.query
+    assert sorted(result.ids_recorded()) == [item["id"] for item in wanted]
+    assert any("browsing_level=5 overrides nsfw=X" in line for line in result.stderr.splitlines())
+
+
+def test_image_id_asks_for_one_image(server: FakeCivitai, store: Path) -> None:
+    items = add_items(server, 3)
+
+    result = run_crawl(server, store, f"image_id={items[1]['id']}")
+
+    assert result.returncode == 0, result.stderr
+    [page] = server.api_requests()
+    assert page.query["imageId"] == str(items[1]["id"])
+    assert result.ids_recorded() == [items[1]["id"]]
+    # The older query path that imageId takes nests meta unless flatMeta=true: the prompt is there.
+    prompt = (store / f"{items[1]['id']}_pos-prompt.txt").read_text()
+    assert prompt == items[1]["meta"]["prompt"]
+
+
+@pytest.mark.parametrize("with_tags", [True, False])
+def test_with_tags_puts_the_tags_in_meta_json(with_tags: bool, server: FakeCivitai, store: Path) -> None:
+    tags = [{"id": 5133, "name": "landscape"}]
+    item = server.add_image_item(images.jpeg_rgb(), tags=tags)
+
+    result = run_crawl(server, store, CIVITAI_WITH_TAGS=str(with_tags))
+
+    assert result.returncode == 0, result.stderr
+    [page] = server.api_requests()
+    assert page.query.get("withTags") == ("true" if with_tags else None)
+    record = json.loads((store / f"{item['id']}_meta.json").read_text())
+    assert record.get("tags") == (tags if with_tags else None)
 
 
 def test_defaults_ask_for_meta_and_the_largest_pages(server: FakeCivitai, store: Path) -> None:
@@ -60,7 +112,49 @@ def test_defaults_ask_for_meta_and_the_largest_pages(server: FakeCivitai, store:
     run_crawl(server, store)
 
     [page] = server.api_requests()
-    assert page.query == {"limit": "200", "withMeta": "true", "sort": "Most Reactions", "period": "AllTime"}
+    assert page.query == {
+        "limit": "200",
+        "withMeta": "true",
+        "flatMeta": "true",
+        "sort": "Most Reactions",
+        "period": "AllTime",
+        "type": "image",
+    }
+
+
+def test_model_id_alone_keeps_every_prompt(server: FakeCivitai, store: Path) -> None:
+    # modelId without modelVersionId takes the server's older query path, which nests meta
+    # ({"id": ..., "meta": {...}}) unless the query says flatMeta=true.
+    items = add_items(server, 3)
+
+    result = run_crawl(server, store, "model_id=12")
+
+    assert result.returncode == 0, result.stderr
+    [page] = server.api_requests()
+    assert page.query["modelId"] == "12" and page.query["flatMeta"] == "true"
+    assert sorted(result.ids_recorded()) == [item["id"] for item in items]
+    for item in items:
+        assert (store / f"{item['id']}_pos-prompt.txt").read_text() == item["meta"]["prompt"]
+        record = json.loads((store / f"{item['id']}_meta.json").read_text())
+        assert record["meta"] == item["meta"]
+
+
+def test_nested_meta_is_read_when_the_server_sends_it_anyway(server: FakeCivitai, store: Path) -> None:
+    server.ignore_flat_meta = True  # nested meta on the older path whatever the query says
+    nested = add_items(server, 2)
+    server.add_image_item(images.jpeg_rgb(), meta=None)  # served as {"id": ..., "meta": null}
+
+    result = run_crawl(server, store, "model_id=12")
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.ids_recorded()) == [item["id"] for item in nested]
+    assert result.stats["civitai/dropped/no_meta"] == 1
+    for item in nested:
+        assert (store / f"{item['id']}_pos-prompt.txt").read_text() == item["meta"]["prompt"]
+        assert (store / f"{item['id']}_neg-prompt.txt").read_text() == item["meta"]["negativePrompt"]
+        # meta.json keeps the record exactly as received: nested.
+        record = json.loads((store / f"{item['id']}_meta.json").read_text())
+        assert record["meta"] == {"id": item["id"], "meta": item["meta"]}
 
 
 def test_max_pages_stops_early(server: FakeCivitai, store: Path) -> None:
@@ -108,6 +202,14 @@ def test_stop_after_seen_stops_once_caught_up(server: FakeCivitai, store: Path) 
         ("limit=ten", "1 to 200"),
         ("username=bad name", "letters, digits and _"),
         ("model_id=-3", "positive integer"),
+        ("user_id=bob", "positive integer"),
+        ("image_id=0", "positive integer"),
+        ("tags=landscape", "comma-separated tag ids"),
+        ("tags=5133,-4", "comma-separated tag ids"),
+        ("tags=,", "comma-separated tag ids"),
+        ("browsing_level=64", "1 to 63"),
+        ("browsing_level=0", "1 to 63"),
+        ("media=gif", "'image', 'video', 'all'"),
         ("max_pages=0", "positive integer"),
         ("stop_after_seen=0", "positive integer"),
         ("stop_after_seen=5", "requires sort='Newest'"),
@@ -136,6 +238,9 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         ("IMAGES_STORE", "s3://bucket/images", "local folder"),
         ("CIVITAI_IMAGE_THREADS", "-2", "CIVITAI_IMAGE_THREADS"),
         ("CIVITAI_IMAGES_IN_FLIGHT", "0", "CIVITAI_IMAGES_IN_FLIGHT"),
+        ("CIVITAI_VIDEOS_IN_FLIGHT", "0", "CIVITAI_VIDEOS_IN_FLIGHT='0' is not valid"),
+        ("CIVITAI_MAX_VIDEO_BYTES", "-1", "CIVITAI_MAX_VIDEO_BYTES='-1' is not valid"),
+        ("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", "0", "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT='0' is not valid"),
     ],
 )
 def test_bad_setting_is_one_clear_error(

@@ -35,7 +35,7 @@ from tests.fake_civitai import FakeCivitai
 
 ID_FILE_NAME = "downloaded_image_ID_DB.txt"  # CIVITAI_ID_FILE's default, inside the store
 STORE_FILE_PATTERNS = [
-    re.compile(r"[1-9]\d*\.(jpg|png)"),
+    re.compile(r"[1-9]\d*\.(jpg|png|mp4|webm|mkv)"),
     re.compile(r"[1-9]\d*_(pos-prompt|neg-prompt)\.txt"),
     re.compile(r"[1-9]\d*_meta\.json"),
     re.compile(re.escape(ID_FILE_NAME)),
@@ -48,7 +48,8 @@ DROP_REASONS = {
     "invalid_id",
     "invalid_url",
     "video",
-    "not_image",
+    "audio",
+    "unknown_type",
     "below_threshold",
     "no_meta",
     "no_prompt",

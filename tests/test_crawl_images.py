@@ -202,7 +202,7 @@ def test_thresholds_and_prompt_filter(server: FakeCivitai, store: Path) -> None:
 def test_default_thresholds_and_junk_items(server: FakeCivitai, store: Path) -> None:
     kept = server.add_image_item(images.jpeg_rgb(), stats={"heartCount": 2})
     server.add_image_item(images.jpeg_rgb(), stats={"heartCount": 1, "likeCount": 100})
-    server.add_image_item(images.jpeg_rgb(), type="video")
+    server.add_image_item(images.jpeg_rgb(), type="gif")  # a type nothing here knows
     server.add_raw_item({"id": "../../x", "url": kept["url"]})
     server.add_raw_item({"id": 77, "url": "ftp://example.invalid/a.jpeg"})
     server.add_raw_item("junk")
@@ -214,7 +214,7 @@ def test_default_thresholds_and_junk_items(server: FakeCivitai, store: Path) -> 
     assert sorted(result.ids_recorded()) == [kept["id"], last["id"]]
     stats = result.stats
     assert stats["civitai/dropped/below_threshold"] == 1
-    assert stats["civitai/dropped/video"] == 1
+    assert stats["civitai/dropped/unknown_type"] == 1
     assert stats["civitai/dropped/invalid_id"] == 1
     assert stats["civitai/dropped/invalid_url"] == 1
     assert stats["civitai/dropped/invalid_item"] == 1

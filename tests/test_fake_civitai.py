@@ -116,8 +116,62 @@ def test_meta_is_null_unless_with_meta_is_true(server: FakeCivitai) -> None:
 
 
 @pytest.mark.parametrize(
+    ("query", "nested"),
+    [
+        ({}, False),  # the search index: flat
+        ({"modelId": "12", "modelVersionId": "788385"}, False),
+        ({"modelId": "12"}, True),  # the older database path: nested unless flatMeta=true
+        ({"modelId": "12", "flatMeta": "true"}, False),
+        ({"modelId": "12", "flatMeta": "false"}, True),
+    ],
+)
+def test_meta_is_nested_on_the_older_query_path_without_flat_meta(
+    server: FakeCivitai, query: dict[str, str], nested: bool
+) -> None:
+    item = server.add_image_item(images.jpeg_rgb())
+    served = fetch_json(server.api_url, withMeta="true", **query)[1]["items"][0]
+    assert served["meta"] == ({"id": item["id"], "meta": item["meta"]} if nested else item["meta"])
+
+
+def test_image_id_takes_the_older_path_and_ignore_flat_meta_nests_anyway(server: FakeCivitai) -> None:
+    item = server.add_image_item(images.jpeg_rgb())
+    query = {"withMeta": "true", "imageId": str(item["id"])}
+    assert fetch_json(server.api_url, **query)[1]["items"][0]["meta"] == {
+        "id": item["id"],
+        "meta": item["meta"],
+    }
+    assert fetch_json(server.api_url, flatMeta="true", **query)[1]["items"][0]["meta"] == item["meta"]
+    server.ignore_flat_meta = True
+    assert fetch_json(server.api_url, flatMeta="true", **query)[1]["items"][0]["meta"]["id"] == item["id"]
+
+
+def test_browsing_levels_types_users_and_tags(server: FakeCivitai) -> None:
+    tags = [{"id": 5, "name": "cat"}]
+    pg = server.add_image_item(userId=1, tags=tags)
+    soft = server.add_image_item(browsingLevel=2, userId=2)
+    x = server.add_image_item(browsingLevel=8, type="video", userId=1, tags=tags)
+
+    def ids(**query: str) -> list[Any]:
+        return [item["id"] for item in fetch_json(server.api_url, **query)[1]["items"]]
+
+    assert ids() == [pg["id"]]  # without nsfw or browsingLevel: PG only
+    assert ids(nsfw="Soft") == [pg["id"], soft["id"]]
+    assert ids(nsfw="X") == [pg["id"], soft["id"], x["id"]]
+    assert ids(browsingLevel="10", nsfw="None") == [soft["id"], x["id"]]  # browsingLevel wins
+    assert ids(nsfw="X", type="video") == [x["id"]]
+    assert ids(nsfw="X", type="image") == [pg["id"], soft["id"]]
+    assert ids(nsfw="X", userId="1") == [pg["id"], x["id"]]
+    assert ids(nsfw="X", tags="4,5") == [pg["id"], x["id"]]
+    assert "tags" not in fetch_json(server.api_url)[1]["items"][0]
+    assert fetch_json(server.api_url, withTags="true")[1]["items"][0]["tags"] == tags
+
+
+@pytest.mark.parametrize(
     "query",
     [
+        {"tags": "cat"},
+        {"browsingLevel": "x"},
+        {"type": "gif"},
         {"username": "bad-name!"},
         {"username": "a b"},
         {"limit": "201"},

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from scrapy import Request
 
-from civitai_spider.items import STAT_NAMES, CivitaiImage, InvalidApiItem
+from civitai_spider.items import STAT_NAMES, CivitaiImage, InvalidApiItem, media_of
 
 URL = "https://image.civitai.com/xG1nkqKTMzGDvpLrqFT7WA/69bf3279/original=true/69bf3279.jpeg"
 
@@ -225,6 +225,31 @@ def test_unknown_stats_are_not_kept() -> None:
 @pytest.mark.parametrize("meta", [None, "prompt text", ["a"], 3], ids=repr)
 def test_meta_that_is_not_a_dict_becomes_none(meta: Any) -> None:
     assert CivitaiImage.from_api(record_with(meta=meta)).meta is None
+
+
+def test_nested_meta_is_unwrapped_and_the_record_kept_as_received() -> None:
+    # Civitai's older query path answers {"id": <image id>, "meta": {...}} without flatMeta.
+    nested = {"id": 26962948, "meta": {"prompt": "a cat", "negativePrompt": "blurry"}}
+    item = CivitaiImage.from_api(record_with(meta=nested))
+    assert item.meta == {"prompt": "a cat", "negativePrompt": "blurry"}
+    assert (item.prompt, item.negative_prompt) == ("a cat", "blurry")
+    assert item.api_item["meta"] is nested
+
+
+@pytest.mark.parametrize("inner", [None, "text", [1]], ids=repr)
+def test_nested_meta_without_a_dict_inside_is_none(inner: Any) -> None:
+    assert CivitaiImage.from_api(record_with(meta={"id": 1, "meta": inner})).meta is None
+
+
+def test_flat_meta_with_keys_named_id_and_meta_among_others_stays_flat() -> None:
+    flat = {"id": 1, "meta": {"x": 1}, "prompt": "a cat"}
+    assert CivitaiImage.from_api(record_with(meta=flat)).meta == flat
+
+
+def test_media_of() -> None:
+    assert media_of(CivitaiImage.from_api(record_with(type="video"))) == "video"
+    assert media_of(CivitaiImage.from_api(record_with())) == "image"
+    assert media_of({"type": "audio"}) == "image"
 
 
 def test_junk_optional_fields_become_neutral_values() -> None:

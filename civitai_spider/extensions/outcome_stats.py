@@ -1,4 +1,5 @@
-"""Count what became of each item: ``civitai/saved``, ``civitai/dropped/<reason>``, ``civitai/failed``.
+"""Count what became of each item: ``civitai/saved`` (also by media), ``civitai/dropped/<reason>``,
+``civitai/failed``.
 
 Counted from Scrapy's item signals, so every pipeline outcome lands in exactly one
 bucket; the spider counts the records it rejects itself (they never become items).
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 
 from civitai_spider import outcomes
+from civitai_spider.items import media_of
 
 if TYPE_CHECKING:
     from typing import Self
@@ -31,6 +33,7 @@ class OutcomeStats:
 
     def item_scraped(self, item: Any) -> None:
         self.stats.inc_value(outcomes.SAVED)
+        self.stats.inc_value(outcomes.saved_key(media_of(item)))
 
     def item_dropped(self, item: Any, exception: BaseException) -> None:
         reason = getattr(exception, "reason", "other")

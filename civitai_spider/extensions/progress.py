@@ -40,9 +40,7 @@ class ProgressBar:
         return cls(crawler)
 
     def spider_opened(self) -> None:
-        self._bar = tqdm(
-            desc="Saving images and metadata", unit=" images", file=sys.stderr, dynamic_ncols=True
-        )
+        self._bar = tqdm(desc="Saving images and videos", unit=" saved", file=sys.stderr, dynamic_ncols=True)
         # Keep Scrapy's own console handler (its LOG_LEVEL, format and filters) and only
         # route what it writes through tqdm. With LOG_FILE there is none: nothing to do.
         for handler in logging.getLogger().handlers:
@@ -56,12 +54,14 @@ class ProgressBar:
         values = self.stats.get_stats()
         dropped = sum(count for key, count in values.items() if key.startswith(outcomes.DROPPED_PREFIX))
         self._bar.set_postfix(
+            images=values.get(outcomes.saved_key("image"), 0),
+            videos=values.get(outcomes.saved_key("video"), 0),
             metadata=values.get(outcomes.METADATA_FILES_SAVED, 0),
             dropped=dropped,
             failed=values.get(outcomes.FAILED, 0),
             refresh=False,
         )
-        # tqdm redraws at most every 0.1 s and computes the rate from the saved count.
+        # tqdm redraws at most every 0.1 s and computes the rate from the saved count (both media).
         self._bar.update(values.get(outcomes.SAVED, 0) - self._bar.n)
 
     def spider_closed(self) -> None:

@@ -36,10 +36,25 @@ PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
 NSFW_LEVELS = ("None", "Soft", "Mature", "X", "true", "false")
 MAX_LIMIT = 200
 _USERNAME = re.compile(r"[A-Za-z0-9_]+")
+#: ``media=`` -> the item types a crawl keeps (the API's ``type``; none sent for ``all``).
+MEDIA_TYPES = {"image": ("image",), "video": ("video",), "all": ("image", "video")}
+#: Item types the spider knows; any other is dropped as ``unknown_type``.
+_KNOWN_TYPES = ("image", "video", "audio")
+#: The API's browsingLevel bitmask: PG=1, PG13=2, R=4, X=8, XXX=16, Blocked=32.
+MAX_BROWSING_LEVEL = 63
 _ARGUMENTS = (
-    "sort", "period", "nsfw", "limit", "username", "model_id",
-    "model_version_id", "post_id", "base_models", "max_pages", "stop_after_seen",
+    "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
+    "model_id", "model_version_id", "post_id", "image_id", "tags", "base_models",
+    "max_pages", "stop_after_seen",
 )  # fmt: skip
+#: Spider arguments that are sent as the API's integer parameters.
+_INTEGER_PARAMETERS = (
+    ("user_id", "userId"),
+    ("model_id", "modelId"),
+    ("model_version_id", "modelVersionId"),
+    ("post_id", "postId"),
+    ("image_id", "imageId"),
+)
 
 
 class CivitaiSpider(scrapy.Spider):
@@ -52,6 +67,9 @@ class CivitaiSpider(scrapy.Spider):
         arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
         self.query, self.max_pages, self.stop_after_seen = parse_arguments(arguments)
+        self.media_types = MEDIA_TYPES[arguments.get("media", "image")]
+        if "browsing_level" in arguments and "nsfw" in arguments:
+            logger.info("browsing_level=%s overrides nsfw=%s", arguments["browsing_level"], arguments["nsfw"])
         #: Cursors followed and pages done. With JOBDIR it lives in ``self.state``, which
         #: Scrapy saves on a pause, so a resumed job still catches a loop and counts pages.
         self._progress: dict[str, Any] = {"cursors_seen": set(), "pages": 0}
@@ -65,6 +83,8 @@ class CivitaiSpider(scrapy.Spider):
     async def start(self) -> AsyncIterator[scrapy.Request]:
         settings = self.crawler.settings
         self.api_url: str = settings.get("CIVITAI_API_URL")
+        if settings.getbool("CIVITAI_WITH_TAGS"):
+            self.query["withTags"] = "true"
         self._error_log = store_directory(settings) / ERROR_LOG_NAME
         self._error_log.parent.mkdir(parents=True, exist_ok=True)
         job_state = getattr(self, "state", None)  # set by Scrapy's SpiderState with JOBDIR
@@ -121,10 +141,12 @@ class CivitaiSpider(scrapy.Spider):
             except InvalidApiItem as error:
                 self._reject(error.reason, str(error), record)
                 continue
-            if item.type != "image":
-                # Videos (and audio) need a different saver; never store them as .jpg.
-                stats.inc_value(outcomes.dropped_key("video" if item.type == "video" else "not_image"))
-                logger.debug("Skipped %s %s: not an image", item.type, item.id)
+            if item.type not in self.media_types:
+                # The API filters by `type` already; this catches what it lets through anyway
+                # (with media=all: audio, which nothing here can save).
+                reason = item.type if item.type in _KNOWN_TYPES else "unknown_type"
+                stats.inc_value(outcomes.dropped_key(reason))
+                logger.debug("Skipped %s %s: not asked for (%s)", item.type, item.id, reason)
                 continue
             yield item
 
@@ -184,23 +206,37 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
     query: dict[str, str] = {
         "limit": str(_integer(arguments, "limit", MAX_LIMIT, maximum=MAX_LIMIT)),
         "withMeta": "true",
+        # Without it the API nests meta ({"id": ..., "meta": {...}}) on its older query path
+        # (imageId, or modelId without modelVersionId); items.py unwraps that shape anyway.
+        "flatMeta": "true",
         "sort": _choice(arguments, "sort", "Most Reactions", SORTS),
         "period": _choice(arguments, "period", "AllTime", PERIODS),
     }
-    if arguments.get("nsfw") is not None:
+    media = _choice(arguments, "media", "image", tuple(MEDIA_TYPES))
+    if media != "all":
+        query["type"] = media  # without it videos take room in every page of an image crawl
+    if arguments.get("browsing_level") is not None:
+        # The API lets browsingLevel override nsfw; sending only one keeps the query honest.
+        level = _integer(arguments, "browsing_level", None, maximum=MAX_BROWSING_LEVEL)
+        query["browsingLevel"] = str(level)
+    elif arguments.get("nsfw") is not None:
         query["nsfw"] = _choice(arguments, "nsfw", None, NSFW_LEVELS)
     username = arguments.get("username")
     if username is not None:
         if not _USERNAME.fullmatch(str(username)):
             raise ValueError(f"username={username!r} is not valid: allowed are letters, digits and _")
         query["username"] = str(username)
-    for argument, parameter in (
-        ("model_id", "modelId"),
-        ("model_version_id", "modelVersionId"),
-        ("post_id", "postId"),
-    ):
+    for argument, parameter in _INTEGER_PARAMETERS:
         if arguments.get(argument) is not None:
             query[parameter] = str(_integer(arguments, argument, None))
+    tags = arguments.get("tags")
+    if tags is not None:
+        ids = [tag.strip() for tag in str(tags).split(",") if tag.strip()]
+        if not ids or not all(tag.isascii() and tag.isdigit() and int(tag) > 0 for tag in ids):
+            raise ValueError(
+                f"tags={tags!r} is not valid: allowed are comma-separated tag ids, e.g. '5133,4'"
+            )
+        query["tags"] = ",".join(str(int(tag)) for tag in ids)
     base_models = arguments.get("base_models")
     if base_models is not None:
         # The server owns the list of base models and answers 400 for unknown ones.

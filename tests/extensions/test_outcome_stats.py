@@ -24,8 +24,9 @@ def crawler() -> Any:
     return crawler
 
 
-def item(image_id: int = 1) -> CivitaiImage:
-    return CivitaiImage.from_api({"id": image_id, "url": f"https://image.civitai.com/k/{image_id}.jpeg"})
+def item(image_id: int = 1, **fields: Any) -> CivitaiImage:
+    url = f"https://image.civitai.com/k/{image_id}.jpeg"
+    return CivitaiImage.from_api({"id": image_id, "url": url, **fields})
 
 
 def civitai_stats(crawler: Any) -> dict[str, Any]:
@@ -45,7 +46,18 @@ def test_the_extension_is_enabled_by_the_project_settings(crawler: Any) -> None:
 def test_item_scraped_counts_saved(crawler: Any) -> None:
     send(crawler, signals.item_scraped, item=item(1))
     send(crawler, signals.item_scraped, item=item(2))
-    assert civitai_stats(crawler) == {outcomes.SAVED: 2}
+    assert civitai_stats(crawler) == {outcomes.SAVED: 2, "civitai/saved/image": 2}
+
+
+def test_saved_videos_and_images_are_counted_apart(crawler: Any) -> None:
+    send(crawler, signals.item_scraped, item=item(1))
+    send(crawler, signals.item_scraped, item=item(2, type="video"))
+    send(crawler, signals.item_scraped, item=item(3, type="video"))
+    assert civitai_stats(crawler) == {
+        outcomes.SAVED: 3,
+        "civitai/saved/image": 1,
+        "civitai/saved/video": 2,
+    }
 
 
 def test_drop_reasons_are_counted_separately(crawler: Any) -> None:
@@ -85,5 +97,6 @@ def test_every_outcome_lands_in_one_bucket(crawler: Any) -> None:
     send(crawler, signals.item_dropped, item=item(), exception=DropImage("failed", "x"))
     send(crawler, signals.item_error, item=item(), failure=Failure(ValueError("x")))
     values = civitai_stats(crawler)
+    assert values.pop("civitai/saved/image") == 1  # a part of civitai/saved, not a bucket of its own
     assert sum(values.values()) == 4
     assert values == {outcomes.SAVED: 1, "civitai/dropped/duplicate": 1, outcomes.FAILED: 2}

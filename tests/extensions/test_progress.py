@@ -31,7 +31,7 @@ from tests import images
 from tests.conftest import REPOSITORY, crawl_command, crawl_environment, project_crawler, run_crawl
 from tests.fake_civitai import FakeCivitai
 
-BAR_TITLE = "Saving images and metadata"
+BAR_TITLE = "Saving images and videos"
 EXTENSION_PATH = "civitai_spider.extensions.progress.ProgressBar"
 COLUMNS = 200  # wide enough for the whole postfix; a narrower bar cuts it off
 
@@ -109,9 +109,10 @@ def test_bar_shown_on_a_terminal(server: FakeCivitai, store: Path):
 
     assert run.returncode == 0, run.output[-3000:]
     assert BAR_TITLE in run.output
-    # tqdm without a total and with unit=" images": "<title>: 10 images [00:00, 85.2 images/s, ...]"
+    # tqdm without a total and with unit=" saved": "<title>: 10 saved [00:00, 85.2 saved/s, ...]"
     bar = final_bar(run)
-    assert re.match(rf"{BAR_TITLE}: 10 images \[\d\d:\d\d, [\d.?]+ images/s, ", bar), bar
+    assert re.match(rf"{BAR_TITLE}: 10 saved \[\d\d:\d\d, [\d.?]+ saved/s, ", bar), bar
+    assert "images=10," in bar and "videos=0" in bar, bar
     assert "metadata=30" in bar, bar  # pos-prompt, neg-prompt and meta.json for each
     # Log lines still appear, each whole on its own line, above the bar.
     screen = run.lines()
@@ -135,7 +136,7 @@ def test_bar_postfix_counts_dropped_and_failed(server: FakeCivitai, store: Path)
 
     assert run.returncode == 0, run.output[-3000:]
     bar = final_bar(run)
-    assert bar.startswith(f"{BAR_TITLE}: 3 images ["), bar
+    assert bar.startswith(f"{BAR_TITLE}: 3 saved ["), bar
     assert "dropped=1" in bar, bar
     assert "failed=1" in bar, bar
     assert "metadata=9" in bar, bar
@@ -217,7 +218,7 @@ def test_not_configured_without_terminal_and_without_a_message(monkeypatch: pyte
     assert raised.value.args == ()
 
 
-def test_postfix_shows_saved_metadata_dropped_and_failed(monkeypatch: pytest.MonkeyPatch):
+def test_postfix_shows_images_videos_metadata_dropped_and_failed(monkeypatch: pytest.MonkeyPatch):
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     crawler = project_crawler()
@@ -227,6 +228,8 @@ def test_postfix_shows_saved_metadata_dropped_and_failed(monkeypatch: pytest.Mon
     try:
         stats: Any = crawler.stats
         stats.inc_value(outcomes.SAVED, 4)
+        stats.inc_value(outcomes.saved_key("image"), 3)
+        stats.inc_value(outcomes.saved_key("video"), 1)
         stats.inc_value(outcomes.METADATA_FILES_SAVED, 11)
         stats.inc_value(outcomes.dropped_key("below_threshold"), 2)
         stats.inc_value(outcomes.dropped_key("already_downloaded"), 3)
@@ -235,7 +238,8 @@ def test_postfix_shows_saved_metadata_dropped_and_failed(monkeypatch: pytest.Mon
     finally:
         bar.spider_closed()
     last = terminal.getvalue().rsplit("\r", 1)[-1]
-    assert last.startswith(f"{BAR_TITLE}: 4 images ["), last
+    assert last.startswith(f"{BAR_TITLE}: 4 saved ["), last
+    assert "images=3," in last and "videos=1" in last, last
     assert "dropped=5" in last and "failed=1" in last and "metadata=11" in last, last
     # Closing twice (spider_closed after an error) is harmless.
     bar.spider_closed()

@@ -20,7 +20,14 @@ from civitai_spider.spiders.civitai import CivitaiSpider, parse_arguments
 from tests.conftest import project_crawler
 
 API_URL = "http://127.0.0.1:9/api/v1/images"
-DEFAULT_QUERY = {"limit": "200", "withMeta": "true", "sort": "Most Reactions", "period": "AllTime"}
+DEFAULT_QUERY = {
+    "limit": "200",
+    "withMeta": "true",
+    "flatMeta": "true",
+    "sort": "Most Reactions",
+    "period": "AllTime",
+    "type": "image",
+}
 
 
 # --- parse_arguments -------------------------------------------------------------------
@@ -41,6 +48,10 @@ def test_every_argument_maps_to_its_api_name() -> None:
             "model_id": "4201",
             "model_version_id": "788385",
             "post_id": "6030721",
+            "user_id": "41",
+            "image_id": "26962948",
+            "tags": " 5133, 4,,0012 ",
+            "media": "video",
             "base_models": " SDXL 1.0 , Pony,,Flux.1 D ",
             "max_pages": "3",
             "stop_after_seen": "20",
@@ -49,17 +60,32 @@ def test_every_argument_maps_to_its_api_name() -> None:
     assert query == {
         "limit": "50",
         "withMeta": "true",
+        "flatMeta": "true",
         "sort": "Newest",
         "period": "Week",
         "nsfw": "X",
+        "type": "video",
         "username": "bolero_537",
+        "userId": "41",
         "modelId": "4201",
         "modelVersionId": "788385",
         "postId": "6030721",
+        "imageId": "26962948",
+        "tags": "5133,4,12",
         "baseModels": "SDXL 1.0,Pony,Flux.1 D",
     }
     assert max_pages == 3
     assert stop_after_seen == 20
+
+
+def test_media_all_sends_no_type() -> None:
+    assert "type" not in parse_arguments({"media": "all"})[0]
+
+
+@pytest.mark.parametrize("level", ["1", "28", "63"])
+def test_browsing_level_is_sent_instead_of_nsfw(level: str) -> None:
+    query = parse_arguments({"browsing_level": level, "nsfw": "None"})[0]
+    assert query["browsingLevel"] == level and "nsfw" not in query
 
 
 @pytest.mark.parametrize("limit", ["1", "200"])
@@ -91,6 +117,17 @@ def test_limit_bounds_are_allowed(limit: str) -> None:
         ({"sort": "Newest", "stop_after_seen": "-2"}, "stop_after_seen", "'-2'", "positive integer"),
         ({"sort": "Newest", "stop_after_seen": "ten"}, "stop_after_seen", "'ten'", "positive integer"),
         ({"sort": "Newest", "stop_after_seen": "2.5"}, "stop_after_seen", "'2.5'", "positive integer"),
+        ({"user_id": "x"}, "user_id", "'x'", "positive integer"),
+        ({"image_id": "-2"}, "image_id", "'-2'", "positive integer"),
+        ({"tags": "cats"}, "tags", "'cats'", "comma-separated tag ids"),
+        ({"tags": "1,0"}, "tags", "'1,0'", "comma-separated tag ids"),
+        ({"tags": "1;2"}, "tags", "'1;2'", "comma-separated tag ids"),
+        ({"tags": ""}, "tags", "''", "comma-separated tag ids"),
+        ({"browsing_level": "0"}, "browsing_level", "'0'", "an integer from 1 to 63"),
+        ({"browsing_level": "64"}, "browsing_level", "'64'", "an integer from 1 to 63"),
+        ({"browsing_level": "X"}, "browsing_level", "'X'", "an integer from 1 to 63"),
+        ({"media": "images"}, "media", "'images'", "'image', 'video', 'all'"),
+        ({"media": "audio"}, "media", "'audio'", "'image', 'video', 'all'"),
         ({"base_models": ""}, "base_models", "''", "comma-separated"),
         ({"base_models": " , "}, "base_models", "' , '", "comma-separated"),
     ],
@@ -353,15 +390,30 @@ def test_max_pages_one_stops_after_the_first_page(tmp_path: Path) -> None:
     assert [type(result) for result in results] == [CivitaiImage]
 
 
-def test_video_is_not_yielded_and_counted(tmp_path: Path) -> None:
-    spider = started_spider(tmp_path)
-    records = [record(1), record(2, type="video"), record(3, type="audio")]
+@pytest.mark.parametrize(
+    ("media", "kept", "dropped"),
+    [
+        ("image", [1, 5], {"video": 1, "audio": 1, "unknown_type": 1}),
+        ("video", [2], {"image": 2, "audio": 1, "unknown_type": 1}),
+        ("all", [1, 2, 5], {"audio": 1, "unknown_type": 1}),
+    ],
+)
+def test_only_the_media_asked_for_is_yielded(
+    media: str, kept: list[int], dropped: dict[str, int], tmp_path: Path
+) -> None:
+    spider = started_spider(tmp_path, media=media)
+    records = [record(1), record(2, type="video"), record(3, type="audio"), record(4, type="gif")]
+    records.append(record(5, type=None))  # a type that is not a string: an image, as before
     results = list(spider.parse_page(page(records, {})))
-    assert [item.id for item in results] == [1]
+    assert [item.id for item in results] == kept
     stats = spider.crawler.stats
-    assert stats.get_value("civitai/dropped/video") == 1
-    assert stats.get_value("civitai/dropped/not_image") == 1
-    assert stats.get_value("civitai/items_seen") == 3
+    counted = {
+        key.removeprefix("civitai/dropped/"): value
+        for key, value in stats.get_stats().items()
+        if key.startswith("civitai/dropped/")
+    }
+    assert counted == dropped
+    assert stats.get_value("civitai/items_seen") == 5
 
 
 def test_invalid_record_is_counted_and_logged(tmp_path: Path) -> None:

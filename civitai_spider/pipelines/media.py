@@ -1,16 +1,24 @@
-"""Download each item's image and save it as ``<id>.jpg`` or ``<id>.png`` in ``IMAGES_STORE``.
+"""Download each item's image or video and save it in ``IMAGES_STORE`` as ``<id>.<extension>``.
 
 A subclass of Scrapy's ImagesPipeline that keeps its download machinery and replaces
 what it does with the bytes: stock ImagesPipeline re-encodes every image as JPEG quality
-75 in the reactor thread, flattens transparency onto white and names files by URL hash.
-Here the bytes decide (see :mod:`civitai_spider.imaging`), Pillow runs in a pool of
-``CIVITAI_IMAGE_THREADS`` worker threads, files are written atomically, and a failure is
-one log line plus one line in ``error_log.txt`` instead of a traceback, then the item is
-dropped (its id is not recorded, so the next run tries again).
+75 in the reactor thread, flattens transparency onto white, names files by URL hash and
+has no notion of video. Here the bytes decide:
 
-At most ``CIVITAI_IMAGES_IN_FLIGHT`` images are between request and saved file at once,
-whatever the number of pages being processed: that, not the number of items, is what
-bounds memory (a 3 MB PNG is held two or three times while it is downloaded and checked).
+- an image is kept or converted by :mod:`civitai_spider.imaging`, in a pool of
+  ``CIVITAI_IMAGE_THREADS`` Pillow threads;
+- a video is checked for a whole container by :mod:`civitai_spider.video` and saved as the
+  original bytes, never re-encoded, in a worker thread (a video is hundreds of megabytes:
+  nothing walks or writes it in the reactor thread).
+
+Files are written atomically; a failure is one log line plus one line in ``error_log.txt``
+instead of a traceback, then the item is dropped (its id is not recorded, so the next run
+tries again).
+
+At most ``CIVITAI_IMAGES_IN_FLIGHT`` images and ``CIVITAI_VIDEOS_IN_FLIGHT`` videos are
+between request and saved file at once, whatever the number of pages being processed:
+that, not the number of items, is what bounds memory (a body is held whole until it is
+written, a 3 MB PNG two or three times while it is checked).
 """
 
 from __future__ import annotations
@@ -24,13 +32,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
 from PIL import Image
+from scrapy.exceptions import DownloadCancelledError
 from scrapy.http import Request
 from scrapy.http.request import NO_CALLBACK
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
+from twisted.internet.defer import CancelledError
 
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
+from civitai_spider.items import media_of
 from civitai_spider.outcomes import FAILED_REASON, DropImage
 from civitai_spider.store import (
     BOMB_LOG_NAME,
@@ -42,6 +53,7 @@ from civitai_spider.store import (
     store_directory,
     write_atomically,
 )
+from civitai_spider.video import VideoRejected, check_video
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -54,12 +66,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: ``Request.meta`` key: the size cap of this download and the setting that set it.
+_SIZE_CAP_META_KEY = "civitai_size_cap"
 
-class ImageFailed(FileException):
-    """An image that could not be downloaded or stored; the message is the reason."""
+
+class MediaFailed(FileException):
+    """A file that could not be downloaded or stored; the message is the reason."""
 
 
-class CivitaiImagesPipeline(ImagesPipeline):
+class CivitaiMediaPipeline(ImagesPipeline):
     def __init__(self, store_uri: str | PathLike[str], *, crawler: Crawler):
         settings = crawler.settings
         self.check_settings(settings)
@@ -77,7 +92,26 @@ class CivitaiImagesPipeline(ImagesPipeline):
         # Pillow releases the GIL while it decodes and encodes: one thread per core keeps
         # every core busy without holding more decoded images in memory than that.
         self.pillow = ThreadPoolExecutor(threads, thread_name_prefix="pillow") if threads else None
-        self.in_flight = asyncio.Semaphore(settings.getint("CIVITAI_IMAGES_IN_FLIGHT"))
+        self.in_flight = {
+            "image": asyncio.Semaphore(settings.getint("CIVITAI_IMAGES_IN_FLIGHT")),
+            "video": asyncio.Semaphore(settings.getint("CIVITAI_VIDEOS_IN_FLIGHT")),
+        }
+        self.request_meta = {
+            # A file that used up its retries is reported here, one WARNING with the reason;
+            # Scrapy's own "Gave up retrying" would add an ERROR, the level of a broken crawl.
+            "image": {
+                "give_up_log_level": "DEBUG",
+                _SIZE_CAP_META_KEY: ("DOWNLOAD_MAXSIZE", settings.getint("DOWNLOAD_MAXSIZE")),
+            },
+            "video": {
+                "give_up_log_level": "DEBUG",
+                "download_maxsize": settings.getint("CIVITAI_MAX_VIDEO_BYTES"),
+                # Every video is over DOWNLOAD_WARNSIZE's scale for images: no warning each.
+                "download_warnsize": 0,
+                "download_timeout": settings.getfloat("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT"),
+                _SIZE_CAP_META_KEY: ("CIVITAI_MAX_VIDEO_BYTES", settings.getint("CIVITAI_MAX_VIDEO_BYTES")),
+            },
+        }
 
     @classmethod
     def check_settings(cls, settings: BaseSettings) -> None:
@@ -89,8 +123,14 @@ class CivitaiImagesPipeline(ImagesPipeline):
             raise ValueError("CIVITAI_MAX_IMAGE_PIXELS must be a positive number of pixels")
         if settings.getint("CIVITAI_IMAGE_THREADS", -1) < -1:
             raise ValueError("CIVITAI_IMAGE_THREADS must be -1 (one per core), 0 (inline) or more")
-        if settings.getint("CIVITAI_IMAGES_IN_FLIGHT") < 1:
-            raise ValueError("CIVITAI_IMAGES_IN_FLIGHT must be at least 1")
+        for name in ("CIVITAI_IMAGES_IN_FLIGHT", "CIVITAI_VIDEOS_IN_FLIGHT", "CIVITAI_MAX_VIDEO_BYTES"):
+            if settings.getint(name) < 1:
+                raise ValueError(f"{name}={settings.get(name)!r} is not valid: allowed is an integer >= 1")
+        if settings.getfloat("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT") <= 0:
+            timeout = settings.get("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT")
+            raise ValueError(
+                f"CIVITAI_VIDEO_DOWNLOAD_TIMEOUT={timeout!r} is not valid: allowed is a number of seconds > 0"
+            )
 
     def open_spider(self) -> None:
         super().open_spider()
@@ -111,7 +151,7 @@ class CivitaiImagesPipeline(ImagesPipeline):
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         try:
-            async with self.in_flight:
+            async with self.in_flight[media_of(item)]:
                 item = await super().process_item(item)
         finally:
             # MediaPipeline keeps each URL's result for the whole run. Files here are
@@ -133,10 +173,9 @@ class CivitaiImagesPipeline(ImagesPipeline):
         return item
 
     def get_media_requests(self, item: Any, info: MediaPipeline.SpiderInfo) -> list[Request]:
-        # An image that used up its retries is reported here, one WARNING with the reason;
-        # Scrapy's own "Gave up retrying" would add an ERROR, the level of a broken crawl.
-        meta = {"give_up_log_level": "DEBUG"}
-        return [Request(url, callback=NO_CALLBACK, meta=meta) for url in ItemAdapter(item)["image_urls"]]
+        adapter = ItemAdapter(item)
+        meta = self.request_meta[media_of(item)]
+        return [Request(url, callback=NO_CALLBACK, meta=dict(meta)) for url in adapter["image_urls"]]
 
     def media_to_download(
         self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None
@@ -152,34 +191,49 @@ class CivitaiImagesPipeline(ImagesPipeline):
         *,
         item: Any = None,
     ) -> FileInfo:
-        image_id = ItemAdapter(item)["id"]
+        adapter = ItemAdapter(item)
         if response.status != 200:
-            raise ImageFailed(f"HTTP {response.status}")
+            raise MediaFailed(f"HTTP {response.status}")
+        if media_of(item) == "video":
+            extension = await self._save_video(response.body, adapter["id"])
+        else:
+            extension = await self._save_image(response.body, adapter["id"], request.url)
+        name = _file_name(adapter["id"], extension)
+        return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
+
+    async def _save_image(self, body: bytes, image_id: int, url: str) -> str:
         try:
             prepared = await self._in_pillow_thread(
-                _prepare_and_write,
-                response.body,
-                self.directory,
-                image_id,
-                self.max_pixels,
-                self.jpeg_quality,
+                _prepare_and_write_image, body, self.directory, image_id, self.max_pixels, self.jpeg_quality
             )
         except ImageRejected as error:
             if error.size is not None:
-                self._log_bomb(image_id, request.url, error.size, "refused")
-            raise ImageFailed(str(error)) from None
+                self._log_bomb(image_id, url, error.size, "refused")
+            raise MediaFailed(str(error)) from None
         if prepared.over_pixel_limit:
-            self._log_bomb(image_id, request.url, (prepared.width, prepared.height), "saved")
+            self._log_bomb(image_id, url, (prepared.width, prepared.height), "saved")
         self.inc_stats("converted" if prepared.converted else "kept")
-        name = _file_name(image_id, prepared.extension)
-        return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
+        return prepared.extension
+
+    async def _save_video(self, body: bytes, video_id: int) -> str:
+        try:
+            extension = await run_in_thread(_check_and_write_video, body, self.directory, video_id)
+        except VideoRejected as error:
+            raise MediaFailed(str(error)) from None
+        self.inc_stats("kept")
+        return extension
 
     def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> NoReturn:
         error = failure.value
-        if isinstance(error, ImageFailed):
+        if isinstance(error, MediaFailed):
             raise error
+        if isinstance(error, (DownloadCancelledError, CancelledError)) and _SIZE_CAP_META_KEY in request.meta:
+            # Scrapy cancels a download over its download_maxsize (from Content-Length, or
+            # once that many bytes came), with its own WARNING naming the sizes.
+            setting, limit = request.meta[_SIZE_CAP_META_KEY]
+            raise MediaFailed(f"larger than {setting} ({limit} bytes): download cancelled") from None
         text = str(error)
-        raise ImageFailed(f"{type(error).__name__}: {text}" if text else type(error).__name__) from None
+        raise MediaFailed(f"{type(error).__name__}: {text}" if text else type(error).__name__) from None
 
     def item_completed(
         self, results: list[FileInfoOrError], item: Any, info: MediaPipeline.SpiderInfo
@@ -191,7 +245,9 @@ class CivitaiImagesPipeline(ImagesPipeline):
                 url = adapter["url"]
                 append_line(self.error_log, log_line(adapter["id"], url, reason))
                 raise DropImage(
-                    FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING"
+                    FAILED_REASON,
+                    f"{media_of(item)} {adapter['id']} failed: {reason} <{url}>",
+                    log_level="WARNING",
                 )
         adapter["images"] = [result for _, result in results]
         adapter["image_file"] = adapter["images"][0]["path"]
@@ -211,7 +267,7 @@ class CivitaiImagesPipeline(ImagesPipeline):
         append_line(self.bomb_log, log_line(image_id, url, f"{width}x{height}", outcome))
 
 
-def _prepare_and_write(
+def _prepare_and_write_image(
     body: bytes, directory: Path, image_id: int, max_pixels: int, jpeg_quality: int
 ) -> PreparedImage:
     # One trip to a worker thread for the check (or conversion) and the write. The file is
@@ -221,9 +277,17 @@ def _prepare_and_write(
     return prepared
 
 
-def _file_name(image_id: int, extension: str) -> str:
-    return f"{image_id}.{extension}"
+def _check_and_write_video(body: bytes, directory: Path, video_id: int) -> str:
+    # The same one trip for a video: walking its container and writing it, both off the
+    # reactor thread. The body itself is written: the original bytes, no copy.
+    extension = check_video(body)
+    write_atomically(directory / _file_name(video_id, extension), body, sync=False)
+    return extension
+
+
+def _file_name(media_id: int, extension: str) -> str:
+    return f"{media_id}.{extension}"
 
 
 def _hide_reported_failures(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], ImageFailed))
+    return not (record.exc_info and isinstance(record.exc_info[1], MediaFailed))
