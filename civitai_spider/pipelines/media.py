@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -68,6 +69,8 @@ logger = logging.getLogger(__name__)
 
 #: ``Request.meta`` key: the size cap of this download and the setting that set it.
 _SIZE_CAP_META_KEY = "civitai_size_cap"
+#: The logger of Scrapy's HTTP/1.1 download handler, which warns about downloads over their cap.
+_HTTP_HANDLER_LOGGER = "scrapy.core.downloader.handlers.http11"
 
 
 class MediaFailed(FileException):
@@ -139,12 +142,15 @@ class CivitaiMediaPipeline(ImagesPipeline):
         # prepare_image() enforces CIVITAI_MAX_IMAGE_PIXELS itself, from the header and
         # before decoding; Pillow's own check would only add a process-wide warning.
         Image.MAX_IMAGE_PIXELS = None
-        # MediaPipeline logs every failure with a traceback; ours are reported in one
-        # line by item_completed() instead.
+        # MediaPipeline logs every failure with a traceback, and Scrapy's download handler
+        # a WARNING for a download over its size cap; ours are reported in one line by
+        # item_completed() instead.
         logging.getLogger("scrapy.pipelines.media").addFilter(_hide_reported_failures)
+        logging.getLogger(_HTTP_HANDLER_LOGGER).addFilter(_hide_size_cap_warnings)
 
     def close_spider(self) -> None:
         logging.getLogger("scrapy.pipelines.media").removeFilter(_hide_reported_failures)
+        logging.getLogger(_HTTP_HANDLER_LOGGER).removeFilter(_hide_size_cap_warnings)
         if self.pillow is not None:
             self.pillow.shutdown(wait=False)
 
@@ -228,10 +234,12 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if isinstance(error, MediaFailed):
             raise error
         if isinstance(error, (DownloadCancelledError, CancelledError)) and _SIZE_CAP_META_KEY in request.meta:
-            # Scrapy cancels a download over its download_maxsize (from Content-Length, or
-            # once that many bytes came), with its own WARNING naming the sizes.
+            # Scrapy cancels a download over its download_maxsize: at once when the
+            # Content-Length says so (the message has the size), else once that many came.
             setting, limit = request.meta[_SIZE_CAP_META_KEY]
-            raise MediaFailed(f"larger than {setting} ({limit} bytes): download cancelled") from None
+            announced = re.match(r"Expected to receive (\d+) bytes", str(error))
+            size = f"{announced[1]} bytes announced" if announced else "more came"
+            raise MediaFailed(f"larger than {setting} ({limit} bytes): {size}, download cancelled") from None
         text = str(error)
         raise MediaFailed(f"{type(error).__name__}: {text}" if text else type(error).__name__) from None
 
@@ -291,3 +299,7 @@ def _file_name(media_id: int, extension: str) -> str:
 
 def _hide_reported_failures(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], MediaFailed))
+
+
+def _hide_size_cap_warnings(record: logging.LogRecord) -> bool:
+    return "larger than download max size" not in record.getMessage()
