@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests import images
+from tests import images, videos
 from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
 from tests.fake_civitai import FakeCivitai
 
@@ -321,6 +321,58 @@ def test_kill_9_at_random_moments_then_rerun_completes(
         stats.get("civitai/saved", 0) + stats.get("civitai/dropped/already_downloaded", 0) == KILL_ITEM_COUNT
     )
     assert not (store / "error_log.txt").exists(), (store / "error_log.txt").read_text()
+
+
+VIDEO_BYTES = 32_000_000  # big enough that writing one takes milliseconds
+VIDEO_KILLS = 8
+
+
+@pytest.mark.heavy
+def test_kill_9_while_videos_are_written_leaves_no_broken_video(
+    server: FakeCivitai, store: Path, tmp_path: Path
+) -> None:
+    body = videos.mp4_boxes(VIDEO_BYTES)
+    items = [server.add_image_item(body, type="video") for _ in range(12)]
+    killed_mid_write = 0
+
+    for round_number in range(VIDEO_KILLS):
+        before = temporary_files(store)
+        log = tmp_path / f"video-run-{round_number}.log"
+        with open(log, "wb") as output:
+            process = subprocess.Popen(
+                crawl_command(server, store, "media=video", "limit=4"),
+                cwd=REPOSITORY,
+                env=crawl_environment(),
+                stdout=subprocess.DEVNULL,
+                stderr=output,
+            )
+        try:
+            # The moment a new temporary file appears, a video is being written into it.
+            deadline = time.monotonic() + 30
+            while process.poll() is None and not set(temporary_files(store)) - set(before):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.001)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        killed_mid_write += bool(set(temporary_files(store)) - set(before))
+
+        recorded = set(recorded_ids(store))
+        for item in items:
+            path = store / f"{item['id']}.mp4"
+            # A video under its final name is the whole video, recorded or not.
+            assert not path.exists() or path.read_bytes() == body, f"round {round_number}: {path.name}"
+            if item["id"] in recorded:
+                assert path.exists() and (store / f"{item['id']}_meta.json").exists()
+
+    # The kills did land inside writes: a temporary file was left behind.
+    assert killed_mid_write >= VIDEO_KILLS // 2, killed_mid_write
+    result = run_crawl(server, store, "media=video", "limit=4")
+    assert result.finish_reason == "finished", describe(result)
+    assert sorted(recorded_ids(store)) == [item["id"] for item in items]
+    assert temporary_files(store) == []
+    assert all((store / f"{item['id']}.mp4").read_bytes() == body for item in items)
 
 
 # --- a torn ID line, leftovers, a partial image ------------------------------------------
