@@ -15,7 +15,8 @@ NEWSPIDER_MODULE = "civitai_spider.spiders"
 COMMANDS_MODULE = "civitai_spider.commands"
 
 # --- Civitai ---------------------------------------------------------------------------
-# The images endpoint. Tests point it at a local fake server.
+# The images endpoint (images and videos alike). Mature content lives on civitai.red since
+# April 2026: https://civitai.red/api/v1/images, with a key. Tests point it at a local fake.
 CIVITAI_API_URL = "https://civitai.com/api/v1/images"
 # Sent as "Authorization: Bearer <key>" on API page requests only, never on image
 # requests nor to another host. Empty: anonymous (SFW results only).
