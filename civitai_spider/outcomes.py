@@ -1,10 +1,13 @@
-"""What can happen to an API item, as stats keys and the exception pipelines drop with.
+"""What can happen to an API item, and how a crawl can end.
 
 Every item the API lists ends as exactly one of: saved (``civitai/saved``, split by media
 in ``civitai/saved/image`` and ``civitai/saved/video``), dropped for a
 reason (``civitai/dropped/<reason>``) or failed (``civitai/failed``); their sum is
 ``civitai/items_seen``. The counting itself is done by
 :class:`civitai_spider.extensions.outcome_stats.OutcomeStats` from Scrapy's item signals.
+
+A crawl ends with a finish reason (the ``finish_reason`` stat); those in
+:data:`FAILED_FINISH_REASONS` make ``scrapy crawl`` exit with status 1.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ DROPPED_PREFIX = "civitai/dropped/"
 
 #: The drop reason used for items whose image could not be downloaded or saved.
 FAILED_REASON = "failed"
+
+#: Finish reason: an API page failed for good (after its retries, or a 400).
+API_ERROR = "api_error"
+#: Finish reason: the API gave a cursor a second time.
+CURSOR_LOOP = "cursor_loop"
+#: Scrapy's finish reason for a graceful stop (one Ctrl-C, SIGTERM, a Scrapyd cancel): with
+#: JOBDIR, a pause that the next run resumes. Every other reason ends the job.
+SHUTDOWN = "shutdown"
+#: Finish reasons of a crawl that could not do its work: ``scrapy crawl`` exits with status 1.
+#: Any other end (``finished``, ``caught_up``, ``closespider_*``, ``shutdown``) exits with 0.
+FAILED_FINISH_REASONS = frozenset({API_ERROR, CURSOR_LOOP})
 
 
 def saved_key(media: str) -> str:

@@ -3,7 +3,8 @@
 The API listens on 127.0.0.1 and the CDN on 127.0.0.2 (Linux routes all of 127/8 to
 loopback): two hosts to a client, so a test can catch an API key leaking to the image
 host. Both record every request (header names lower-cased, repeated headers joined by
-", ") and inject faults per path, or per API page (by cursor). Behaviour: /work/shared/docs/civitai-api.md.
+", ") and inject faults per path, or per API page (by cursor). The real API's behaviour is
+described in ``../shared/docs/civitai-api.md`` (the shared docs folder beside the repository).
 
     with FakeCivitai() as server:
         item = server.add_image_item(images.jpeg_rgb())

@@ -1,27 +1,40 @@
-"""``scrapy crawl`` that checks spider arguments and settings before it starts.
+"""``scrapy crawl`` that checks spider arguments and settings before it starts, and fails
+when the crawl could not do its work.
 
 Stock ``scrapy crawl`` builds the spider and the components inside the running event
 loop, where a bad value surfaces as an asyncio traceback. Checking here first turns it
 into one ``error:`` line and exit status 2, like any other command-line mistake.
+
+Stock ``scrapy crawl`` also exits with 0 however the crawl ended; here a finish reason in
+:data:`civitai_spider.outcomes.FAILED_FINISH_REASONS` (``api_error``, ``cursor_loop``)
+gives exit status 1, for scripts and schedulers to see.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy import signals
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.conf import build_component_list
 from scrapy.utils.misc import load_object
 
+from civitai_spider.outcomes import FAILED_FINISH_REASONS
+
 if TYPE_CHECKING:
     import argparse
+
+    from scrapy import Spider
+    from scrapy.crawler import Crawler
 
 #: Component settings whose classes may define ``check_settings(settings)``.
 _COMPONENT_SETTINGS = ("ITEM_PIPELINES", "DOWNLOADER_MIDDLEWARES", "EXTENSIONS")
 
 
 class Command(ScrapyCrawlCommand):
+    finish_reason: str | None = None
+
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) == 1 and self.crawler_process is not None:
             try:
@@ -29,6 +42,17 @@ class Command(ScrapyCrawlCommand):
             except ValueError as error:
                 raise UsageError(str(error), print_help=False) from None
         super().run(args, opts)
+        if self.exitcode == 0 and self.finish_reason in FAILED_FINISH_REASONS:
+            self.exitcode = 1
+
+    def _create_crawler(self, spidercls: type[Spider] | str) -> Crawler:
+        # Where Scrapy's crawl command builds its one crawler and connects its own handlers.
+        crawler = super()._create_crawler(spidercls)
+        crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
+        return crawler
+
+    def _spider_closed(self, reason: str) -> None:
+        self.finish_reason = reason
 
     def _check(self, spider_name: str, spider_arguments: dict[str, str]) -> None:
         assert self.crawler_process is not None

@@ -2,6 +2,9 @@
 
 Pagination follows the opaque ``metadata.nextCursor`` the API returns; the next page is
 requested as soon as a page arrives, before its items go through the pipelines.
+
+With JOBDIR, a job paused by a graceful stop (finish reason ``shutdown``) goes on from its
+saved page request; a job that ended any other way walks again from the first page.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import scrapy
 from scrapy.exceptions import CloseSpider
 from scrapy.http import Response
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
 from civitai_spider import outcomes
@@ -29,7 +33,14 @@ from civitai_spider.api import (
 from civitai_spider.items import CivitaiImage, InvalidApiItem
 from civitai_spider.store import ERROR_LOG_NAME, append_line, log_line, store_directory
 
+if TYPE_CHECKING:
+    from scrapy.core.scheduler import BaseScheduler
+
 logger = logging.getLogger(__name__)
+
+#: Keys of ``self.state`` (JOBDIR): the walk's progress, and how the last run of the job ended.
+_PROGRESS_KEY = "civitai_progress"
+_LAST_END_KEY = "civitai_last_end"
 
 SORTS = ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random")
 PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
@@ -87,18 +98,47 @@ class CivitaiSpider(scrapy.Spider):
             self.query["withTags"] = "true"
         self._error_log = store_directory(settings) / ERROR_LOG_NAME
         self._error_log.parent.mkdir(parents=True, exist_ok=True)
+        if self._resume_paused_job():
+            return
+        yield self._page_request(cursor=None)
+
+    def _resume_paused_job(self) -> bool:
+        """With JOBDIR, whether a paused job goes on from its saved page request.
+
+        Otherwise the job state is set up for a new walk from the first page.
+        """
         job_state = getattr(self, "state", None)  # set by Scrapy's SpiderState with JOBDIR
-        if job_state is not None:
-            self._progress = job_state.setdefault("civitai_progress", self._progress)
+        if job_state is None:
+            return False
+        last_end = job_state.get(_LAST_END_KEY)
         scheduler = self.crawler.engine.scheduler
-        if scheduler is not None and scheduler.has_pending_requests():
-            # A paused job (JOBDIR) saved its next page request: go on from there.
+        if last_end == outcomes.SHUTDOWN and scheduler is not None and scheduler.has_pending_requests():
+            self._progress = job_state.setdefault(_PROGRESS_KEY, self._progress)
             logger.info(
                 "Resuming a paused job after %d page(s): continuing from its saved page request",
                 self._progress["pages"],
             )
-            return
-        yield self._page_request(cursor=None)
+            return True
+        # A job that ended (or a pause with no page left to ask for) starts over: the
+        # cursors it followed would look like a loop now. An end that did not wait for the
+        # last page (CLOSESPIDER_ITEMCOUNT...) may have left the next page request queued,
+        # since it is asked for before a page's items: that is no place to start from either.
+        job_state[_PROGRESS_KEY] = self._progress
+        dropped = _drop_queued_requests(scheduler) if scheduler is not None else 0
+        if last_end is not None:
+            logger.info("The last run of this job ended (%s): starting a new walk from page 1", last_end)
+        if dropped:
+            logger.info("Dropped %d page request(s) that the last run left queued in JOBDIR", dropped)
+        return False
+
+    def closed(self, reason: str) -> None:
+        """With JOBDIR, keep how this run ended in the job state: the next run resumes a pause only."""
+        job_state = getattr(self, "state", None)
+        if job_state is not None:
+            # Scrapy's SpiderState pickles self.state in its own spider_closed handler, which
+            # runs after this one: the spider connects its handler when it is built, before
+            # the extensions are, and the handlers are called in that order.
+            job_state[_LAST_END_KEY] = reason
 
     def _page_request(self, cursor: str | None) -> scrapy.Request:
         query = dict(self.query)
@@ -111,7 +151,9 @@ class CivitaiSpider(scrapy.Spider):
             url,
             callback=self.parse_page,
             errback=self.api_failed,
-            meta={API_PAGE_META_KEY: True, "download_slot": API_DOWNLOAD_SLOT},
+            # A page that used up its retries is reported by api_failed or parse_page, as one
+            # ERROR with the reason; Scrapy's "Gave up retrying" would be a second one.
+            meta={API_PAGE_META_KEY: True, "download_slot": API_DOWNLOAD_SLOT, "give_up_log_level": "DEBUG"},
             # Cursor loops are detected below, with a clear reason; the dupefilter
             # would end them silently.
             dont_filter=True,
@@ -176,7 +218,7 @@ class CivitaiSpider(scrapy.Spider):
         cursors_seen = self._progress["cursors_seen"]
         if seen_key in cursors_seen:
             logger.error("The API returned cursor %r a second time: stopping to avoid a loop", seen_key)
-            raise CloseSpider("cursor_loop")
+            raise CloseSpider(outcomes.CURSOR_LOOP)
         cursors_seen.add(seen_key)
         return request
 
@@ -187,11 +229,16 @@ class CivitaiSpider(scrapy.Spider):
             reason = f"HTTP {response.status}: {server_error_message(response)}"
         else:
             reason = f"{type(failure.value).__name__}: {failure.value}"
-        self._stop_for_api_error(reason, request.url)
+        _log_api_error(reason, request.url)
+        # CloseSpider raised from an errback would make Scrapy log the download error as a
+        # second ERROR ("Error downloading"). Close as CloseSpider would: what is in flight
+        # finishes, nothing new starts.
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason=outcomes.API_ERROR))
 
     def _stop_for_api_error(self, reason: str, url: str) -> None:
-        logger.error("The API request failed, stopping the crawl: %s (%s)", reason, url)
-        raise CloseSpider("api_error")
+        # From a callback, CloseSpider closes the spider without a log line of Scrapy's.
+        _log_api_error(reason, url)
+        raise CloseSpider(outcomes.API_ERROR)
 
     def _reject(self, reason: str, message: str, record: Any) -> None:
         self.crawler.stats.inc_value(outcomes.dropped_key(reason))
@@ -199,6 +246,18 @@ class CivitaiSpider(scrapy.Spider):
         image_id = record.get("id") if isinstance(record, dict) else None
         url = record.get("url") if isinstance(record, dict) else None
         append_line(self._error_log, log_line(repr(image_id), repr(url), message))
+
+
+def _log_api_error(reason: str, url: str) -> None:
+    logger.error("The API request failed, stopping the crawl: %s (%s)", reason, url)
+
+
+def _drop_queued_requests(scheduler: BaseScheduler) -> int:
+    """Take every request out of ``scheduler`` (a JOBDIR queue) without sending it; how many."""
+    dropped = 0
+    while scheduler.next_request() is not None:
+        dropped += 1
+    return dropped
 
 
 def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int | None, int | None]:

@@ -216,13 +216,16 @@ def first_request(spider: CivitaiSpider) -> scrapy.Request:
 
 
 class _Scheduler:
-    """The one scheduler method ``start()`` asks: is a saved request waiting (a resumed JOBDIR)?"""
+    """What ``start()`` asks of the scheduler: is a saved request waiting (JOBDIR)? The next one."""
 
     def __init__(self, pending: bool) -> None:
-        self.pending = pending
+        self.queued = [scrapy.Request(API_URL + "?cursor=saved")] if pending else []
 
     def has_pending_requests(self) -> bool:
-        return self.pending
+        return bool(self.queued)
+
+    def next_request(self) -> scrapy.Request | None:
+        return self.queued.pop(0) if self.queued else None
 
 
 def new_spider(tmp_path: Path, *, pending: bool = False, **arguments: str) -> CivitaiSpider:
@@ -248,9 +251,13 @@ def all_start_requests(spider: CivitaiSpider) -> list[scrapy.Request]:
 
 def test_a_resumed_job_continues_from_its_saved_request_not_the_first_page(tmp_path: Path) -> None:
     spider = new_spider(tmp_path, pending=True)
-    spider.state = {"civitai_progress": {"cursors_seen": {"c1", "c2"}, "pages": 2}}
+    spider.state = {
+        "civitai_progress": {"cursors_seen": {"c1", "c2"}, "pages": 2},
+        "civitai_last_end": "shutdown",  # a pause
+    }
 
     assert all_start_requests(spider) == []
+    assert spider.crawler.engine.scheduler.has_pending_requests()  # the saved request is kept
     # The saved progress is the spider's: a cursor seen before the pause is still a loop.
     response = page([record(7)], {"nextCursor": "c2"})
     with pytest.raises(CloseSpider) as caught:
@@ -264,6 +271,42 @@ def test_progress_is_kept_in_the_job_state_for_a_pause(tmp_path: Path) -> None:
     assert len(all_start_requests(spider)) == 1  # a new job starts at the first page
     list(spider.parse_page(page([record(7)], {"nextCursor": "c1"})))
 
+    assert spider.state["civitai_progress"] == {"cursors_seen": {"c1"}, "pages": 1}
+
+
+@pytest.mark.parametrize("reason", ["shutdown", "finished", "closespider_itemcount", "api_error"])
+def test_the_end_of_a_run_is_kept_in_the_job_state(tmp_path: Path, reason: str) -> None:
+    spider = new_spider(tmp_path)
+    spider.state = {}
+    all_start_requests(spider)
+    spider.closed(reason)
+
+    assert spider.state["civitai_last_end"] == reason
+
+
+@pytest.mark.parametrize(
+    ("last_end", "pending"),
+    [
+        pytest.param("finished", False, id="finished"),
+        pytest.param("closespider_itemcount", True, id="ended-with-a-page-request-queued"),
+        pytest.param("shutdown", False, id="paused-with-no-page-left"),
+        pytest.param(None, True, id="no-end-recorded"),
+    ],
+)
+def test_a_job_that_was_not_paused_walks_again_from_the_first_page(
+    tmp_path: Path, last_end: str | None, pending: bool
+) -> None:
+    spider = new_spider(tmp_path, pending=pending)
+    spider.state = {"civitai_progress": {"cursors_seen": {"c1", "c2"}, "pages": 2}}
+    if last_end is not None:
+        spider.state["civitai_last_end"] = last_end
+
+    [request] = all_start_requests(spider)
+
+    assert "cursor" not in query_of(request.url)
+    assert not spider.crawler.engine.scheduler.has_pending_requests()  # a stale request is dropped
+    assert spider.state["civitai_progress"] == {"cursors_seen": set(), "pages": 0}
+    list(spider.parse_page(page([record(7)], {"nextCursor": "c1"})))  # no loop: a new walk
     assert spider.state["civitai_progress"] == {"cursors_seen": {"c1"}, "pages": 1}
 
 
