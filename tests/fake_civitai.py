@@ -37,6 +37,8 @@ CHOICES = {
     "nsfw": {"None", "Soft", "Mature", "X", "true", "false"},
     "type": {"image", "video", "audio"},
 }
+#: The browsing levels an image can have, one bit each: PG, PG13, R, X, XXX, Blocked.
+BROWSING_LEVELS = (1, 2, 4, 8, 16, 32)
 #: nsfw -> the browsing levels it stands for (PG=1, PG13=2, R=4, X=8, XXX=16; X means all of them).
 NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 31}
 INTEGER_PARAMETERS = ("modelId", "modelVersionId", "postId", "imageId", "userId", "browsingLevel", "page")
@@ -539,7 +541,7 @@ class FakeCivitai:
                     not base_models or item.get("baseModel") in base_models,
                     # Junk levels and types are served as they are, like any junk.
                     "type" not in query or kind not in CHOICES["type"] or kind == query["type"],
-                    type(level) is not int or bool(level & levels),
+                    type(level) is not int or level not in BROWSING_LEVELS or bool(level & levels),
                     not tags or bool(tags & _tag_ids(item)),
                 )
             )

@@ -42,7 +42,7 @@ def test_an_api_page_that_fails_is_one_error_line(
     [line] = lines
     assert "[civitai_spider.spiders.civitai] ERROR: The API request failed, stopping the crawl: " in line
     assert reason in line, line
-    first_page = server.api_url + "?limit=200&withMeta=true&sort=Most+Reactions&period=AllTime"
+    first_page = server.api_url + "?" + server.api_requests()[0].raw_query
     assert line.endswith(f" ({first_page})"), line
     assert result.stats["log_count/ERROR"] == 1
     if fault == Fault.html_200():

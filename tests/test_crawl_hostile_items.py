@@ -357,7 +357,8 @@ def run_crawl_in(root: Path, server: FakeCivitai, store: Path, limit: int) -> Cr
         filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")])
     )
     process = subprocess.run(
-        crawl_command(server, store, f"limit={limit}"),
+        # Every type and every browsing level, so that the server filters out none of them.
+        crawl_command(server, store, f"limit={limit}", "media=all", "browsing_level=63"),
         cwd=root,
         env=environment,
         capture_output=True,

@@ -1,21 +1,19 @@
 """The exit status of ``scrapy crawl civitai``, end to end: 1 when the crawl could not do its work.
 
 1 for the finish reasons in ``outcomes.FAILED_FINISH_REASONS`` (``api_error``, ``cursor_loop``);
-0 for any other end, a pause included; 2 for a bad argument or setting (``tests/test_crawl_api.py``).
+0 for any other end (a pause: ``tests/test_kill_and_resume.py``); 2 for a bad argument or setting
+(``tests/test_crawl_api.py``).
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from civitai_spider import outcomes
 from tests import images
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
+from tests.conftest import run_crawl
 from tests.fake_civitai import FakeCivitai, Fault
 
 
@@ -71,26 +69,3 @@ def test_other_ends_exit_with_0(
 
     assert result.finish_reason == finish_reason, result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def test_a_pause_exits_with_0(server: FakeCivitai, store: Path, tmp_path: Path) -> None:
-    add_items(server, 12)
-    server.api_delay = 0.3  # four slow pages: time to stop in the middle
-    process = subprocess.Popen(
-        crawl_command(server, store, "limit=3", JOBDIR=str(tmp_path / "job")),
-        cwd=REPOSITORY,
-        env=crawl_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while len(server.api_requests()) < 2:
-        assert time.monotonic() < deadline and process.poll() is None, "the crawl did not get going"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)  # one Ctrl-C: Scrapy's graceful stop
-    stdout, stderr = process.communicate(timeout=60)
-
-    result = CrawlResult(process.returncode, stdout, stderr, store)
-    assert result.finish_reason == "shutdown", stderr[-3000:]
-    assert result.returncode == 0, stderr[-3000:]

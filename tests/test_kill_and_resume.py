@@ -490,6 +490,7 @@ def test_jobdir_pause_with_one_ctrl_c_then_resume_continues_where_it_stopped(
     stdout, stderr = process.communicate(timeout=60)
     paused = CrawlResult(process.returncode, stdout, stderr, store)
     assert paused.finish_reason == "shutdown", stderr
+    assert paused.returncode == 0, stderr[-3000:]  # a pause is no failure
     pages_before = len(server.api_requests())
     assert 0 < len(paused.ids_recorded()) < len(items)
 
