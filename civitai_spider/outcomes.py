@@ -54,3 +54,21 @@ class DropImage(DropItem):
     def __init__(self, reason: str, message: str, log_level: str = "DEBUG"):
         super().__init__(message, log_level=log_level)
         self.reason = reason
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of a download error, for the log and ``error_log.txt``.
+
+    Scrapy wraps a failed response (a reset, a connection lost) in ``DownloadFailedError``
+    whose message is the repr of a list of Twisted failures; the errors behind it read better.
+    """
+    reasons = getattr(error.__cause__, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        inner = "; ".join(_describe(getattr(reason, "value", reason)) for reason in reasons)
+        return f"{type(error).__name__}: {inner}"
+    return _describe(error)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -43,7 +43,7 @@ from twisted.internet.defer import CancelledError
 
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.items import media_of
-from civitai_spider.outcomes import FAILED_REASON, DropImage
+from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.store import (
     BOMB_LOG_NAME,
     ERROR_LOG_NAME,
@@ -240,8 +240,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
             announced = re.match(r"Expected to receive (\d+) bytes", str(error))
             size = f"{announced[1]} bytes announced" if announced else "more came"
             raise MediaFailed(f"larger than {setting} ({limit} bytes): {size}, download cancelled") from None
-        text = str(error)
-        raise MediaFailed(f"{type(error).__name__}: {text}" if text else type(error).__name__) from None
+        raise MediaFailed(describe_error(error)) from None
 
     def item_completed(
         self, results: list[FileInfoOrError], item: Any, info: MediaPipeline.SpiderInfo

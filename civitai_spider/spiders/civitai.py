@@ -228,7 +228,7 @@ class CivitaiSpider(scrapy.Spider):
             response = failure.value.response
             reason = f"HTTP {response.status}: {server_error_message(response)}"
         else:
-            reason = f"{type(failure.value).__name__}: {failure.value}"
+            reason = outcomes.describe_error(failure.value)
         _log_api_error(reason, request.url)
         # CloseSpider raised from an errback would make Scrapy log the download error as a
         # second ERROR ("Error downloading"). Close as CloseSpider would: what is in flight
