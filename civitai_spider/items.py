@@ -59,7 +59,7 @@ class CivitaiImage:
     meta: dict[str, Any] | None = None
     #: The record exactly as the API sent it, written out as ``<id>_meta.json``.
     api_item: dict[str, Any] = field(default_factory=dict, repr=False)
-    #: Filled by the images pipeline (Scrapy's ``IMAGES_URLS_FIELD``/``IMAGES_RESULT_FIELD``).
+    #: Filled by the media pipeline (Scrapy's ``IMAGES_URLS_FIELD``/``IMAGES_RESULT_FIELD``).
     image_urls: list[str] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
     #: The saved file's name inside ``IMAGES_STORE`` (``<id>.jpg``, ``<id>.png``, ``<id>.mp4``...).

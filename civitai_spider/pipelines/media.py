@@ -41,6 +41,7 @@ from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
 from twisted.internet.defer import CancelledError
 
+from civitai_spider.checks import check_number
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.items import media_of
 from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
@@ -119,21 +120,20 @@ class CivitaiMediaPipeline(ImagesPipeline):
     @classmethod
     def check_settings(cls, settings: BaseSettings) -> None:
         store_directory(settings)
-        quality = settings.getint("CIVITAI_JPEG_QUALITY")
-        if not 1 <= quality <= 100:
-            raise ValueError(f"CIVITAI_JPEG_QUALITY={quality} is not valid: allowed is 1 to 100")
-        if settings.getint("CIVITAI_MAX_IMAGE_PIXELS") < 1:
-            raise ValueError("CIVITAI_MAX_IMAGE_PIXELS must be a positive number of pixels")
-        if settings.getint("CIVITAI_IMAGE_THREADS", -1) < -1:
-            raise ValueError("CIVITAI_IMAGE_THREADS must be -1 (one per core), 0 (inline) or more")
-        for name in ("CIVITAI_IMAGES_IN_FLIGHT", "CIVITAI_VIDEOS_IN_FLIGHT", "CIVITAI_MAX_VIDEO_BYTES"):
-            if settings.getint(name) < 1:
-                raise ValueError(f"{name}={settings.get(name)!r} is not valid: allowed is an integer >= 1")
-        if settings.getfloat("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT") <= 0:
-            timeout = settings.get("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT")
-            raise ValueError(
-                f"CIVITAI_VIDEO_DOWNLOAD_TIMEOUT={timeout!r} is not valid: allowed is a number of seconds > 0"
-            )
+        check_number(settings, "CIVITAI_JPEG_QUALITY", allowed="1 to 100", valid=lambda n: 1 <= n <= 100)
+        threads = "-1 (one per core), 0 (inline) or more"
+        check_number(settings, "CIVITAI_IMAGE_THREADS", allowed=threads, valid=lambda n: n >= -1)
+        for name in (
+            "CIVITAI_MAX_IMAGE_PIXELS",
+            "CIVITAI_IMAGES_IN_FLIGHT",
+            "CIVITAI_VIDEOS_IN_FLIGHT",
+            "CIVITAI_MAX_VIDEO_BYTES",
+        ):
+            check_number(settings, name, allowed="an integer >= 1", valid=lambda n: n >= 1)
+        seconds = "a number of seconds > 0"
+        check_number(
+            settings, "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", allowed=seconds, valid=lambda n: n > 0, kind=float
+        )
 
     def open_spider(self) -> None:
         super().open_spider()
