@@ -32,8 +32,18 @@ CIVITAI_REQUIRE_PROMPT = True
 # Ask the API for each item's tags (withTags=true): they land in <id>_meta.json as
 # "tags": [{"id": ..., "name": ...}]. Off by default: it costs the server a join per page.
 CIVITAI_WITH_TAGS = False
-# Ids of images already downloaded, one per line. A relative path is inside IMAGES_STORE.
+# --- Where things are kept (README, "Output") ------------------------------------------
+# Ids of images already downloaded, one per line, when CIVITAI_REDIS_URL is empty. A relative
+# path is inside IMAGES_STORE for a folder, inside CIVITAI_LOG_DIR for a bucket.
 CIVITAI_ID_FILE = "downloaded_image_ID_DB.txt"
+# Keep the ids in Redis instead of the ID file, e.g. redis://127.0.0.1:6379/0 (rediss:// for
+# TLS; a password in the URL never reaches a log). Empty: the ID file.
+CIVITAI_REDIS_URL = ""
+# Every Redis key this project writes starts with this and a colon.
+CIVITAI_REDIS_PREFIX = "civitai"
+# error_log.txt and DecompressionBombWarning_log.txt: in IMAGES_STORE when it is a folder,
+# else in this local folder.
+CIVITAI_LOG_DIR = "civitai-logs"
 # JPEG quality for images that must be converted (WebP, GIF, CMYK JPEG...). JPEG and
 # PNG originals are kept byte for byte and never re-encoded.
 CIVITAI_JPEG_QUALITY = 95
@@ -67,7 +77,13 @@ CIVITAI_MAX_VIDEO_BYTES = 1024**3
 CIVITAI_VIDEO_DOWNLOAD_TIMEOUT = 600
 
 # --- Scrapy ----------------------------------------------------------------------------
+# A folder (or file://folder), or an S3-compatible bucket: s3://bucket/prefix, with Scrapy's
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL,
+# AWS_REGION_NAME, AWS_USE_SSL, AWS_VERIFY and IMAGES_STORE_S3_ACL (default "private").
 IMAGES_STORE = "civitai-images"
+# Uploads to a bucket at once (threads, and botocore's connections). Scrapy's default is
+# botocore's 10; 16 keeps loopback SeaweedFS busy on 2 cores (README, "Performance").
+AWS_MAX_POOL_CONNECTIONS = 16
 ITEM_PIPELINES = {
     "civitai_spider.pipelines.thresholds.ReactionThresholdsPipeline": 100,
     "civitai_spider.pipelines.already_downloaded.AlreadyDownloadedPipeline": 200,
@@ -84,6 +100,10 @@ DOWNLOADER_MIDDLEWARES = {
     # Last before the network, so the key is on the wire only: not in the retry and
     # redirect copies, the HTTP cache or a JOBDIR queue.
     "civitai_spider.middlewares.api_key.ApiKeyMiddleware": 950,
+}
+SPIDER_MIDDLEWARES = {
+    # Asks the id store about a whole API page at once (one Redis round trip per page).
+    "civitai_spider.middlewares.id_lookup.IdLookupMiddleware": 100,
 }
 EXTENSIONS = {
     "civitai_spider.extensions.outcome_stats.OutcomeStats": 100,

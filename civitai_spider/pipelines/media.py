@@ -1,4 +1,4 @@
-"""Download each item's image or video and save it in ``IMAGES_STORE`` as ``<id>.<extension>``.
+"""Download each item's image or video and store it as ``<id>.<extension>`` in the file store.
 
 A subclass of Scrapy's ImagesPipeline that keeps its download machinery and replaces
 what it does with the bytes: stock ImagesPipeline re-encodes every image as JPEG quality
@@ -11,7 +11,8 @@ has no notion of video. Here the bytes decide:
   original bytes, never re-encoded, in a worker thread (a video is hundreds of megabytes:
   nothing walks or writes it in the reactor thread).
 
-Files are written atomically; a failure is one log line plus one line in ``error_log.txt``
+Files are stored atomically, in the folder or the bucket ``IMAGES_STORE`` names
+(:mod:`civitai_spider.stores`); a failure is one log line plus one line in ``error_log.txt``
 instead of a traceback, then the item is dropped (its id is not recorded, so the next run
 tries again).
 
@@ -28,7 +29,6 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
@@ -45,16 +45,9 @@ from civitai_spider.checks import check_number
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.items import media_of
 from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
-from civitai_spider.store import (
-    BOMB_LOG_NAME,
-    ERROR_LOG_NAME,
-    append_line,
-    copy_atomically,
-    log_line,
-    remove_temporary_files,
-    store_directory,
-    write_atomically,
-)
+from civitai_spider.local_files import BOMB_LOG_NAME, ERROR_LOG_NAME, append_line, log_line
+from civitai_spider.stores import file_store_class, log_directory, stores_of
+from civitai_spider.stores.base import FileStore
 from civitai_spider.video import VideoRejected, check_video
 
 if TYPE_CHECKING:
@@ -83,11 +76,13 @@ class CivitaiMediaPipeline(ImagesPipeline):
         settings = crawler.settings
         self.check_settings(settings)
         super().__init__(store_uri, crawler=crawler)
-        self.directory = store_directory(settings)
+        self.stores = stores_of(crawler)
+        self.files = self.stores.files
         self.max_pixels = settings.getint("CIVITAI_MAX_IMAGE_PIXELS")
         self.jpeg_quality = settings.getint("CIVITAI_JPEG_QUALITY")
-        self.error_log = self.directory / ERROR_LOG_NAME
-        self.bomb_log = self.directory / BOMB_LOG_NAME
+        self.log_directory = log_directory(settings)
+        self.error_log = self.log_directory / ERROR_LOG_NAME
+        self.bomb_log = self.log_directory / BOMB_LOG_NAME
         threads = settings.getint("CIVITAI_IMAGE_THREADS", -1)
         if threads < 0:
             threads = (
@@ -119,7 +114,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
 
     @classmethod
     def check_settings(cls, settings: BaseSettings) -> None:
-        store_directory(settings)
+        # Last, after the cheap checks: it may ask the bucket whether it is there.
         check_number(settings, "CIVITAI_JPEG_QUALITY", allowed="1 to 100", valid=lambda n: 1 <= n <= 100)
         threads = "-1 (one per core), 0 (inline) or more"
         check_number(settings, "CIVITAI_IMAGE_THREADS", allowed=threads, valid=lambda n: n >= -1)
@@ -134,11 +129,12 @@ class CivitaiMediaPipeline(ImagesPipeline):
         check_number(
             settings, "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", allowed=seconds, valid=lambda n: n > 0, kind=float
         )
+        file_store_class(settings).check(settings)
 
-    def open_spider(self) -> None:
+    async def open_spider(self) -> None:
         super().open_spider()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        remove_temporary_files(self.directory)
+        self.log_directory.mkdir(parents=True, exist_ok=True)
+        await self.stores.open()
         # prepare_image() enforces CIVITAI_MAX_IMAGE_PIXELS itself, from the header and
         # before decoding; Pillow's own check would only add a process-wide warning.
         Image.MAX_IMAGE_PIXELS = None
@@ -172,9 +168,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if adapter["image_file"] != own_name:
             # Another item with the same URL was downloading at the same moment and we
             # were handed its result: give this id its own copy.
-            await run_in_thread(
-                copy_atomically, self.directory / adapter["image_file"], self.directory / own_name, sync=False
-            )
+            await self.files.copy(adapter["image_file"], own_name)
             adapter["image_file"] = own_name
         return item
 
@@ -210,8 +204,10 @@ class CivitaiMediaPipeline(ImagesPipeline):
     async def _save_image(self, body: bytes, image_id: int, url: str) -> str:
         try:
             prepared = await self._in_pillow_thread(
-                _prepare_and_write_image, body, self.directory, image_id, self.max_pixels, self.jpeg_quality
+                _prepare_and_put_image, body, self.files, image_id, self.max_pixels, self.jpeg_quality
             )
+            if not self.files.put_where_prepared:
+                await self.files.save({_file_name(image_id, prepared.extension): prepared.data})
         except ImageRejected as error:
             if error.size is not None:
                 self._log_bomb(image_id, url, error.size, "refused")
@@ -223,7 +219,9 @@ class CivitaiMediaPipeline(ImagesPipeline):
 
     async def _save_video(self, body: bytes, video_id: int) -> str:
         try:
-            extension = await run_in_thread(_check_and_write_video, body, self.directory, video_id)
+            extension = await run_in_thread(_check_and_put_video, body, self.files, video_id)
+            if not self.files.put_where_prepared:
+                await self.files.save({_file_name(video_id, extension): body})
         except VideoRejected as error:
             raise MediaFailed(str(error)) from None
         self.inc_stats("kept")
@@ -274,21 +272,24 @@ class CivitaiMediaPipeline(ImagesPipeline):
         append_line(self.bomb_log, log_line(image_id, url, f"{width}x{height}", outcome))
 
 
-def _prepare_and_write_image(
-    body: bytes, directory: Path, image_id: int, max_pixels: int, jpeg_quality: int
+def _prepare_and_put_image(
+    body: bytes, files: FileStore, image_id: int, max_pixels: int, jpeg_quality: int
 ) -> PreparedImage:
-    # One trip to a worker thread for the check (or conversion) and the write. The file is
-    # flushed to disk with its metadata files, in a batch, before its id is recorded.
+    # One trip to a worker thread for the check (or conversion) and, for a local folder,
+    # the write. The file is made durable with its metadata files, in a batch, before its
+    # id is recorded. A bucket's upload is awaited apart, in the store's own bounded pool.
     prepared = prepare_image(body, max_pixels=max_pixels, jpeg_quality=jpeg_quality)
-    write_atomically(directory / _file_name(image_id, prepared.extension), prepared.data, sync=False)
+    if files.put_where_prepared:
+        files.put(_file_name(image_id, prepared.extension), prepared.data)
     return prepared
 
 
-def _check_and_write_video(body: bytes, directory: Path, video_id: int) -> str:
-    # The same one trip for a video: walking its container and writing it, both off the
-    # reactor thread. The body itself is written: the original bytes, no copy.
+def _check_and_put_video(body: bytes, files: FileStore, video_id: int) -> str:
+    # The same for a video: walking its container (and writing it to a folder) off the
+    # reactor thread. The body itself is stored: the original bytes, no copy.
     extension = check_video(body)
-    write_atomically(directory / _file_name(video_id, extension), body, sync=False)
+    if files.put_where_prepared:
+        files.put(_file_name(video_id, extension), body)
     return extension
 
 

@@ -1,10 +1,11 @@
-"""Save the generation metadata next to the image, then record the id as downloaded.
+"""Store the generation metadata next to the image, then record the id as downloaded.
 
 Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-prompt.txt``
 (only with a non-empty negative prompt) and ``<id>_meta.json`` (the whole API record plus
-``image_file``). The id goes into the ID file last, so a listed id always has every file. A file system
-error (disk full, read-only store) fails the item like a failed download: one WARNING line,
-one ``error_log.txt`` line, the id not recorded (the next run tries again), the crawl goes on.
+``image_file``). The id goes into the id store last, once every file is durably stored, so a
+recorded id always has every file. A store error (disk full, read-only folder, a bucket or
+Redis out of reach) fails the item like a failed download: one WARNING line, one
+``error_log.txt`` line, the id not recorded (the next run tries again), the crawl goes on.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import json
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
-from scrapy.utils.asyncio import run_in_thread
 
-from civitai_spider.id_file import IdRecorder, id_file_path
+from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
-from civitai_spider.store import ERROR_LOG_NAME, append_line, log_line, store_directory, write_atomically
+from civitai_spider.stores import log_directory, stores_of
+from civitai_spider.stores.recorder import IdRecorder
 
 if TYPE_CHECKING:
     from typing import Self
@@ -28,23 +29,27 @@ if TYPE_CHECKING:
 class MetadataPipeline:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
-        self.directory = store_directory(crawler.settings)
-        self.ids = IdRecorder(id_file_path(crawler.settings), self.directory)
+        self.stores = stores_of(crawler)
+        self.error_log = log_directory(crawler.settings) / ERROR_LOG_NAME
+        self.ids = IdRecorder(self.stores.files, self.stores.ids)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
 
+    async def open_spider(self) -> None:
+        await self.stores.open()
+
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         files = metadata_files(adapter)
         try:
-            await run_in_thread(self._save, files)
+            await self.stores.files.save(files)
         except OSError as error:
             self._fail(adapter, f"metadata not saved: {_describe(error)}")
         self.crawler.stats.inc_value(METADATA_FILES_SAVED, len(files))
         try:
-            # The ID file lists the id once the image and these files are on disk.
+            # The id store lists the id once the image and these files are durably stored.
             await self.ids.record(adapter["id"])
         except OSError as error:
             self._fail(adapter, f"id not recorded: {_describe(error)}")
@@ -53,15 +58,10 @@ class MetadataPipeline:
     def _fail(self, adapter: ItemAdapter, reason: str) -> NoReturn:
         url = adapter["url"]
         try:
-            append_line(self.directory / ERROR_LOG_NAME, log_line(adapter["id"], url, reason))
+            append_line(self.error_log, log_line(adapter["id"], url, reason))
         except OSError:
             pass  # the store itself is failing: the WARNING line below still says why
         raise DropImage(FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING")
-
-    def _save(self, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            write_atomically(self.directory / name, data, sync=False)
-
 
 def metadata_files(adapter: ItemAdapter) -> dict[str, bytes]:
     """File name -> contents for one item whose image is saved."""

@@ -31,7 +31,8 @@ from civitai_spider.api import (
     server_error_message,
 )
 from civitai_spider.items import CivitaiImage, InvalidApiItem
-from civitai_spider.store import ERROR_LOG_NAME, append_line, log_line, store_directory
+from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
+from civitai_spider.stores import log_directory
 
 if TYPE_CHECKING:
     from scrapy.core.scheduler import BaseScheduler
@@ -96,7 +97,7 @@ class CivitaiSpider(scrapy.Spider):
         self.api_url: str = settings.get("CIVITAI_API_URL")
         if settings.getbool("CIVITAI_WITH_TAGS"):
             self.query["withTags"] = "true"
-        self._error_log = store_directory(settings) / ERROR_LOG_NAME
+        self._error_log = log_directory(settings) / ERROR_LOG_NAME
         self._error_log.parent.mkdir(parents=True, exist_ok=True)
         if self._resume_paused_job():
             return

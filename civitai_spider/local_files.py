@@ -1,13 +1,13 @@
-"""Crash-safe writes into ``IMAGES_STORE``.
+"""Crash-safe local files: the folder store's writes, the ID file's appends, the logs.
 
 A ``kill -9`` may land at any moment, so every image and metadata file is written under
 a temporary name in the same folder and renamed into place (a rename is atomic on POSIX
 file systems): a reader sees the whole file or nothing. The ID file and the two logs are
 append-only, one whole line per ``write()`` call.
 
-Against a power cut, what the ID file lists must be on disk first. The pipelines write
-without syncing each file and let :func:`sync_file_system` flush a whole batch at once
-before the batch's ids are recorded (see :class:`civitai_spider.id_file.IdRecorder`).
+Against a power cut, what the id store lists must be on disk first. The folder store
+writes without syncing each file and lets :func:`sync_file_system` flush a whole batch at
+once before the batch's ids are recorded (see :class:`civitai_spider.stores.recorder.IdRecorder`).
 """
 
 from __future__ import annotations
@@ -21,27 +21,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scrapy.settings import BaseSettings
-
 logger = logging.getLogger(__name__)
 
 #: Temporary files start with this prefix; leftovers of a killed run are removed at start.
 TEMPORARY_PREFIX = ".civitai-partial-"
 ERROR_LOG_NAME = "error_log.txt"
 BOMB_LOG_NAME = "DecompressionBombWarning_log.txt"
-
-
-def store_directory(settings: BaseSettings) -> Path:
-    """The local folder behind ``IMAGES_STORE`` (a path or a ``file://`` URI)."""
-    uri = str(settings.get("IMAGES_STORE") or "")
-    if not uri:
-        raise ValueError("IMAGES_STORE must name a folder")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    elif "://" in uri:
-        # Atomic renames and append-only logs need a real file system.
-        raise ValueError(f"IMAGES_STORE must be a local folder, not {uri!r}")
-    return Path(uri)
 
 
 def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:

@@ -1,0 +1,98 @@
+"""Where a crawl keeps its files and its ids: the stores, chosen from the settings.
+
+File stores, by the scheme of ``IMAGES_STORE`` (as Scrapy's own pipelines choose theirs):
+a local folder (a path or ``file://``, :mod:`~civitai_spider.stores.folder`) or an
+S3-compatible bucket (``s3://bucket/prefix``, :mod:`~civitai_spider.stores.s3`).
+
+Id stores: the ID file (:mod:`~civitai_spider.stores.id_file`), or Redis when
+``CIVITAI_REDIS_URL`` is set (:mod:`~civitai_spider.stores.redis_ids`).
+
+The components of one crawl share one instance of each (:func:`stores_of`): one S3
+client and its connection pool, one Redis connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from scrapy import signals
+from scrapy.utils.misc import load_object
+
+from civitai_spider.stores.base import FileStore, IdStore
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+
+#: ``IMAGES_STORE`` scheme -> file store class. A new backend is one more line here.
+FILE_STORES = {
+    "": "civitai_spider.stores.folder.FolderStore",
+    "file": "civitai_spider.stores.folder.FolderStore",
+    "s3": "civitai_spider.stores.s3.S3Store",
+}
+ID_FILE_STORE = "civitai_spider.stores.id_file.IdFile"
+REDIS_ID_STORE = "civitai_spider.stores.redis_ids.RedisIds"
+
+
+def file_store_class(settings: BaseSettings) -> type[FileStore]:
+    uri = str(settings.get("IMAGES_STORE") or "")
+    if not uri:
+        raise ValueError("IMAGES_STORE is empty: name a folder, file://folder or s3://bucket/prefix")
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme not in FILE_STORES:
+        raise ValueError(
+            f"IMAGES_STORE={uri!r}: unknown scheme {scheme + '://'!r}; "
+            "allowed: a folder, file://folder, s3://bucket/prefix"
+        )
+    return load_object(FILE_STORES[scheme])
+
+
+def id_store_class(settings: BaseSettings) -> type[IdStore]:
+    return load_object(REDIS_ID_STORE if settings.get("CIVITAI_REDIS_URL") else ID_FILE_STORE)
+
+
+def log_directory(settings: BaseSettings) -> Path:
+    """The local folder of ``error_log.txt`` and ``DecompressionBombWarning_log.txt``."""
+    return file_store_class(settings).log_directory_for(settings)
+
+
+class Stores:
+    """The file store and the id store of one crawl, opened once and closed at its end."""
+
+    def __init__(self, files: FileStore, ids: IdStore) -> None:
+        self.files, self.ids = files, ids
+        self._opened: asyncio.Future[None] | None = None
+
+    async def open(self) -> None:
+        """Open both stores; every caller after the first waits for the same opening."""
+        if self._opened is None:
+            self._opened = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opened)
+
+    async def _open(self) -> None:
+        self.files.open()
+        await self.ids.open()
+
+    async def close(self) -> None:
+        try:
+            await self.ids.close()
+        finally:
+            self.files.close()
+
+
+_STORES: WeakKeyDictionary[Crawler, Stores] = WeakKeyDictionary()
+
+
+def stores_of(crawler: Crawler) -> Stores:
+    """The stores of ``crawler``, made on first use and closed when its spider closes."""
+    stores = _STORES.get(crawler)
+    if stores is None:
+        settings = crawler.settings
+        files = file_store_class(settings).from_settings(settings)
+        stores = _STORES[crawler] = Stores(files, id_store_class(settings).from_settings(settings))
+        # spider_closed comes after every pipeline's close_spider.
+        crawler.signals.connect(stores.close, signal=signals.spider_closed, weak=False)
+    return stores

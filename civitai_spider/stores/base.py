@@ -1,0 +1,127 @@
+"""The two interfaces a crawl stores through: a file store and an id store.
+
+A file store keeps the images, videos and metadata files under their names
+(``<id>.jpg``, ``<id>_meta.json``...); an id store keeps the ids whose files are all
+stored. The pipelines talk to these two classes only; which implementation they get is
+chosen from the settings (:mod:`civitai_spider.stores`). A new backend is one module with
+one subclass.
+
+The one rule every pair keeps: an id reaches :meth:`IdStore.record` only after
+:meth:`FileStore.commit` returned for every file of it (see
+:class:`civitai_spider.stores.recorder.IdRecorder`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.settings import BaseSettings
+
+
+class StoreError(OSError):
+    """A store could not do what it was asked; the message says why, in one line.
+
+    An ``OSError``, so that the pipelines fail the item as they do for a full disk.
+    """
+
+
+class FileStore(ABC):
+    """Where the files of each image or video go, by name."""
+
+    #: Whether :meth:`put` is cheap enough to call in the worker thread that prepared the
+    #: bytes (a local disk), saving a trip to another thread; else the pipelines ``await``
+    #: :meth:`save`, which bounds how many run at once.
+    put_where_prepared: bool = False
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        """The store ``IMAGES_STORE`` names; ``ValueError`` (one line) for a bad value."""
+
+    @classmethod
+    def check(cls, settings: BaseSettings) -> None:
+        """Raise ``ValueError`` (one line) if the store cannot work: called before a crawl."""
+        cls.from_settings(settings).close()
+
+    @classmethod
+    def log_directory_for(cls, settings: BaseSettings) -> Path:
+        """The local folder for ``error_log.txt``, the decompression bomb log and a relative
+        ``CIVITAI_ID_FILE``: ``CIVITAI_LOG_DIR``, unless the store is a local folder itself."""
+        return Path(settings.get("CIVITAI_LOG_DIR") or "civitai-logs")
+
+    def open(self) -> None:
+        """Get ready to store (blocking; once, at the start of a crawl)."""
+
+    def close(self) -> None:
+        """Release what the store holds (blocking)."""
+
+    @abstractmethod
+    def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` as ``name``, atomically: a reader sees the whole file or none.
+
+        Blocking and thread-safe; never called in the reactor thread. The file may need a
+        :meth:`commit` to be durable.
+        """
+
+    @abstractmethod
+    async def save(self, files: Mapping[str, bytes]) -> None:
+        """:meth:`put` every file, off the reactor thread."""
+
+    @abstractmethod
+    async def copy(self, source: str, target: str) -> None:
+        """Store a copy of the stored file ``source`` as ``target``."""
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Make every file stored so far durable."""
+
+    @abstractmethod
+    def describe(self, name: str) -> str:
+        """Where ``name`` is stored, for log lines (a path, an ``s3://`` URI)."""
+
+
+class IdStore(ABC):
+    """The ids whose files are all stored: what the next crawl skips."""
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        """The id store the settings name; ``ValueError`` (one line) for a bad value."""
+
+    @classmethod
+    def check(cls, settings: BaseSettings) -> None:
+        """Raise ``ValueError`` (one line) if the store cannot work: called before a crawl."""
+
+    async def open(self) -> None:
+        """Get ready (once, at the start of a crawl or command)."""
+
+    async def close(self) -> None:
+        """Release what the store holds."""
+
+    async def prefetch(self, ids: Sequence[int]) -> None:
+        """Look ``ids`` up at once, ahead of :meth:`contains` asking for them one by one.
+
+        Called with every id of an API page; a store that answers from memory ignores it.
+        """
+
+    @abstractmethod
+    async def contains(self, ids: Sequence[int]) -> list[bool]:
+        """Whether each id is recorded."""
+
+    @abstractmethod
+    async def record(self, ids: Sequence[int]) -> None:
+        """Record ``ids``; durable once this returns."""
+
+    @abstractmethod
+    def all_ids(self) -> AsyncIterator[list[int]]:
+        """Every recorded id, in batches (any order)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """What the store is, for log lines, without secrets."""

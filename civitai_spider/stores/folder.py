@@ -1,0 +1,72 @@
+"""The file store in a local folder: ``IMAGES_STORE=path`` or ``file://path``.
+
+Each file is written under a temporary name and renamed into place (whole or absent after
+a ``kill -9``) without an fsync of its own; :meth:`FolderStore.commit` flushes a whole
+batch with one ``syncfs()`` before the batch's ids are recorded. The logs live in the
+folder itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scrapy.utils.asyncio import run_in_thread
+
+from civitai_spider.local_files import (
+    copy_atomically,
+    remove_temporary_files,
+    sync_file_system,
+    write_atomically,
+)
+from civitai_spider.stores.base import FileStore
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.settings import BaseSettings
+
+
+class FolderStore(FileStore):
+    # A write to the page cache costs less than the trip to another thread would.
+    put_where_prepared = True
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        return cls(_folder(settings))
+
+    @classmethod
+    def log_directory_for(cls, settings: BaseSettings) -> Path:
+        return _folder(settings)
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(self.directory)
+
+    def put(self, name: str, data: bytes) -> None:
+        write_atomically(self.directory / name, data, sync=False)
+
+    async def save(self, files: Mapping[str, bytes]) -> None:
+        # One thread trip for all of an item's files: each is a few kilobytes.
+        await run_in_thread(self._put_all, files)
+
+    def _put_all(self, files: Mapping[str, bytes]) -> None:
+        for name, data in files.items():
+            self.put(name, data)
+
+    async def copy(self, source: str, target: str) -> None:
+        await run_in_thread(copy_atomically, self.directory / source, self.directory / target, sync=False)
+
+    async def commit(self) -> None:
+        await run_in_thread(sync_file_system, self.directory)
+
+    def describe(self, name: str) -> str:
+        return str(self.directory / name)
+
+
+def _folder(settings: BaseSettings) -> Path:
+    return Path(str(settings.get("IMAGES_STORE")).removeprefix("file://"))
