@@ -45,8 +45,8 @@ import PIL
 import scrapy
 
 from civitai_spider import settings as project_settings
-from civitai_spider.id_file import load_ids
-from civitai_spider.store import TEMPORARY_PREFIX
+from civitai_spider.local_files import TEMPORARY_PREFIX
+from civitai_spider.stores.id_file import load_ids
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"

@@ -1,4 +1,4 @@
-"""Tests of :mod:`civitai_spider.store`: atomic writes, whole-line appends, leftovers, the store folder."""
+"""Tests of :mod:`civitai_spider.local_files`: atomic writes, whole-line appends, leftovers, syncs."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scrapy.settings import Settings
 
-from civitai_spider.store import (
+from civitai_spider.local_files import (
     TEMPORARY_PREFIX,
     append_line,
     log_line,
     remove_temporary_files,
-    store_directory,
     sync_file_system,
     write_atomically,
 )
@@ -163,7 +161,7 @@ def test_remove_temporary_files_in_a_clean_folder(tmp_path: Path) -> None:
 def test_a_killed_write_leftover_is_removed(tmp_path: Path) -> None:
     # What write_atomically leaves when a process is killed before the rename.
     script = (
-        "import os, sys, civitai_spider.store as s\n"
+        "import os, sys, civitai_spider.local_files as s\n"
         "from pathlib import Path\n"
         "s.os.replace = lambda *a: os._exit(9)\n"
         "s.write_atomically(Path(sys.argv[1]) / '1.jpg', b'data')\n"
@@ -173,30 +171,6 @@ def test_a_killed_write_leftover_is_removed(tmp_path: Path) -> None:
     assert len(leftovers(tmp_path)) == 1
     assert remove_temporary_files(tmp_path) == 1
     assert list(tmp_path.iterdir()) == []
-
-
-# --- store_directory -------------------------------------------------------------------
-
-
-def test_store_directory_plain_path(tmp_path: Path) -> None:
-    assert store_directory(Settings({"IMAGES_STORE": str(tmp_path / "images")})) == tmp_path / "images"
-    assert store_directory(Settings({"IMAGES_STORE": "civitai-images"})) == Path("civitai-images")
-
-
-def test_store_directory_file_uri(tmp_path: Path) -> None:
-    assert store_directory(Settings({"IMAGES_STORE": f"file://{tmp_path}/images"})) == tmp_path / "images"
-
-
-@pytest.mark.parametrize("uri", ["s3://bucket/images", "gs://bucket/x", "ftp://host/x"])
-def test_store_directory_rejects_remote_stores(uri: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(uri)):
-        store_directory(Settings({"IMAGES_STORE": uri}))
-
-
-@pytest.mark.parametrize("value", ["", None])
-def test_store_directory_rejects_empty(value: str | None) -> None:
-    with pytest.raises(ValueError, match="IMAGES_STORE"):
-        store_directory(Settings({"IMAGES_STORE": value}))
 
 
 def test_sync_file_system_accepts_a_folder_and_rejects_a_file(tmp_path: Path) -> None:

@@ -44,8 +44,8 @@ from twisted.internet.defer import CancelledError
 from civitai_spider.checks import check_number
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.items import media_of
-from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.local_files import BOMB_LOG_NAME, ERROR_LOG_NAME, append_line, log_line
+from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.stores import file_store_class, log_directory, stores_of
 from civitai_spider.stores.base import FileStore
 from civitai_spider.video import VideoRejected, check_video

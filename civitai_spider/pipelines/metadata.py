@@ -63,6 +63,7 @@ class MetadataPipeline:
             pass  # the store itself is failing: the WARNING line below still says why
         raise DropImage(FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING")
 
+
 def metadata_files(adapter: ItemAdapter) -> dict[str, bytes]:
     """File name -> contents for one item whose image is saved."""
     image_id = adapter["id"]

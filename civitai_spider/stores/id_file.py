@@ -86,8 +86,11 @@ def id_file_path(settings: BaseSettings) -> Path:
     return path if path.is_absolute() else log_directory(settings) / path
 
 
-def load_ids(path: Path) -> set[int]:
-    """Read the ids in ``path`` (a missing file is an empty set), repairing a torn end."""
+def load_ids(path: Path, *, repair: bool = True) -> set[int]:
+    """Read the ids in ``path`` (a missing file is an empty set), repairing a torn end.
+
+    ``repair=False`` leaves the file as it is (a file being imported is only read).
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -96,8 +99,9 @@ def load_ids(path: Path) -> set[int]:
     torn = lines.pop()  # the text after the last newline: b"" when the file is whole
     if torn:
         logger.warning("Ignoring the unfinished last line %r of %s (an interrupted run)", torn[:40], path)
-        with open(path, "r+b") as file:
-            file.truncate(len(data) - len(torn))
+        if repair:
+            with open(path, "r+b") as file:
+                file.truncate(len(data) - len(torn))
     ids: set[int] = set()
     for number, line in enumerate(lines, start=1):
         try:
@@ -111,5 +115,3 @@ def load_ids(path: Path) -> set[int]:
 def record_ids(path: Path, image_ids: list[int]) -> None:
     """Append ids with one ``write()`` (a kill tears at most the last line), then fsync."""
     append_bytes(path, "".join(f"{image_id}\n" for image_id in image_ids).encode(), sync=True)
-
-

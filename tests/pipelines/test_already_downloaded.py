@@ -1,4 +1,8 @@
-"""Tests of :class:`AlreadyDownloadedPipeline`: ids from the ID file or repeated in a run; stop_after_seen."""
+"""Tests of :class:`AlreadyDownloadedPipeline`: ids from the id store or repeated in a run; stop_after_seen.
+
+With the ID file here; the Redis id store goes through the same pipeline in
+``tests/stores/test_redis_ids.py`` and end to end.
+"""
 
 from __future__ import annotations
 
@@ -21,22 +25,25 @@ def make_item(image_id: int) -> CivitaiImage:
 
 def opened_pipeline(store: Path, **settings: Any) -> AlreadyDownloadedPipeline:
     pipe = AlreadyDownloadedPipeline.from_crawler(project_crawler(IMAGES_STORE=str(store), **settings))
-    pipe.open_spider()
+    asyncio.run(pipe.open_spider())
     return pipe
+
+
+def process(pipe: AlreadyDownloadedPipeline, item: Any) -> Any:
+    return asyncio.run(pipe.process_item(item))
 
 
 def dropped_reason(pipe: AlreadyDownloadedPipeline, item: Any) -> str:
     with pytest.raises(DropImage) as caught:
-        pipe.process_item(item)
+        process(pipe, item)
     return caught.value.reason
 
 
 def test_ids_are_loaded_at_open_spider(tmp_path: Path) -> None:
     (tmp_path / "downloaded_image_ID_DB.txt").write_text("10\n20\n")
-    pipe = AlreadyDownloadedPipeline.from_crawler(project_crawler(IMAGES_STORE=str(tmp_path)))
-    assert pipe.downloaded == set()
-    pipe.open_spider()
-    assert pipe.downloaded == {10, 20}
+    pipe = opened_pipeline(tmp_path)
+    (tmp_path / "downloaded_image_ID_DB.txt").write_text("")  # read once, at the start
+    assert asyncio.run(pipe.stores.ids.contains([10, 20, 30])) == [True, True, False]
 
 
 def test_loaded_id_is_dropped_as_already_downloaded(tmp_path: Path) -> None:
@@ -51,15 +58,15 @@ def test_new_ids_pass(tmp_path: Path) -> None:
     pipe = opened_pipeline(tmp_path)
     for image_id in (11, 12, 1):
         item = make_item(image_id)
-        assert pipe.process_item(item) is item
+        assert process(pipe, item) is item
 
 
 def test_second_copy_in_one_run_is_a_duplicate(tmp_path: Path) -> None:
     pipe = opened_pipeline(tmp_path)
     first = make_item(5)
-    assert pipe.process_item(first) is first
+    assert process(pipe, first) is first
     assert dropped_reason(pipe, make_item(5)) == "duplicate"
-    assert pipe.process_item(make_item(6)) is not None
+    assert process(pipe, make_item(6)) is not None
 
 
 def test_ids_compare_as_integers(tmp_path: Path) -> None:
@@ -71,9 +78,8 @@ def test_ids_compare_as_integers(tmp_path: Path) -> None:
 def test_missing_store_and_id_file(tmp_path: Path) -> None:
     store = tmp_path / "new" / "store"
     pipe = opened_pipeline(store)
-    assert pipe.downloaded == set()
     assert store.is_dir()  # created, so that the ID file can be appended to later
-    assert pipe.process_item(make_item(1)) is not None
+    assert process(pipe, make_item(1)) is not None
 
 
 def test_custom_absolute_id_file(tmp_path: Path) -> None:
@@ -89,12 +95,12 @@ def test_torn_id_file_is_repaired_at_open(tmp_path: Path) -> None:
     id_file.write_bytes(b"1\n2\n3")
     pipe = opened_pipeline(tmp_path)
     assert id_file.read_bytes() == b"1\n2\n"
-    assert pipe.process_item(make_item(3)) is not None  # the torn id was never complete
+    assert process(pipe, make_item(3)) is not None  # the torn id was never complete
 
 
 def test_dict_items_are_accepted(tmp_path: Path) -> None:
     pipe = opened_pipeline(tmp_path)
-    assert pipe.process_item({"id": 9}) == {"id": 9}
+    assert process(pipe, {"id": 9}) == {"id": 9}
     assert dropped_reason(pipe, {"id": 9}) == "duplicate"
 
 
@@ -119,7 +125,7 @@ def streak_pipeline(store: Path, known_ids: range, stop_after_seen: int | None) 
     crawler.spider = CivitaiSpider(sort="Newest", **arguments)
     crawler.engine = FakeEngine()  # type: ignore[assignment]
     pipe = AlreadyDownloadedPipeline.from_crawler(crawler)
-    pipe.open_spider()
+    asyncio.run(pipe.open_spider())
     return pipe
 
 
@@ -129,7 +135,7 @@ def feed(pipe: AlreadyDownloadedPipeline, image_ids: list[int]) -> list[str]:
     async def run() -> None:
         for image_id in image_ids:
             try:
-                pipe.process_item(make_item(image_id))
+                await pipe.process_item(make_item(image_id))
             except DropImage:
                 pass
         await asyncio.sleep(0)  # let the scheduled close run

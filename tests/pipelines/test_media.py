@@ -11,6 +11,7 @@ import pytest
 
 from civitai_spider.pipelines import media
 from civitai_spider.pipelines.media import CivitaiMediaPipeline, MediaFailed
+from civitai_spider.stores import folder
 from tests import images, videos
 from tests.conftest import project_crawler
 
@@ -21,17 +22,17 @@ def pipeline(store: Path) -> CivitaiMediaPipeline:
     return CivitaiMediaPipeline.from_crawler(crawler)
 
 
-def recording_threads(monkeypatch: pytest.MonkeyPatch, *names: str) -> dict[str, str]:
-    """Wrap ``media.<name>`` so that each call records the name of the thread it ran in."""
+def recording_threads(monkeypatch: pytest.MonkeyPatch, name: str) -> dict[str, str]:
+    """Wrap ``media.<name>`` and the folder store's write so that each call records its thread."""
     threads: dict[str, str] = {}
-    for name in names:
-        original = getattr(media, name)
+    for module, function in ((media, name), (folder, "write_atomically")):
+        original = getattr(module, function)
 
-        def wrapper(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, _name: str = function, _original: Any = original, **kwargs: Any) -> Any:
             threads[_name] = threading.current_thread().name
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(media, name, wrapper)
+        monkeypatch.setattr(module, function, wrapper)
     return threads
 
 
@@ -40,7 +41,7 @@ def test_a_video_is_checked_and_written_off_the_event_loop_thread(
 ) -> None:
     # The reactor thread must stay free while a video of hundreds of megabytes is walked
     # and written: both happen in a worker thread.
-    threads = recording_threads(monkeypatch, "check_video", "write_atomically")
+    threads = recording_threads(monkeypatch, "check_video")
     body = videos.mp4()
 
     extension = asyncio.run(pipeline(tmp_path)._save_video(body, 7))
@@ -53,7 +54,7 @@ def test_a_video_is_checked_and_written_off_the_event_loop_thread(
 def test_an_image_is_prepared_and_written_in_a_pillow_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    threads = recording_threads(monkeypatch, "prepare_image", "write_atomically")
+    threads = recording_threads(monkeypatch, "prepare_image")
 
     extension = asyncio.run(pipeline(tmp_path)._save_image(images.jpeg_rgb(), 8, "https://cdn/8.jpeg"))
 

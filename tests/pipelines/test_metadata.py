@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from itemadapter import ItemAdapter
 
-from civitai_spider import id_file, store
+from civitai_spider import local_files
 from civitai_spider.items import CivitaiImage
+from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
 from civitai_spider.pipelines.metadata import MetadataPipeline, metadata_files
-from civitai_spider.store import TEMPORARY_PREFIX
+from civitai_spider.stores import id_file
 from tests.conftest import project_crawler
 
 _UNSET = object()
@@ -171,7 +172,7 @@ def test_read_only_store_fails_the_item_cleanly(tmp_path: Path, monkeypatch: pyt
     def read_only(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(store.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(local_files.tempfile, "mkstemp", read_only)
     with pytest.raises(DropImage) as failure:
         asyncio.run(pipe.process_item(saved_item(make_record())))
     _assert_failed_cleanly(tmp_path, failure, "metadata not saved: OSError: Read-only file system")
@@ -189,7 +190,7 @@ def test_disk_full_while_writing_leaves_no_partial_file(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_replace(source, target)
 
-    monkeypatch.setattr(store.os, "replace", full_disk)
+    monkeypatch.setattr(local_files.os, "replace", full_disk)
     with pytest.raises(DropImage) as failure:
         asyncio.run(pipe.process_item(saved_item(make_record())))
     _assert_failed_cleanly(tmp_path, failure, "metadata not saved: OSError: No space left on device")

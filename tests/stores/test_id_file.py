@@ -1,4 +1,4 @@
-"""Tests of :mod:`civitai_spider.id_file`: loading, repairing and appending the ID file."""
+"""Tests of :mod:`civitai_spider.stores.id_file` and the group commit of ids over a folder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from scrapy.settings import Settings
 
-from civitai_spider import id_file
-from civitai_spider.id_file import IdRecorder, id_file_path, load_ids, record_ids
+from civitai_spider import local_files
+from civitai_spider.stores.folder import FolderStore
+from civitai_spider.stores.id_file import IdFile, id_file_path, load_ids, record_ids
+from civitai_spider.stores.recorder import IdRecorder
 
 
 def test_missing_file_is_an_empty_set(tmp_path: Path) -> None:
@@ -104,14 +106,14 @@ def _recorder_with_counted_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[IdRecorder, list[Path]]:
     syncs: list[Path] = []
-    real_sync = id_file.sync_file_system
+    real_sync = local_files.sync_file_system
 
     def counted_sync(directory: Path) -> None:
         syncs.append(directory)
         real_sync(directory)
 
-    monkeypatch.setattr(id_file, "sync_file_system", counted_sync)
-    return IdRecorder(tmp_path / "ids.txt", tmp_path), syncs
+    monkeypatch.setattr("civitai_spider.stores.folder.sync_file_system", counted_sync)
+    return IdRecorder(FolderStore(tmp_path), IdFile(tmp_path / "ids.txt")), syncs
 
 
 def test_recorder_commits_ids_waiting_together_in_one_batch(
@@ -149,7 +151,7 @@ def test_recorder_returns_only_once_the_id_is_in_the_file(
 
 
 def test_recorder_failure_reaches_every_waiting_id(tmp_path: Path) -> None:
-    recorder = IdRecorder(tmp_path / "missing" / "ids.txt", tmp_path)
+    recorder = IdRecorder(FolderStore(tmp_path), IdFile(tmp_path / "missing" / "ids.txt"))
 
     async def record_all() -> list[BaseException | None]:
         return await asyncio.gather(

@@ -1,0 +1,185 @@
+"""The file store in an S3-compatible bucket: ``IMAGES_STORE=s3://bucket/prefix``.
+
+The objects are named and filled as the local files would be (``prefix/<id>.jpg``,
+``prefix/<id>_meta.json``...), each with its ``Content-Type``. A PUT is atomic (a reader
+sees the whole object or none) and stored once it returned, so there is no temporary name
+and :meth:`S3Store.commit` has nothing to do.
+
+Credentials and endpoint come from Scrapy's settings, as for Scrapy's own S3 store
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL``, ``AWS_REGION_NAME``, ``AWS_USE_SSL``, ``AWS_VERIFY``,
+``IMAGES_STORE_S3_ACL``), else from botocore's usual places (environment, ``~/.aws``).
+Uploads run in a pool of ``AWS_MAX_POOL_CONNECTIONS`` threads, never in the reactor
+thread; botocore retries each (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``), and an upload
+that still fails is a :class:`~civitai_spider.stores.base.StoreError` that fails its item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from civitai_spider.stores.base import FileStore, StoreError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+#: Extension -> Content-Type of the files this project stores.
+CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "json": "application/json",
+    "txt": "text/plain; charset=utf-8",
+}
+_DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: What a user should check, by the error code the server gave at the start.
+_START_ERRORS = {
+    "NoSuchBucket": "bucket {bucket!r} does not exist at {endpoint}",
+    "InvalidAccessKeyId": "{endpoint} does not know the access key (AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "{endpoint} refused the secret key (AWS_SECRET_ACCESS_KEY) of this access key",
+    "AccessDenied": "{endpoint} refused access to bucket {bucket!r} (AccessDenied): check the credentials",
+    "InvalidBucketName": "{bucket!r} is not a valid bucket name",
+}
+
+
+class S3Store(FileStore):
+    def __init__(self, uri: str, client: Any, *, acl: str, uploads: int) -> None:
+        parts = urlsplit(uri)
+        self.uri, self.bucket = uri, parts.netloc
+        prefix = parts.path.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.client, self.acl = client, acl
+        self.endpoint = client.meta.endpoint_url
+        self._uploads = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        uri = str(settings.get("IMAGES_STORE"))
+        if not urlsplit(uri).netloc:
+            raise ValueError(f"IMAGES_STORE={uri!r} names no bucket: use s3://bucket/prefix")
+        uploads = settings.getint("AWS_MAX_POOL_CONNECTIONS") or 10
+        return cls(
+            uri, _client(settings, uploads), acl=settings.get("IMAGES_STORE_S3_ACL") or "", uploads=uploads
+        )
+
+    @classmethod
+    def check(cls, settings: BaseSettings) -> None:
+        store = cls.from_settings(settings)
+        try:
+            store._check_bucket()
+        finally:
+            store.close()
+
+    def _check_bucket(self) -> None:
+        import botocore.exceptions  # noqa: PLC0415 - only a bucket needs botocore
+
+        try:
+            # Listing (not HEAD) answers with an error code that tells which part is wrong.
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except botocore.exceptions.ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            problem = _START_ERRORS.get(code, "{endpoint} answered {code}: {message}").format(
+                bucket=self.bucket, endpoint=self.endpoint, code=code, message=error
+            )
+            raise ValueError(f"IMAGES_STORE={self.uri!r}: {problem}") from None
+        except botocore.exceptions.NoCredentialsError:
+            raise ValueError(
+                f"IMAGES_STORE={self.uri!r}: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ) from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise ValueError(f"IMAGES_STORE={self.uri!r}: cannot reach {self.endpoint}: {error}") from None
+
+    def close(self) -> None:
+        self._uploads.shutdown(wait=False)
+        self.client.close()
+
+    def put(self, name: str, data: bytes) -> None:
+        extra = {"ACL": self.acl} if self.acl else {}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + name, Body=data, ContentType=content_type(name), **extra
+            )
+        except Exception as error:
+            raise StoreError(f"upload of {self.describe(name)} failed: {_describe(error)}") from None
+
+    async def save(self, files: Mapping[str, bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._uploads, self.put, *file) for file in files.items())
+        )
+
+    async def copy(self, source: str, target: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._uploads, self._copy, source, target)
+
+    def _copy(self, source: str, target: str) -> None:
+        extra = {"ACL": self.acl} if self.acl else {}
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self.prefix + target,
+                CopySource={"Bucket": self.bucket, "Key": self.prefix + source},
+                **extra,
+            )
+        except Exception as error:
+            raise StoreError(f"copy to {self.describe(target)} failed: {_describe(error)}") from None
+
+    async def commit(self) -> None:
+        # Every PUT that returned is stored: nothing waits for a flush.
+        return None
+
+    def describe(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+
+def content_type(name: str) -> str:
+    return CONTENT_TYPES.get(name.rsplit(".", 1)[-1].lower(), _DEFAULT_CONTENT_TYPE)
+
+
+def _client(settings: BaseSettings, connections: int) -> Any:
+    try:
+        import botocore.session  # noqa: PLC0415 - only a bucket needs botocore
+        from botocore.config import Config  # noqa: PLC0415
+    except ImportError:
+        raise ValueError("IMAGES_STORE=s3://... needs botocore: pip install -r requirements.txt") from None
+    use_ssl = settings.get("AWS_USE_SSL")
+    try:
+        return botocore.session.get_session().create_client(
+            "s3",
+            aws_access_key_id=settings.get("AWS_ACCESS_KEY_ID") or None,
+            aws_secret_access_key=settings.get("AWS_SECRET_ACCESS_KEY") or None,
+            aws_session_token=settings.get("AWS_SESSION_TOKEN") or None,
+            endpoint_url=settings.get("AWS_ENDPOINT_URL") or None,
+            region_name=settings.get("AWS_REGION_NAME") or None,
+            use_ssl=True if use_ssl is None else settings.getbool("AWS_USE_SSL"),
+            verify=_verify(settings.get("AWS_VERIFY")),
+            config=Config(max_pool_connections=connections),
+        )
+    except Exception as error:  # botocore's ValueError for a bad endpoint, a bad region...
+        raise ValueError(f"IMAGES_STORE={settings.get('IMAGES_STORE')!r}: {_describe(error)}") from None
+
+
+def _verify(value: Any) -> bool | str | None:
+    """``AWS_VERIFY``: unset, a boolean (as ``-s`` gives it, a string) or a CA bundle's path."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if text.lower() in {"0", "false", "no", "off"}:
+        return False
+    return text
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
