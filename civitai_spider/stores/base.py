@@ -57,9 +57,11 @@ class FileStore(ABC):
 
     def open(self) -> None:
         """Get ready to store (blocking; once, at the start of a crawl)."""
+        return None
 
     def close(self) -> None:
         """Release what the store holds (blocking)."""
+        return None
 
     @abstractmethod
     def put(self, name: str, data: bytes) -> None:
@@ -97,18 +99,22 @@ class IdStore(ABC):
     @classmethod
     def check(cls, settings: BaseSettings) -> None:
         """Raise ``ValueError`` (one line) if the store cannot work: called before a crawl."""
+        return None
 
     async def open(self) -> None:
         """Get ready (once, at the start of a crawl or command)."""
+        return None
 
     async def close(self) -> None:
         """Release what the store holds."""
+        return None
 
     async def prefetch(self, ids: Sequence[int]) -> None:
         """Look ``ids`` up at once, ahead of :meth:`contains` asking for them one by one.
 
         Called with every id of an API page; a store that answers from memory ignores it.
         """
+        return None
 
     @abstractmethod
     async def contains(self, ids: Sequence[int]) -> list[bool]:
