@@ -72,11 +72,11 @@ def crawl_command(server: FakeCivitai, store: Path, *arguments: str, **settings:
     return command
 
 
-def crawl_environment(api_key: str | None = None) -> dict[str, str]:
+def crawl_environment(api_key: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if key != "CIVITAI_API_KEY"}
     if api_key is not None:
         environment["CIVITAI_API_KEY"] = api_key
-    return environment
+    return {**environment, **(extra or {})}
 
 
 def run_crawl(
@@ -84,14 +84,18 @@ def run_crawl(
     store: Path,
     *arguments: str,
     api_key: str | None = None,
+    environment: dict[str, str] | None = None,
     timeout: float = 60,
     **settings: str,
 ) -> CrawlResult:
-    """Run ``scrapy crawl civitai -a ... -s ...`` in a subprocess, as a user would."""
+    """Run ``scrapy crawl civitai -a ... -s ...`` in a subprocess, as a user would.
+
+    ``environment`` adds variables to the crawl's environment.
+    """
     process = subprocess.run(
         crawl_command(server, store, *arguments, **settings),
         cwd=REPOSITORY,
-        env=crawl_environment(api_key),
+        env=crawl_environment(api_key, environment),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -231,7 +231,11 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         ("CIVITAI_THRESHOLDS", '{"hearts": 2}', "'hearts'"),
         ("CIVITAI_THRESHOLDS", "{not json", "not a JSON object"),
         ("CIVITAI_JPEG_QUALITY", "0", "CIVITAI_JPEG_QUALITY"),
-        ("IMAGES_STORE", "s3://bucket/images", "local folder"),
+        ("IMAGES_STORE", "gs://bucket/images", "IMAGES_STORE='gs://bucket/images': unknown scheme 'gs://'"),
+        ("IMAGES_STORE", "ftp://host/images", "allowed: a folder, file://folder, s3://bucket/prefix"),
+        ("IMAGES_STORE", "s3:///images", "names no bucket"),
+        ("CIVITAI_REDIS_URL", "http://127.0.0.1/0", "CIVITAI_REDIS_URL='http://127.0.0.1/0': allowed: redis://"),
+        ("CIVITAI_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0: Redis does not"),
         ("CIVITAI_IMAGE_THREADS", "-2", "CIVITAI_IMAGE_THREADS"),
         ("CIVITAI_IMAGES_IN_FLIGHT", "0", "CIVITAI_IMAGES_IN_FLIGHT"),
         ("CIVITAI_VIDEOS_IN_FLIGHT", "0", "CIVITAI_VIDEOS_IN_FLIGHT='0' is not valid"),
@@ -261,6 +265,7 @@ def test_bad_setting_is_one_clear_error(
     assert "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert named in error
+    assert "hunter2" not in result.stderr + result.stdout
     assert server.requests == []
 
 

@@ -1,0 +1,266 @@
+"""End to end through ``scrapy crawl``: the S3 file store (SeaweedFS) and the Redis id store.
+
+Real servers, started by the fixtures of ``tests/conftest.py`` on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import images, videos
+from tests.conftest import CrawlResult, run_crawl
+from tests.fake_civitai import FakeCivitai
+from tests.servers import RedisServer, SeaweedS3Server
+
+API_KEY = "sk-test-7f3a9c1e-never-stored"
+#: botocore looks for credentials on an EC2 metadata address when none are given: never here.
+_NO_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def add_mixed_items(server: FakeCivitai) -> list[dict[str, Any]]:
+    """Kept JPEG and PNG, converted WebP (to JPEG and PNG), a video, with and without negatives."""
+    items = [
+        server.add_image_item(images.jpeg_rgb()),
+        server.add_image_item(images.png_rgb()),
+        server.add_image_item(images.webp_rgb()),
+        server.add_image_item(images.webp_rgba()),
+        server.add_image_item(images.jpeg_rgb(), meta={"prompt": "猫 ☕, (best:1.2)", "negativePrompt": ""}),
+        server.add_image_item(videos.mp4(), type="video"),
+    ]
+    items += [server.add_image_item(images.jpeg_rgb()) for _ in range(6)]
+    return items
+
+
+def bucket_objects(s3: SeaweedS3Server, bucket: str, prefix: str) -> dict[str, tuple[bytes, str]]:
+    """Name under the prefix -> (bytes, Content-Type) of every object."""
+    client = s3.client()
+    objects: dict[str, tuple[bytes, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for entry in page.get("Contents", []):
+            answer = client.get_object(Bucket=bucket, Key=entry["Key"])
+            objects[entry["Key"].removeprefix(prefix)] = (answer["Body"].read(), answer["ContentType"])
+    return objects
+
+
+def s3_crawl(
+    server: FakeCivitai,
+    s3: SeaweedS3Server,
+    bucket: str,
+    tmp_path: Path,
+    *arguments: str,
+    prefix: str = "civitai",
+    **settings: str,
+) -> CrawlResult:
+    merged = {**s3.settings(bucket, prefix), "CIVITAI_LOG_DIR": str(tmp_path / "logs"), **settings}
+    return run_crawl(server, tmp_path / "logs", *arguments, environment=_NO_METADATA, **merged)
+
+
+def redis_ids(url: str, prefix: str = "civitai") -> set[int]:
+    """Every id the Redis id store holds, read from its bitmaps directly."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    ids: set[int] = set()
+    for key in client.scan_iter(match=f"{prefix}:ids:*"):
+        chunk = int(key.rsplit(b":", 1)[1])
+        for index, byte in enumerate(client.get(key) or b""):
+            for bit in range(8):
+                if byte & (0x80 >> bit):
+                    ids.add((chunk << 20) + index * 8 + bit)
+    client.close()
+    return ids
+
+
+# --- the same crawl to a folder and to a bucket -------------------------------------------
+
+
+def test_a_bucket_gets_the_same_names_and_bytes_as_a_folder(
+    server: FakeCivitai, store: Path, s3_server: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    items = add_mixed_items(server)
+
+    local = run_crawl(server, store, "media=all", "limit=5")
+    remote = s3_crawl(server, s3_server, bucket, tmp_path, "media=all", "limit=5", prefix="sets/civitai")
+
+    assert local.returncode == remote.returncode == 0, remote.stderr[-3000:]
+    assert local.stats["civitai/saved"] == remote.stats["civitai/saved"] == len(items)
+    objects = bucket_objects(s3_server, bucket, "sets/civitai/")
+    local_files = {
+        path.name: path.read_bytes()
+        for path in store.iterdir()
+        if path.name not in {"downloaded_image_ID_DB.txt", "error_log.txt"}
+    }
+    assert sorted(objects) == sorted(local_files)
+    for name, (data, content_type) in objects.items():
+        assert data == local_files[name], name
+        expected = {
+            "jpg": "image/jpeg",
+            "png": "image/png",
+            "mp4": "video/mp4",
+            "json": "application/json",
+            "txt": "text/plain; charset=utf-8",
+        }[name.rsplit(".", 1)[1]]
+        assert content_type == expected, name
+    # Nothing but the objects goes to the bucket: the ID file and the logs stay local.
+    id_file = tmp_path / "logs" / "downloaded_image_ID_DB.txt"
+    assert sorted(int(line) for line in id_file.read_text().split()) == sorted(item["id"] for item in items)
+
+
+def test_a_failed_item_is_logged_in_the_log_folder_not_the_bucket(
+    server: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    good = server.add_image_item(images.jpeg_rgb())
+    broken = server.add_image_item(b"<html>not an image</html>", content_type="image/jpeg")
+
+    result = s3_crawl(server, s3_server, bucket, tmp_path)
+
+    assert result.returncode == 0
+    names = ["{}.jpg", "{}_meta.json", "{}_pos-prompt.txt", "{}_neg-prompt.txt"]
+    assert sorted(bucket_objects(s3_server, bucket, "civitai/")) == sorted(
+        name.format(good["id"]) for name in names
+    )
+    [line] = (tmp_path / "logs" / "error_log.txt").read_text().splitlines()
+    assert f"\t{broken['id']}\t" in line
+
+
+# --- Redis as the id store -----------------------------------------------------------------
+
+
+def test_a_rerun_with_redis_makes_no_image_request_and_one_lookup_per_page(
+    server: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    items = [server.add_image_item(images.jpeg_rgb()) for _ in range(25)]
+    first = s3_crawl(server, s3_server, bucket, tmp_path, "limit=10", CIVITAI_REDIS_URL=redis_url)
+    assert first.stats["civitai/saved"] == 25, first.stderr[-3000:]
+    assert redis_ids(redis_url) == {item["id"] for item in items}
+    assert not (tmp_path / "logs" / "downloaded_image_ID_DB.txt").exists()
+
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    server.clear_requests()
+    second = s3_crawl(server, s3_server, bucket, tmp_path, "limit=10", CIVITAI_REDIS_URL=redis_url)
+    commands = client.info("commandstats")
+    client.close()
+
+    assert second.returncode == 0
+    assert second.stats["civitai/dropped/already_downloaded"] == 25
+    assert server.cdn_requests() == []
+    pages = len(server.api_requests())
+    assert pages == 3
+    # One BITFIELD_RO per page (its ids share one bitmap chunk), nothing per item.
+    assert commands["cmdstat_bitfield_ro"]["calls"] == pages
+    assert "cmdstat_getbit" not in commands and "cmdstat_bitfield" not in commands
+
+
+def test_ids_go_to_redis_under_the_prefix_with_a_local_folder_too(
+    server: FakeCivitai, store: Path, redis_url: str
+) -> None:
+    items = [server.add_image_item(images.png_rgb()) for _ in range(4)]
+
+    result = run_crawl(server, store, CIVITAI_REDIS_URL=redis_url, CIVITAI_REDIS_PREFIX="team-a")
+
+    assert result.stats["civitai/saved"] == 4
+    assert redis_ids(redis_url, "team-a") == {item["id"] for item in items}
+    assert redis_ids(redis_url) == set()
+    assert not (store / "downloaded_image_ID_DB.txt").exists()
+    assert sorted(path.name for path in store.glob("*.png")) == sorted(f"{item['id']}.png" for item in items)
+
+
+def test_redis_without_appendonly_is_warned_about(server: FakeCivitai, store: Path, tmp_path: Path) -> None:
+    server.add_image_item(images.jpeg_rgb())
+    with RedisServer(tmp_path / "redis", appendonly=False) as redis_server:
+        result = run_crawl(server, store, CIVITAI_REDIS_URL=redis_server.url)
+
+    assert result.stats["civitai/saved"] == 1
+    [warning] = [line for line in result.stderr.splitlines() if "appendonly no" in line]
+    assert "WARNING" in warning
+
+
+# --- bad settings end the command before any request ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"bucket": "no-such-bucket"}, "bucket 'no-such-bucket' does not exist at http://127.0.0.1:"),
+        ({"AWS_SECRET_ACCESS_KEY": "wrong-secret"}, "refused the secret key (AWS_SECRET_ACCESS_KEY)"),
+        ({"AWS_ACCESS_KEY_ID": "nobody"}, "does not know the access key (AWS_ACCESS_KEY_ID)"),
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}, "cannot reach http://127.0.0.1:1"),
+    ],
+    ids=["missing_bucket", "wrong_secret", "unknown_key", "unreachable"],
+)
+def test_a_bucket_that_cannot_work_is_one_clear_error(
+    change: dict[str, str],
+    named: str,
+    server: FakeCivitai,
+    s3_server: SeaweedS3Server,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    server.add_image_item(images.jpeg_rgb())
+    settings = s3_server.settings(change.pop("bucket", bucket), "civitai")
+    settings.update(change)
+
+    result = run_crawl(
+        server,
+        tmp_path / "logs",
+        environment={**_NO_METADATA, "AWS_MAX_ATTEMPTS": "1"},
+        CIVITAI_LOG_DIR=str(tmp_path / "logs"),
+        **settings,
+    )
+
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert named in error and "IMAGES_STORE='s3://" in error
+    assert s3_server.secret_key not in result.stderr
+    assert server.requests == []
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def test_the_api_key_reaches_neither_the_bucket_nor_redis(
+    server: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    [server.add_image_item(images.jpeg_rgb()) for _ in range(3)]
+
+    result = run_crawl(
+        server,
+        tmp_path / "logs",
+        api_key=API_KEY,
+        environment=_NO_METADATA,
+        CIVITAI_LOG_DIR=str(tmp_path / "logs"),
+        CIVITAI_REDIS_URL=redis_url,
+        **s3_server.settings(bucket, "civitai"),
+    )
+
+    assert result.stats["civitai/saved"] == 3
+    client = s3_server.client()
+    for key, (data, _) in bucket_objects(s3_server, bucket, "").items():
+        assert API_KEY.encode() not in data, key
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert API_KEY not in json.dumps(head["Metadata"]) + key
+    store = redis.Redis.from_url(redis_url)
+    for key in store.scan_iter():
+        assert API_KEY.encode() not in key + (store.dump(key) or b"")
+    store.close()
+
+
+# --- servers that go away mid-crawl -----------------------------------------------------------
+
+
+def wait_until(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
