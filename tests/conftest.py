@@ -17,6 +17,7 @@ from scrapy.utils.test import get_crawler
 
 from civitai_spider import settings as project_settings
 from tests.fake_civitai import FakeCivitai
+from tests.servers import RedisServer, SeaweedS3Server, unique_bucket_name
 
 _LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[", re.MULTILINE)
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -118,3 +119,36 @@ def project_crawler(**overrides: Any):
     """A crawler with this project's settings (plus overrides), for unit tests."""
     values = {name: getattr(project_settings, name) for name in dir(project_settings) if name.isupper()}
     return get_crawler(settings_dict={**values, **overrides})
+
+
+# Real servers (tests/servers.py), one of each for the session. A test that restarts or kills a
+# server makes its own instance instead, so these stay up for everyone else.
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session Redis's URL, every database emptied first (tests run one at a time)."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Server]:
+    with SeaweedS3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3_server: SeaweedS3Server) -> Iterator[str]:
+    """A new, empty bucket on the session S3 server, for this test alone."""
+    name = s3_server.create_bucket(unique_bucket_name())
+    yield name
+    # Each bucket with data holds one of the server's 64 volumes until it is deleted.
+    s3_server.delete_bucket(name, missing_ok=True)
