@@ -81,12 +81,13 @@ class RedisIds(IdStore):
 
     async def open(self) -> None:
         try:
-            appendonly = (await self.client.config_get("appendonly")).get("appendonly")
+            config = await self.client.config_get("appendonly")
         except redis.ResponseError:
             return  # CONFIG is disabled on many managed servers: nothing to tell then
         except redis.RedisError as error:
             raise StoreError(f"Redis {self.describe()}: {error}") from None
-        if appendonly == b"no":
+        # Names and values come as bytes (the client does not decode replies).
+        if config.get(b"appendonly", config.get("appendonly")) in {b"no", "no"}:
             logger.warning(
                 "Redis %s runs with appendonly no: if it stops, the ids recorded since its last "
                 "snapshot are lost (their images are downloaded again); set appendonly yes",

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
+# At DEBUG, botocore logs every request with its signed headers and a traceback per retry:
+# noise in a crawl's log, and credentials have no place in a log.
+for _chatty in ("botocore", "urllib3"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 #: Extension -> Content-Type of the files this project stores.
 CONTENT_TYPES = {
