@@ -6,14 +6,18 @@ Real servers, started by the fixtures of ``tests/conftest.py`` on free loopback 
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import images, videos
-from tests.conftest import CrawlResult, run_crawl
+from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
 from tests.fake_civitai import FakeCivitai
 from tests.servers import RedisServer, SeaweedS3Server
 
@@ -264,3 +268,151 @@ def wait_until(condition: Any, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def start_crawl(
+    server: FakeCivitai, log: Path, settings: dict[str, str], environment: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``scrapy crawl`` in the background, two images at a time, its log in ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as output:
+        return subprocess.Popen(
+            crawl_command(server, log.parent, "limit=20", CIVITAI_IMAGES_IN_FLIGHT="2", **settings),
+            cwd=REPOSITORY,
+            env=crawl_environment(extra={**_NO_METADATA, **(environment or {})}),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
+
+
+def finish(process: subprocess.Popen[bytes], log: Path) -> CrawlResult:
+    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    return CrawlResult(0, "", log.read_text(), log.parent)
+
+
+def check_recorded_ids_are_complete(
+    s3: SeaweedS3Server, bucket: str, ids: set[int], items: list[dict[str, Any]], body: bytes
+) -> None:
+    """Every recorded id has all its objects, whole: the image as served and every metadata file."""
+    objects = bucket_objects(s3, bucket, "civitai/")
+    by_id = {item["id"]: item for item in items}
+    for image_id in ids:
+        item = by_id[image_id]
+        assert objects.get(f"{image_id}.jpg", (None,))[0] == body, f"{image_id}: image missing or not whole"
+        record = json.loads(objects[f"{image_id}_meta.json"][0])
+        assert record["id"] == image_id and record["image_file"] == f"{image_id}.jpg"
+        assert objects[f"{image_id}_pos-prompt.txt"][0] == item["meta"]["prompt"].encode()
+        assert objects[f"{image_id}_neg-prompt.txt"][0] == item["meta"]["negativePrompt"].encode()
+
+
+@pytest.fixture
+def slow_cdn() -> Iterator[FakeCivitai]:
+    """A CDN that takes 20 ms an image: with two at a time, about 100 images a second."""
+    with FakeCivitai(cdn_delay=0.02) as fake:
+        yield fake
+
+
+def test_redis_restarted_mid_crawl_loses_no_recorded_id(
+    slow_cdn: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    body = images.jpeg_rgb()
+    items = [slow_cdn.add_image_item(body) for _ in range(300)]
+    feed = tmp_path / "saved.jsonl"
+    with RedisServer(tmp_path / "redis") as redis_server:
+        settings = {
+            **s3_server.settings(bucket, "civitai"),
+            "CIVITAI_REDIS_URL": redis_server.url,
+            "CIVITAI_LOG_DIR": str(tmp_path / "logs"),
+            "FEEDS": json.dumps({feed.as_uri(): {"format": "jsonlines"}}),
+        }
+        process = start_crawl(slow_cdn, tmp_path / "logs" / "crawl.log", settings)
+        wait_until(lambda: len(redis_ids(redis_server.url)) >= 40)
+        assert process.poll() is None, "the crawl ended before Redis could be restarted"
+        recorded_before = redis_ids(redis_server.url)
+        redis_server.restart()  # SIGTERM (it writes its append-only file), then the same port
+        result = finish(process, tmp_path / "logs" / "crawl.log")
+        recorded = redis_ids(redis_server.url)
+
+    saved = {json.loads(line)["id"] for line in feed.read_text().splitlines()}
+    assert recorded_before <= recorded, "ids recorded before the restart were lost"
+    assert saved <= recorded, "an item counted as saved has no recorded id"
+    assert len(recorded) > len(recorded_before), "nothing was recorded after the restart"
+    assert result.stats["civitai/saved"] == len(saved)
+    # The client's retries ride out a restart of a few milliseconds: nothing failed.
+    assert result.stats.get("civitai/failed", 0) == 0, result.stderr[-3000:]
+    assert recorded == {item["id"] for item in items}
+    check_recorded_ids_are_complete(s3_server, bucket, recorded, items, body)
+
+
+def test_a_bucket_gone_mid_crawl_fails_its_items_and_the_crawl_goes_on(
+    slow_cdn: FakeCivitai, redis_url: str, tmp_path: Path
+) -> None:
+    body = images.jpeg_rgb()
+    items = [slow_cdn.add_image_item(body) for _ in range(200)]
+    with SeaweedS3Server(tmp_path / "s3") as s3:
+        bucket = s3.create_bucket("vanishing")
+        settings = {
+            **s3.settings(bucket, "civitai"),
+            "CIVITAI_REDIS_URL": redis_url,
+            "CIVITAI_LOG_DIR": str(tmp_path / "logs"),
+        }
+        process = start_crawl(slow_cdn, tmp_path / "logs" / "crawl.log", settings, {"AWS_MAX_ATTEMPTS": "2"})
+        wait_until(lambda: len(redis_ids(redis_url)) >= 30)
+        s3.kill()
+        result = finish(process, tmp_path / "logs" / "crawl.log")
+        recorded = redis_ids(redis_url)
+        failed_lines = (tmp_path / "logs" / "error_log.txt").read_text().splitlines()
+
+        assert result.finish_reason == "finished"
+        stats = result.stats
+        assert stats["civitai/failed"] == len(failed_lines) > 0
+        assert stats["civitai/saved"] == len(recorded) < len(items)
+        assert stats["civitai/saved"] + stats["civitai/failed"] == len(items)
+        failed_ids = {int(line.split("\t")[1]) for line in failed_lines}
+        assert not failed_ids & recorded, "a failed item's id was recorded"
+        assert all(f"s3://{bucket}/civitai/" in line and "failed" in line for line in failed_lines)
+        [warning, *_] = [line for line in result.stderr.splitlines() if "failed: upload of s3://vanishing/civitai/" in line]
+        assert "WARNING" in warning
+
+        s3.start()  # the same data folder: what was stored before the kill is there
+        check_recorded_ids_are_complete(s3, bucket, recorded, items, body)
+        rerun = run_crawl(slow_cdn, tmp_path / "logs", "limit=20", environment=_NO_METADATA, **settings)
+        assert rerun.stats["civitai/saved"] == len(failed_ids)
+        assert redis_ids(redis_url) == {item["id"] for item in items}
+        check_recorded_ids_are_complete(s3, bucket, redis_ids(redis_url), items, body)
+
+
+@pytest.mark.heavy
+def test_kill_9_at_random_moments_with_a_bucket_and_redis_keeps_every_recorded_id_complete(
+    slow_cdn: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, redis_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    body = images.jpeg_rgb()
+    items = [slow_cdn.add_image_item(body) for _ in range(300)]
+    settings = {
+        **s3_server.settings(bucket, "civitai"),
+        "CIVITAI_REDIS_URL": redis_url,
+        "CIVITAI_LOG_DIR": str(tmp_path / "logs"),
+    }
+    killed_mid_crawl = 0
+    for round_number in range(8):
+        before = len(redis_ids(redis_url))
+        log = tmp_path / "logs" / f"killed-{round_number}.log"
+        process = start_crawl(slow_cdn, log, settings)
+        if rng.random() < 0.3:
+            time.sleep(rng.uniform(0.3, 2.0))  # anywhere from start-up to the first uploads
+        else:
+            wait_until(lambda: process.poll() is not None or len(redis_ids(redis_url)) > before)
+            time.sleep(rng.uniform(0, 0.5))
+        killed_mid_crawl += process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        check_recorded_ids_are_complete(s3_server, bucket, redis_ids(redis_url), items, body)
+    assert killed_mid_crawl >= 6
+
+    result = run_crawl(slow_cdn, tmp_path / "logs", "limit=20", environment=_NO_METADATA, **settings)
+    assert result.finish_reason == "finished"
+    assert redis_ids(redis_url) == {item["id"] for item in items}
+    check_recorded_ids_are_complete(s3_server, bucket, redis_ids(redis_url), items, body)
+    assert not (tmp_path / "logs" / "error_log.txt").exists()

@@ -47,7 +47,7 @@ from civitai_spider.items import media_of
 from civitai_spider.local_files import BOMB_LOG_NAME, ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.stores import file_store_class, log_directory, stores_of
-from civitai_spider.stores.base import FileStore
+from civitai_spider.stores.base import FileStore, StoreError
 from civitai_spider.video import VideoRejected, check_video
 
 if TYPE_CHECKING:
@@ -231,6 +231,8 @@ class CivitaiMediaPipeline(ImagesPipeline):
         error = failure.value
         if isinstance(error, MediaFailed):
             raise error
+        if isinstance(error, StoreError):  # its message says what and where already
+            raise MediaFailed(str(error)) from None
         if isinstance(error, (DownloadCancelledError, CancelledError)) and _SIZE_CAP_META_KEY in request.meta:
             # Scrapy cancels a download over its download_maxsize: at once when the
             # Content-Length says so (the message has the size), else once that many came.

@@ -18,6 +18,7 @@ from itemadapter import ItemAdapter
 from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
 from civitai_spider.stores import log_directory, stores_of
+from civitai_spider.stores.base import StoreError
 from civitai_spider.stores.recorder import IdRecorder
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ def _utf8(text: str) -> bytes:
 
 
 def _describe(error: OSError) -> str:
+    if isinstance(error, StoreError):  # its message says what and where already
+        return str(error)
     return f"{type(error).__name__}: {error.strerror or error}"
 
 
