@@ -498,3 +498,32 @@ class SeaweedS3Server(_ServerProcess):
         for port in self.ports.values():
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
+
+
+# --- reading what a crawl stored ------------------------------------------------------------
+
+
+def bucket_objects(s3: SeaweedS3Server, bucket: str, prefix: str) -> dict[str, tuple[bytes, str]]:
+    """Name under ``prefix`` -> (bytes, Content-Type) of every object in ``bucket``."""
+    client = s3.client()
+    objects: dict[str, tuple[bytes, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for entry in page.get("Contents", []):
+            answer = client.get_object(Bucket=bucket, Key=entry["Key"])
+            objects[entry["Key"].removeprefix(prefix)] = (answer["Body"].read(), answer["ContentType"])
+    return objects
+
+
+def redis_ids(url: str, prefix: str = "civitai") -> set[int]:
+    """Every id the Redis id store holds, read from its bitmaps directly (not through its code)."""
+    import redis
+
+    ids: set[int] = set()
+    with redis.Redis.from_url(url) as client:
+        for key in client.scan_iter(match=f"{prefix}:ids:*"):
+            chunk = int(key.rsplit(b":", 1)[1])
+            for index, byte in enumerate(client.get(key) or b""):
+                for bit in range(8):
+                    if byte & (0x80 >> bit):  # Redis numbers a string's bits from the top
+                        ids.add((chunk << 20) + index * 8 + bit)
+    return ids

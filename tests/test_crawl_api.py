@@ -234,7 +234,11 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         ("IMAGES_STORE", "gs://bucket/images", "IMAGES_STORE='gs://bucket/images': unknown scheme 'gs://'"),
         ("IMAGES_STORE", "ftp://host/images", "allowed: a folder, file://folder, s3://bucket/prefix"),
         ("IMAGES_STORE", "s3:///images", "names no bucket"),
-        ("CIVITAI_REDIS_URL", "http://127.0.0.1/0", "CIVITAI_REDIS_URL='http://127.0.0.1/0': allowed: redis://"),
+        (
+            "CIVITAI_REDIS_URL",
+            "http://127.0.0.1/0",
+            "CIVITAI_REDIS_URL='http://127.0.0.1/0': allowed: redis://",
+        ),
         ("CIVITAI_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0: Redis does not"),
         ("CIVITAI_IMAGE_THREADS", "-2", "CIVITAI_IMAGE_THREADS"),
         ("CIVITAI_IMAGES_IN_FLIGHT", "0", "CIVITAI_IMAGES_IN_FLIGHT"),

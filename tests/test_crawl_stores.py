@@ -19,7 +19,7 @@ import pytest
 from tests import images, videos
 from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
 from tests.fake_civitai import FakeCivitai
-from tests.servers import RedisServer, SeaweedS3Server
+from tests.servers import RedisServer, SeaweedS3Server, bucket_objects, redis_ids
 
 API_KEY = "sk-test-7f3a9c1e-never-stored"
 #: botocore looks for credentials on an EC2 metadata address when none are given: never here.
@@ -40,17 +40,6 @@ def add_mixed_items(server: FakeCivitai) -> list[dict[str, Any]]:
     return items
 
 
-def bucket_objects(s3: SeaweedS3Server, bucket: str, prefix: str) -> dict[str, tuple[bytes, str]]:
-    """Name under the prefix -> (bytes, Content-Type) of every object."""
-    client = s3.client()
-    objects: dict[str, tuple[bytes, str]] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for entry in page.get("Contents", []):
-            answer = client.get_object(Bucket=bucket, Key=entry["Key"])
-            objects[entry["Key"].removeprefix(prefix)] = (answer["Body"].read(), answer["ContentType"])
-    return objects
-
-
 def s3_crawl(
     server: FakeCivitai,
     s3: SeaweedS3Server,
@@ -62,22 +51,6 @@ def s3_crawl(
 ) -> CrawlResult:
     merged = {**s3.settings(bucket, prefix), "CIVITAI_LOG_DIR": str(tmp_path / "logs"), **settings}
     return run_crawl(server, tmp_path / "logs", *arguments, environment=_NO_METADATA, **merged)
-
-
-def redis_ids(url: str, prefix: str = "civitai") -> set[int]:
-    """Every id the Redis id store holds, read from its bitmaps directly."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    ids: set[int] = set()
-    for key in client.scan_iter(match=f"{prefix}:ids:*"):
-        chunk = int(key.rsplit(b":", 1)[1])
-        for index, byte in enumerate(client.get(key) or b""):
-            for bit in range(8):
-                if byte & (0x80 >> bit):
-                    ids.add((chunk << 20) + index * 8 + bit)
-    client.close()
-    return ids
 
 
 # --- the same crawl to a folder and to a bucket -------------------------------------------
@@ -372,7 +345,9 @@ def test_a_bucket_gone_mid_crawl_fails_its_items_and_the_crawl_goes_on(
         failed_ids = {int(line.split("\t")[1]) for line in failed_lines}
         assert not failed_ids & recorded, "a failed item's id was recorded"
         assert all(f"s3://{bucket}/civitai/" in line and "failed" in line for line in failed_lines)
-        [warning, *_] = [line for line in result.stderr.splitlines() if "failed: upload of s3://vanishing/civitai/" in line]
+        [warning, *_] = [
+            line for line in result.stderr.splitlines() if "failed: upload of s3://vanishing/civitai/" in line
+        ]
         assert "WARNING" in warning
 
         s3.start()  # the same data folder: what was stored before the kill is there

@@ -29,6 +29,7 @@ import pytest
 from tests import images
 from tests.conftest import FAST_SETTINGS, REPOSITORY, run_crawl
 from tests.fake_civitai import FakeCivitai
+from tests.servers import SeaweedS3Server, bucket_objects, redis_ids
 
 PROJECT = "civitai_spider"  # the project name of scrapy.cfg's [deploy] section
 USERNAME, PASSWORD = "civitai", "scrapyd-test-password-8d1f"
@@ -106,8 +107,8 @@ def _checkout_files() -> set[str]:
     return found
 
 
-def _environment(home: Path) -> dict[str, str]:
-    """The environment of Scrapyd and scrapyd-deploy: credentials and key as the README says.
+def _environment(home: Path, s3: SeaweedS3Server) -> dict[str, str]:
+    """The environment of Scrapyd and scrapyd-deploy: credentials and keys as the README says.
 
     HOME and XDG_CONFIG_HOME point into the test's folder, so that no ~/.scrapyd.conf, ~/.netrc or
     ~/.config/scrapy.cfg of the machine takes part.
@@ -115,7 +116,8 @@ def _environment(home: Path) -> dict[str, str]:
     environment = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("SCRAPYD_", "CIVITAI_", "SCRAPY_", "XDG_CONFIG_HOME")) and name != "HOME"
+        if not name.startswith(("SCRAPYD_", "CIVITAI_", "SCRAPY_", "XDG_CONFIG_HOME", "AWS_"))
+        and name != "HOME"
     }
     environment.update(
         HOME=str(home),
@@ -123,6 +125,10 @@ def _environment(home: Path) -> dict[str, str]:
         SCRAPYD_USERNAME=USERNAME,
         SCRAPYD_PASSWORD=PASSWORD,
         CIVITAI_API_KEY=ENVIRONMENT_KEY,
+        # botocore reads the bucket's credentials from here: they stay out of schedule.json.
+        AWS_ACCESS_KEY_ID=s3.access_key,
+        AWS_SECRET_ACCESS_KEY=s3.secret_key,
+        AWS_EC2_METADATA_DISABLED="true",
     )
     return environment
 
@@ -173,11 +179,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def scrapyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapyd]:
+def scrapyd(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3Server) -> Iterator[Scrapyd]:
     home = tmp_path_factory.mktemp("scrapyd")
     port = _free_port()
     _write_configuration(home, port)
-    environment = _environment(home)
+    environment = _environment(home, s3_server)
     with open(home / "scrapyd.out", "wb") as output:
         # Scrapyd reads ./scrapyd.conf, so it runs in its own folder (its pid file lands there too).
         process = subprocess.Popen(
@@ -343,3 +349,42 @@ def test_cancelled_job_stops_cleanly_and_the_next_job_finishes_the_set(
     assert f"'civitai/dropped/already_downloaded': {len(saved)}" in log, log
     recorded = [int(line) for line in (store / ID_FILE).read_text().split()]
     assert sorted(recorded) == sorted(ids)  # every id once: nothing lost, nothing twice
+
+
+def test_scheduled_crawl_to_a_bucket_with_redis_ids(
+    scrapyd: Scrapyd,
+    server: FakeCivitai,
+    s3_server: SeaweedS3Server,
+    bucket: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # The README's schedule: the bucket and Redis as settings, the bucket's keys in the environment.
+    ids = _add_items(server, [5, 5, 5, 5, 5])
+    settings = {
+        **FAST_SETTINGS,
+        "CIVITAI_API_URL": server.api_url,
+        "IMAGES_STORE": f"s3://{bucket}/civitai",
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_REGION_NAME": "us-east-1",
+        "CIVITAI_REDIS_URL": redis_url,
+        "CIVITAI_LOG_DIR": str(tmp_path / "logs"),
+    }
+
+    job = scrapyd.schedule("limit=2", **settings)
+    scrapyd.wait_until_finished(job)
+
+    log = scrapyd.job_log(job)
+    assert "'finish_reason': 'finished'" in log and "'civitai/saved': 5" in log, log
+    assert redis_ids(redis_url) == set(ids)
+    objects = bucket_objects(s3_server, bucket, "civitai/")
+    assert {f"{image_id}.jpg" for image_id in ids} <= set(objects)
+    for data, _ in objects.values():
+        assert ENVIRONMENT_KEY.encode() not in data
+    assert s3_server.secret_key not in log + scrapyd.output()
+
+    server.clear_requests()
+    job = scrapyd.schedule("limit=2", **settings)
+    scrapyd.wait_until_finished(job)
+    assert "'civitai/dropped/already_downloaded': 5" in scrapyd.job_log(job)
+    assert server.cdn_requests() == []
