@@ -109,6 +109,8 @@ EXTENSIONS = {
     "civitai_spider.extensions.outcome_stats.OutcomeStats": 100,
     "civitai_spider.extensions.progress.ProgressBar": 200,
     "civitai_spider.extensions.gc_freeze.FreezeStartupObjects": 300,
+    # Shows AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN as '***' in Scrapy's start-up log line.
+    "civitai_spider.extensions.hidden_settings.HideSecretSettings": 400,
 }
 # One line per dropped or failed image, without the whole item.
 LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"

@@ -222,6 +222,10 @@ def test_the_api_key_reaches_neither_the_bucket_nor_redis(
     )
 
     assert result.stats["civitai/saved"] == 3
+    # Given with -s, the bucket's secret is still in no log line ("Overridden settings" included).
+    assert "'AWS_SECRET_ACCESS_KEY': '***'" in result.stderr
+    assert s3_server.secret_key not in result.stderr + result.stdout
+    assert API_KEY not in result.stderr + result.stdout
     client = s3_server.client()
     for key, (data, _) in bucket_objects(s3_server, bucket, "").items():
         assert API_KEY.encode() not in data, key
