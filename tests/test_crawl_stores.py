@@ -382,7 +382,11 @@ def test_kill_9_at_random_moments_with_a_bucket_and_redis_keeps_every_recorded_i
         if rng.random() < 0.3:
             time.sleep(rng.uniform(0.3, 2.0))  # anywhere from start-up to the first uploads
         else:
-            wait_until(lambda: process.poll() is not None or len(redis_ids(redis_url)) > before)
+            wait_until(
+                lambda process=process, before=before: (
+                    process.poll() is not None or len(redis_ids(redis_url)) > before
+                )
+            )
             time.sleep(rng.uniform(0, 0.5))
         killed_mid_crawl += process.poll() is None
         process.send_signal(signal.SIGKILL)
@@ -395,3 +399,29 @@ def test_kill_9_at_random_moments_with_a_bucket_and_redis_keeps_every_recorded_i
     assert redis_ids(redis_url) == {item["id"] for item in items}
     check_recorded_ids_are_complete(s3_server, bucket, redis_ids(redis_url), items, body)
     assert not (tmp_path / "logs" / "error_log.txt").exists()
+
+
+def test_ten_million_done_ids_in_redis_cost_the_crawl_no_memory(
+    server: FakeCivitai, store: Path, redis_url: str
+) -> None:
+    import redis
+
+    done = [server.add_image_item(images.jpeg_rgb(), id=image_id) for image_id in (5, 4_000_000, 9_999_999)]
+    new = [server.add_image_item(images.jpeg_rgb(), id=11_000_000 + n) for n in range(1, 4)]
+    empty = run_crawl(server, store / "empty", CIVITAI_REDIS_URL=redis_url, CIVITAI_REDIS_PREFIX="empty")
+    with redis.Redis.from_url(redis_url) as client:
+        # Ids 0 .. 2**20 * 10 - 1 recorded: ten full chunks, written as the bitmap itself.
+        for chunk in range(10):
+            client.set(f"civitai:ids:{chunk}", b"\xff" * (2**20 // 8))
+
+    full = run_crawl(server, store / "full", CIVITAI_REDIS_URL=redis_url)
+
+    assert empty.stats["civitai/saved"] == 6
+    assert full.stats["civitai/saved"] == 3
+    assert full.stats["civitai/dropped/already_downloaded"] == len(done)
+    assert sorted(path.name for path in (store / "full").glob("*.jpg")) == sorted(
+        f"{i['id']}.jpg" for i in new
+    )
+    # A set of 10,485,760 ids would be over 500 MB in the crawl; a bitmap lookup holds none.
+    growth = full.stats["memusage/max"] - empty.stats["memusage/max"]
+    assert growth < 30 * 2**20, f"the crawl grew by {growth / 2**20:.0f} MB with 10 million done ids"

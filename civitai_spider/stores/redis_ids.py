@@ -29,8 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
-from redis.backoff import ExponentialBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from civitai_spider.stores.base import IdStore, StoreError
 
