@@ -2,7 +2,7 @@
 
 The ids are a bitmap by id: bit ``id`` set means recorded. Civitai's ids are dense
 integers counting up from 1 (past 100 million in 2026), so one bit per possible id is the
-small structure: every id up to 100 million fits in 12.5 MB, whatever how many are
+small structure: every id up to 100 million fits in 12.5 MB, however many are
 recorded, where a Redis set costs about 50 MB per million ids (5 GB for 100 million), and a
 crawl looks ids up without loading any of them. The bitmap is cut into strings of 2**20
 bits (128 KiB), ``<prefix>:ids:<id // 2**20>``, so that a crawl of recent images allocates
