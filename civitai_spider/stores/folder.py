@@ -69,4 +69,6 @@ class FolderStore(FileStore):
 
 
 def _folder(settings: BaseSettings) -> Path:
-    return Path(str(settings.get("IMAGES_STORE")).removeprefix("file://"))
+    uri = str(settings.get("IMAGES_STORE"))
+    # The scheme is case-insensitive, as file_store_class reads it: FILE://x is the folder x.
+    return Path(uri[len("file://") :] if uri[: len("file://")].lower() == "file://" else uri)

@@ -23,6 +23,7 @@ not recorded: the next run downloads them again) and the crawl goes on.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -50,9 +51,11 @@ MAX_ID = (1 << 32) - 1
 #: the thresholds) would otherwise pile up.
 _PREFETCHED_LIMIT = 10_000
 #: Retries of a command whose connection broke: 0.1 s, 0.2 s ... up to 2 s apart, about
-#: 10 s in all, enough for a Redis restart.
+#: 10 s in all, enough for a Redis restart. redis.asyncio's Retry, not redis.retry's: that
+#: one gets back a coroutine that has not failed yet, so it never retries.
 _RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8)
 _TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 30}
+_QUERY_PASSWORD = re.compile(r"(^|&)password=[^&]*")
 
 
 class RedisIds(IdStore):
@@ -165,12 +168,16 @@ class RedisIds(IdStore):
 def safe_url(url: str) -> str:
     """``url`` without its password, for log lines and error messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # redis-py takes a password from the query string too (?password=...).
+    query = _QUERY_PASSWORD.sub(r"\1password=***", parts.query)
+    if parts.password is None and query == parts.query:
         return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = parts.hostname or ""
-    netloc = user + (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        host = parts.hostname or ""
+        netloc = user + (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _url_and_prefix(settings: BaseSettings) -> tuple[str, str]:
