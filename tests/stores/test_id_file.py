@@ -1,4 +1,7 @@
-"""Tests of :mod:`civitai_spider.stores.id_file` and the group commit of ids over a folder."""
+"""Tests of :mod:`civitai_spider.stores.id_file` and the group commit of ids over a folder.
+
+Where the ID file goes for each store: ``tests/stores/test_stores.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from scrapy.settings import Settings
 
 from civitai_spider import local_files
 from civitai_spider.stores.folder import FolderStore
-from civitai_spider.stores.id_file import IdFile, id_file_path, load_ids, record_ids
+from civitai_spider.stores.id_file import IdFile, load_ids, record_ids
 from civitai_spider.stores.recorder import IdRecorder
 
 
@@ -169,24 +171,3 @@ def test_a_million_ids(tmp_path: Path) -> None:
     ids = load_ids(path)
     assert len(ids) == 1_000_000
     assert 1 in ids and 1_000_000 in ids and 0 not in ids and 1_000_001 not in ids
-
-
-def test_id_file_path_relative_is_inside_the_store(tmp_path: Path) -> None:
-    settings = Settings({"IMAGES_STORE": str(tmp_path / "store"), "CIVITAI_ID_FILE": "ids.txt"})
-    assert id_file_path(settings) == tmp_path / "store" / "ids.txt"
-
-
-def test_id_file_path_default_name(tmp_path: Path) -> None:
-    settings = Settings({"IMAGES_STORE": str(tmp_path)})
-    assert id_file_path(settings) == tmp_path / "downloaded_image_ID_DB.txt"
-
-
-def test_id_file_path_with_a_file_uri_store(tmp_path: Path) -> None:
-    settings = Settings({"IMAGES_STORE": f"file://{tmp_path}", "CIVITAI_ID_FILE": "ids.txt"})
-    assert id_file_path(settings) == tmp_path / "ids.txt"
-
-
-def test_id_file_path_absolute_is_kept(tmp_path: Path) -> None:
-    absolute = tmp_path / "elsewhere" / "ids.txt"
-    settings = Settings({"IMAGES_STORE": str(tmp_path / "store"), "CIVITAI_ID_FILE": str(absolute)})
-    assert id_file_path(settings) == absolute

@@ -1,0 +1,376 @@
+"""Tests of :mod:`civitai_spider.stores.s3` against a real S3 server (SeaweedFS, ``tests/servers.py``).
+
+What the store sends is seen in the objects the server keeps and, for the headers, through
+botocore's own ``before-send`` event: nothing here stands in for the server. The tests share
+one bucket, each under names of its own: a bucket's first object costs the server a volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.settings import Settings
+
+from civitai_spider.stores.base import StoreError
+from civitai_spider.stores.s3 import S3Store, _verify, content_type
+from tests.servers import SeaweedS3Server, bucket_objects, free_ports, unique_bucket_name
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: SeaweedS3Server) -> Iterator[str]:
+    """One bucket for this module's tests (conftest's ``bucket`` makes one per test)."""
+    name = s3_server.create_bucket(unique_bucket_name("s3-store"))
+    yield name
+    s3_server.delete_bucket(name, missing_ok=True)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A folder of the shared bucket that no other test writes to."""
+    return f"civitai-{secrets.token_hex(4)}/"
+
+
+def s3_settings(s3: SeaweedS3Server, bucket: str, prefix: str, **extra: Any) -> Settings:
+    return Settings({**s3.settings(bucket, prefix), **extra})
+
+
+def opened(s3: SeaweedS3Server, bucket: str, prefix: str, **extra: Any) -> closing[S3Store]:
+    return closing(S3Store.from_settings(s3_settings(s3, bucket, prefix, **extra)))
+
+
+def sent_headers(store: S3Store) -> list[tuple[str, dict[str, str]]]:
+    """(operation, lower-cased headers) of every request the store's client sends from now on."""
+    sent: list[tuple[str, dict[str, str]]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        headers = {
+            name.lower(): value.decode() if isinstance(value, bytes) else value
+            for name, value in request.headers.items()
+        }
+        sent.append((event_name.rsplit(".", 1)[1], headers))
+
+    store.client.meta.events.register("before-send.s3", record)
+    return sent
+
+
+@pytest.fixture
+def no_aws_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials or endpoint from the environment, ~/.aws or EC2 metadata; one attempt per request."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    empty = tmp_path / "empty-aws-file"
+    empty.write_text("")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # an unreachable endpoint fails at once
+
+
+# --- names and bytes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after_bucket", "folder"),
+    [
+        ("/{p}", "{p}/"),
+        ("/{p}/", "{p}/"),
+        ("/", ""),
+        ("", ""),
+        ("/sets/{p}/civitai", "sets/{p}/civitai/"),
+        ("//sets/{p}//", "sets/{p}/"),
+    ],
+)
+def test_prefix_of_the_uri(s3_server: SeaweedS3Server, bucket: str, after_bucket: str, folder: str) -> None:
+    # No prefix puts the objects at the top of the bucket: a name of this test's own there.
+    unique = secrets.token_hex(4)
+    uri, folder, name = (
+        f"s3://{bucket}{after_bucket.format(p=unique)}",
+        folder.format(p=unique),
+        f"{unique}.jpg",
+    )
+    with opened(s3_server, bucket, "", IMAGES_STORE=uri) as store:
+        assert store.prefix == folder
+        store.put(name, JPEG)
+        assert store.describe(name) == f"s3://{bucket}/{folder}{name}"
+
+    assert bucket_objects(s3_server, bucket, folder + name) == {"": (JPEG, "image/jpeg")}
+
+
+CONTENT_TYPES = {
+    "7.jpg": "image/jpeg",
+    "7.png": "image/png",
+    "7.mp4": "video/mp4",
+    "7.webm": "video/webm",
+    "7.mkv": "video/x-matroska",
+    "7_meta.json": "application/json",
+    "7_pos-prompt.txt": "text/plain; charset=utf-8",
+    "7.JPG": "image/jpeg",
+    "7.gif": "application/octet-stream",
+    "7.tar.gz": "application/octet-stream",
+    "README": "application/octet-stream",
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), CONTENT_TYPES.items())
+def test_content_type_by_extension(name: str, expected: str) -> None:
+    assert content_type(name) == expected
+
+
+def test_put_stores_the_bytes_with_their_content_type(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    files = {name: f"{name}: ".encode() + JPEG for name in CONTENT_TYPES}
+    with opened(s3_server, bucket, prefix) as store:
+        sent = sent_headers(store)
+        for name, data in files.items():
+            store.put(name, data)
+
+    assert [headers["content-type"] for _, headers in sent] == list(CONTENT_TYPES.values())
+    objects = bucket_objects(s3_server, bucket, prefix)
+    assert {name: data for name, (data, _) in objects.items()} == files
+    # SeaweedFS guesses a type of its own for application/octet-stream (.gif, .tar.gz): only the
+    # types this project stores are compared as the server keeps them.
+    assert {name: objects[name][1] for name in list(CONTENT_TYPES)[:8]} == dict(
+        list(CONTENT_TYPES.items())[:8]
+    )
+
+
+def test_save_uploads_in_the_stores_threads(s3_server: SeaweedS3Server, bucket: str, prefix: str) -> None:
+    threads: dict[str, str] = {}
+
+    class Watched(S3Store):
+        def put(self, name: str, data: bytes) -> None:
+            threads[name] = threading.current_thread().name
+            super().put(name, data)
+
+    files = {f"{image_id}.png": b"\x89PNG" + bytes([image_id]) * 100 for image_id in range(12)}
+    files["1_meta.json"] = b'{"id": 1}'
+    settings = s3_settings(s3_server, bucket, prefix, AWS_MAX_POOL_CONNECTIONS="3")
+    with closing(Watched.from_settings(settings)) as store:
+        asyncio.run(store.save(files))
+
+    assert sorted(threads) == sorted(files)
+    # Never the calling (reactor) thread; at most AWS_MAX_POOL_CONNECTIONS threads.
+    assert threading.current_thread().name not in threads.values()
+    assert all(name.startswith("s3-upload") for name in threads.values()), threads
+    assert len(set(threads.values())) <= 3
+    assert bucket_objects(s3_server, bucket, prefix) == {
+        name: (data, content_type(name)) for name, data in files.items()
+    }
+
+
+def test_copy_keeps_the_bytes_and_the_content_type(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    with opened(s3_server, bucket, prefix) as store:
+        store.put("7.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(500))
+        asyncio.run(store.copy("7.mp4", "8.mp4"))
+
+    objects = bucket_objects(s3_server, bucket, prefix)
+    assert objects["8.mp4"] == objects["7.mp4"]
+    assert objects["8.mp4"][1] == "video/mp4"
+
+
+def test_copy_of_a_missing_object_is_a_store_error(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    with opened(s3_server, bucket, prefix) as store, pytest.raises(StoreError) as caught:
+        asyncio.run(store.copy("missing.jpg", "8.jpg"))
+
+    assert str(caught.value).startswith(f"copy to s3://{bucket}/{prefix}8.jpg failed: ")
+    assert bucket_objects(s3_server, bucket, prefix) == {}
+
+
+# --- ACL ---------------------------------------------------------------------------------------
+
+
+def test_the_default_acl_is_private_and_accepted(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    with opened(s3_server, bucket, prefix) as store:  # Scrapy's default IMAGES_STORE_S3_ACL: "private"
+        sent = sent_headers(store)
+        store.put("7.jpg", JPEG)
+        asyncio.run(store.copy("7.jpg", "8.jpg"))
+
+    assert [(operation, headers.get("x-amz-acl")) for operation, headers in sent] == [
+        ("PutObject", "private"),
+        ("CopyObject", "private"),
+    ]
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg"]
+
+
+def test_an_empty_acl_sends_none(s3_server: SeaweedS3Server, bucket: str, prefix: str) -> None:
+    with opened(s3_server, bucket, prefix, IMAGES_STORE_S3_ACL="") as store:
+        sent = sent_headers(store)
+        store.put("7.jpg", JPEG)
+        asyncio.run(store.copy("7.jpg", "8.jpg"))
+
+    assert [operation for operation, _ in sent] == ["PutObject", "CopyObject"]
+    assert all("x-amz-acl" not in headers for _, headers in sent)
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg"]
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+def test_an_upload_to_a_dead_server_is_a_store_error_without_the_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # read when the client is made: fail at once
+    with SeaweedS3Server(tmp_path / "s") as s3:
+        bucket = s3.create_bucket("dying")
+        with opened(s3, bucket, "civitai/") as store:
+            # A kept-alive connection, soon to a server that is gone (a listing, not a first
+            # object: that would cost the new server a volume).
+            store.client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            s3.kill()
+            failures = []
+            with pytest.raises(StoreError) as caught:
+                store.put("2.jpg", JPEG)
+            failures.append((caught.value, "upload of", "2.jpg"))
+            with pytest.raises(StoreError) as caught:
+                asyncio.run(store.save({"3.jpg": JPEG, "3_meta.json": b"{}"}))
+            failures.append((caught.value, "upload of", "3"))
+            with pytest.raises(StoreError) as caught:
+                asyncio.run(store.copy("1.jpg", "4.jpg"))
+            failures.append((caught.value, "copy to", "4.jpg"))
+
+    for error, action, name in failures:
+        message = str(error)
+        assert message.startswith(f"{action} s3://dying/civitai/{name}"), message
+        assert " failed: " in message and "\n" not in message
+        assert s3.secret_key not in message + repr(error)
+        assert error.__suppress_context__  # botocore's exception (and its request) is not chained
+
+
+# --- the check before a crawl ------------------------------------------------------------------------
+
+
+def test_check_passes_for_a_bucket_that_works(s3_server: SeaweedS3Server, bucket: str, prefix: str) -> None:
+    S3Store.check(s3_settings(s3_server, bucket, prefix))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"bucket": "no-such-bucket"}, "bucket 'no-such-bucket' does not exist at http://127.0.0.1:"),
+        ({"AWS_SECRET_ACCESS_KEY": "wrong-secret-0d9e"}, "refused the secret key (AWS_SECRET_ACCESS_KEY)"),
+        ({"AWS_ACCESS_KEY_ID": "nobody"}, "does not know the access key (AWS_ACCESS_KEY_ID)"),
+        ({"AWS_ENDPOINT_URL": "unreachable"}, "cannot reach http://127.0.0.1:"),
+    ],
+    ids=["missing_bucket", "wrong_secret", "unknown_key", "unreachable"],
+)
+def test_check_names_what_is_wrong(
+    change: dict[str, str],
+    named: str,
+    s3_server: SeaweedS3Server,
+    bucket: str,
+    no_aws_environment: None,
+) -> None:
+    if change.get("AWS_ENDPOINT_URL") == "unreachable":
+        (port,) = free_ports(1)  # nothing listens there
+        change["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    settings = s3_settings(s3_server, change.pop("bucket", bucket), "civitai/", **change)
+
+    with pytest.raises(ValueError) as caught:
+        S3Store.check(settings)
+
+    message = str(caught.value)
+    assert message.startswith(f"IMAGES_STORE='{settings['IMAGES_STORE']}': ")
+    assert named in message and "\n" not in message
+    assert s3_server.secret_key not in message and "wrong-secret-0d9e" not in message
+
+
+def test_check_without_credentials(s3_server: SeaweedS3Server, bucket: str, no_aws_environment: None) -> None:
+    settings = s3_settings(s3_server, bucket, "civitai/", AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+
+    with pytest.raises(ValueError) as caught:
+        S3Store.check(settings)
+
+    assert str(caught.value) == (
+        f"IMAGES_STORE='s3://{bucket}/civitai/': no credentials; "
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///civitai", "S3:///civitai/"])
+def test_a_uri_without_a_bucket(uri: str, no_aws_environment: None) -> None:
+    with pytest.raises(ValueError) as caught:
+        S3Store.from_settings(Settings({"IMAGES_STORE": uri}))
+    assert str(caught.value) == f"IMAGES_STORE='{uri}' names no bucket: use s3://bucket/prefix"
+
+
+# --- connection settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (True, True),
+        (False, False),
+        ("1", True),
+        ("true", True),
+        ("True", True),
+        (" yes ", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("FALSE", False),
+        ("no", False),
+        ("off", False),
+        ("/etc/ssl/certs/ca.pem", "/etc/ssl/certs/ca.pem"),
+        (" /opt/ca bundle.pem ", "/opt/ca bundle.pem"),
+    ],
+)
+def test_verify_setting(value: Any, expected: bool | str | None) -> None:
+    result = _verify(value)
+    assert (result, type(result)) == (expected, type(expected))  # "1" is True, not a CA bundle "1"
+
+
+@pytest.fixture
+def store_of() -> Iterator[Any]:
+    """Make a store from settings (no request is sent) and close it after the test."""
+    stores: list[S3Store] = []
+
+    def make(**settings: Any) -> S3Store:
+        stores.append(S3Store.from_settings(Settings({"IMAGES_STORE": "s3://b/p", **settings})))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("use_ssl", "scheme"),
+    [
+        (None, "https"),
+        ("false", "http"),
+        ("False", "http"),
+        (False, "http"),
+        ("true", "https"),
+        ("1", "https"),
+    ],
+)
+def test_use_ssl_setting(use_ssl: Any, scheme: str, store_of: Any, no_aws_environment: None) -> None:
+    # Without AWS_ENDPOINT_URL, botocore builds Amazon's endpoint with the scheme AWS_USE_SSL says.
+    store = store_of(AWS_USE_SSL=use_ssl, AWS_REGION_NAME="us-east-1")
+    assert store.endpoint.startswith(f"{scheme}://"), store.endpoint
+
+
+def test_a_bad_client_setting_is_one_line(store_of: Any, no_aws_environment: None) -> None:
+    with pytest.raises(ValueError) as caught:
+        store_of(AWS_ENDPOINT_URL="not a url")
+    assert str(caught.value).startswith("IMAGES_STORE='s3://b/p': ") and "\n" not in str(caught.value)
