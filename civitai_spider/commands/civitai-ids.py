@@ -6,13 +6,16 @@ same ``-s`` settings as the crawl: years of an ID file go into Redis, and back o
 
 ``import`` records only the ids the store does not have yet, in batches; the file is only
 read. ``export`` writes every id of the store to FILE in id order, under a temporary name
-renamed into place once complete and on disk.
+renamed into place once complete and on disk. A store or file that fails after the checks
+(Redis gone) ends the command with one ``error:`` line and exit status 1; what was recorded
+before stays recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,7 +61,11 @@ class Command(ScrapyCommand):
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
         work = _import if action == "import" else _export
-        print(asyncio.run(_with_store(store, work, path)))
+        try:
+            print(asyncio.run(_with_store(store, work, path)))
+        except OSError as error:  # Redis gone, or the file, after the checks passed
+            print(f"error: {error}", file=sys.stderr)
+            self.exitcode = 1
 
 
 async def _with_store(store: IdStore, work: Callable[[IdStore, Path], Awaitable[str]], path: Path) -> str:

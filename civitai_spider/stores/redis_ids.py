@@ -89,7 +89,7 @@ class RedisIds(IdStore):
             return  # CONFIG is disabled on many managed servers: nothing to tell then
         except redis.RedisError as error:
             raise StoreError(f"Redis {self.describe()}: {error}") from None
-        # Names and values come as bytes (the client does not decode replies).
+        # str in redis-py 8 (CONFIG GET is decoded), bytes in older releases.
         if config.get(b"appendonly", config.get("appendonly")) in {b"no", "no"}:
             logger.warning(
                 "Redis %s runs with appendonly no: if it stops, the ids recorded since its last "

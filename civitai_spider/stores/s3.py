@@ -178,6 +178,8 @@ def _verify(value: Any) -> bool | str | None:
     if value is None or isinstance(value, bool):
         return value
     text = str(value).strip()
+    if not text:
+        return None  # -s AWS_VERIFY= : as if unset
     if text.lower() in {"1", "true", "yes", "on"}:
         return True
     if text.lower() in {"0", "false", "no", "off"}:

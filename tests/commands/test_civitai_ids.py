@@ -147,3 +147,16 @@ def test_unreachable_redis_is_one_line_without_the_password(tmp_path: Path) -> N
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert f"CIVITAI_REDIS_URL=redis://:***@127.0.0.1:{port}/0: Redis does not answer" in error
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_failure_after_the_checks_is_one_line_and_status_1(redis_url: str, tmp_path: Path) -> None:
+    with_store(redis_url, "civitai", lambda store: store.record([5, 6]))
+    (tmp_path / "not-a-folder").write_text("")
+
+    result = civitai_ids("export", str(tmp_path / "not-a-folder" / "ids.txt"), CIVITAI_REDIS_URL=redis_url)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert "not-a-folder" in error and error.startswith("error: ")
+    assert redis_ids(redis_url) == {5, 6}

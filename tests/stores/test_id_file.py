@@ -43,7 +43,7 @@ def test_crlf_line_ends_are_accepted(tmp_path: Path) -> None:
 def test_torn_last_line_is_ignored_and_cut_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ids.txt"
     path.write_bytes(b"1\n2\n33")
-    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.stores.id_file"):
         assert load_ids(path) == {1, 2}
     assert path.read_bytes() == b"1\n2\n"
     assert any("unfinished last line" in record.getMessage() for record in caplog.records)
@@ -64,7 +64,7 @@ def test_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
 def test_whole_file_is_not_modified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ids.txt"
     path.write_bytes(b"1\n2\n")
-    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.stores.id_file"):
         load_ids(path)
     assert path.read_bytes() == b"1\n2\n"
     assert caplog.records == []
@@ -73,7 +73,7 @@ def test_whole_file_is_not_modified(tmp_path: Path, caplog: pytest.LogCaptureFix
 def test_junk_lines_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ids.txt"
     path.write_bytes(b"1\nnot an id\n2\n3.5\n4\n")
-    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.stores.id_file"):
         assert load_ids(path) == {1, 2, 4}
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
@@ -85,7 +85,7 @@ def test_junk_lines_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.Lo
 def test_blank_lines_are_ignored_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ids.txt"
     path.write_bytes(b"\n1\n\n   \n2\n\n")
-    with caplog.at_level(logging.WARNING, logger="civitai_spider.id_file"):
+    with caplog.at_level(logging.WARNING, logger="civitai_spider.stores.id_file"):
         assert load_ids(path) == {1, 2}
     assert caplog.records == []
 

@@ -332,6 +332,8 @@ def test_a_uri_without_a_bucket(uri: str, no_aws_environment: None) -> None:
         ("off", False),
         ("/etc/ssl/certs/ca.pem", "/etc/ssl/certs/ca.pem"),
         (" /opt/ca bundle.pem ", "/opt/ca bundle.pem"),
+        ("", None),  # -s AWS_VERIFY= : as if unset
+        ("  ", None),
     ],
 )
 def test_verify_setting(value: Any, expected: bool | str | None) -> None:
