@@ -10,7 +10,8 @@ only the chunks its ids fall in, and no single key grows towards Redis's 512 MB 
 
 Lookups go a page at a time (:meth:`RedisIds.prefetch`): one ``BITFIELD_RO`` per chunk,
 all in one pipelined round trip. A batch of ids is recorded with one ``BITFIELD ... SET``
-per chunk in a ``MULTI``/``EXEC`` transaction: all of the batch or none of it. Recorded
+per chunk (or, for thousands of ids, the chunk's bits OR-ed in with ``BITOP``) in a
+``MULTI``/``EXEC`` transaction: all of the batch or none of it. Recorded
 means acknowledged by Redis; with ``appendonly yes`` (which :meth:`RedisIds.open` checks) a
 restart keeps every acknowledged write.
 
@@ -23,6 +24,7 @@ not recorded: the next run downloads them again) and the crawl goes on.
 from __future__ import annotations
 
 import logging
+import uuid
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -50,6 +52,8 @@ MAX_ID = (1 << 32) - 1
 #: Prefetched answers kept for the pipeline; items of a page that never reach it (below
 #: the thresholds) would otherwise pile up.
 _PREFETCHED_LIMIT = 10_000
+#: Ids of one chunk in one record() from which the chunk's bitmap is sent whole (imports).
+_BITMAP_WRITE_MIN = 1_000
 #: Retries of a command whose connection broke: 0.1 s, 0.2 s ... up to 2 s apart, about
 #: 10 s in all, enough for a Redis restart. redis.asyncio's Retry, not redis.retry's: that
 #: one gets back a coroutine that has not failed yet, so it never retries.
@@ -137,6 +141,14 @@ class RedisIds(IdStore):
         chunks = _by_chunk(ids)
         pipeline = self.client.pipeline(transaction=True)
         for chunk, offsets in chunks.items():
+            if len(offsets) >= _BITMAP_WRITE_MIN:
+                # An import: the chunk's bits made here and OR-ed in, 128 KiB on the wire at
+                # most, instead of four BITFIELD arguments an id (about 20 times faster).
+                incoming = f"{self.prefix}:incoming:{uuid.uuid4().hex}"
+                pipeline.set(incoming, _bitmap(offsets))
+                pipeline.bitop("OR", self._key(chunk), self._key(chunk), incoming)
+                pipeline.delete(incoming)
+                continue
             field = pipeline.bitfield(self._key(chunk))
             for offset in offsets:
                 field.set("u1", offset, 1)
@@ -201,6 +213,15 @@ def _by_chunk(ids: Iterable[int]) -> dict[int, list[int]]:
             raise StoreError(f"id {image_id} is outside the Redis id store's range 0..{MAX_ID}")
         chunks.setdefault(image_id >> CHUNK_BITS, []).append(image_id & _CHUNK_MASK)
     return chunks
+
+
+def _bitmap(offsets: Iterable[int]) -> bytes:
+    """The bits of ``offsets`` as Redis lays out a string: bit 0 is the top bit of byte 0."""
+    offsets = list(offsets)
+    bitmap = bytearray(max(offsets) // 8 + 1)
+    for offset in offsets:
+        bitmap[offset >> 3] |= 0x80 >> (offset & 7)
+    return bytes(bitmap)
 
 
 def _ids_in(chunk: int, bitmap: bytes) -> Iterable[int]:

@@ -26,6 +26,7 @@ from civitai_spider.stores.base import StoreError
 from civitai_spider.stores.redis_ids import _PREFETCHED_LIMIT, MAX_ID, RedisIds, safe_url
 from tests.conftest import project_crawler
 from tests.servers import RedisServer, free_ports
+from tests.servers import redis_ids as stored_ids
 
 T = TypeVar("T")
 CHUNK = 2**20
@@ -126,6 +127,21 @@ def test_record_is_one_transaction_whatever_the_chunks(redis_url: str) -> None:
     assert (stats.get("multi"), stats.get("exec")) == (1, 1)
     assert stats.get("bitfield") == 3  # one per chunk, inside the transaction
     assert "setbit" not in stats
+
+
+def test_thousands_of_ids_of_a_chunk_are_or_ed_in_as_a_bitmap(redis_url: str) -> None:
+    # An import's batch: the chunk's bits go over once, not four BITFIELD arguments per id.
+    many = list(range(3 * CHUNK + 5, 3 * CHUNK + 50_000, 7))
+    with_store(redis_url, lambda store: store.record([3 * CHUNK + 1, CHUNK + 2]))
+    reset_stats(redis_url)
+
+    with_store(redis_url, lambda store: store.record([*many, 9]))
+
+    stats = calls(redis_url)
+    assert (stats.get("multi"), stats.get("exec")) == (1, 1)
+    assert stats.get("bitop") == 1 and stats.get("bitfield") == 1  # the big chunk, then id 9's
+    assert stored_ids(redis_url) == {3 * CHUNK + 1, CHUNK + 2, 9, *many}  # OR-ed, not overwritten
+    assert not [key for key in keys(redis_url) if "incoming" in key]
 
 
 def test_all_ids_come_in_id_order_across_chunks(redis_url: str) -> None:
