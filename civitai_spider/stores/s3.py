@@ -12,6 +12,7 @@ Credentials and endpoint come from Scrapy's settings, as for Scrapy's own S3 sto
 Uploads run in a pool of ``AWS_MAX_POOL_CONNECTIONS`` threads, never in the reactor
 thread; botocore retries each (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``), and an upload
 that still fails is a :class:`~civitai_spider.stores.base.StoreError` that fails its item.
+Uploads go without ``Expect: 100-continue`` (see :func:`_client`).
 """
 
 from __future__ import annotations
@@ -152,13 +153,14 @@ def content_type(name: str) -> str:
 
 def _client(settings: BaseSettings, connections: int) -> Any:
     try:
-        import botocore.session  # noqa: PLC0415 - only a bucket needs botocore
+        import botocore.handlers  # noqa: PLC0415 - only a bucket needs botocore
+        import botocore.session  # noqa: PLC0415
         from botocore.config import Config  # noqa: PLC0415
     except ImportError:
         raise ValueError("IMAGES_STORE=s3://... needs botocore: pip install -r requirements.txt") from None
     use_ssl = settings.get("AWS_USE_SSL")
     try:
-        return botocore.session.get_session().create_client(
+        client = botocore.session.get_session().create_client(
             "s3",
             aws_access_key_id=settings.get("AWS_ACCESS_KEY_ID") or None,
             aws_secret_access_key=settings.get("AWS_SECRET_ACCESS_KEY") or None,
@@ -171,6 +173,13 @@ def _client(settings: BaseSettings, connections: int) -> Any:
         )
     except Exception as error:  # botocore's ValueError for a bad endpoint, a bad region...
         raise ValueError(f"IMAGES_STORE={settings.get('IMAGES_STORE')!r}: {_describe(error)}") from None
+    # botocore sends every PUT with "Expect: 100-continue": headers first, the body only after the
+    # server's interim answer, a round trip more per upload (four per image). It spares sending a
+    # body the server would refuse, which for files of a few MB costs less than that round trip on
+    # every upload that succeeds. Without it the benchmark's S3 runs made 1.13x-1.36x the images/s
+    # (JPEG and PNG, SeaweedFS on loopback), with less CPU per image in the crawl and the server.
+    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    return client
 
 
 def _verify(value: Any) -> bool | str | None:

@@ -221,6 +221,21 @@ def test_an_empty_acl_sends_none(s3_server: SeaweedS3Server, bucket: str, prefix
     assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg"]
 
 
+def test_uploads_send_their_body_without_waiting_for_100_continue(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    # botocore's default would hold each body back for the server's interim answer: a round
+    # trip more per upload (the benchmark's S3 runs: 1.13x-1.36x the images/s without it).
+    with opened(s3_server, bucket, prefix) as store:
+        sent = sent_headers(store)
+        store.put("7.jpg", JPEG)
+        asyncio.run(store.save({"7_meta.json": b"{}", "7_pos-prompt.txt": b"a lighthouse"}))
+
+    assert [operation for operation, _ in sent] == ["PutObject"] * 3
+    assert all("expect" not in headers for _, headers in sent)
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "7_meta.json", "7_pos-prompt.txt"]
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 
