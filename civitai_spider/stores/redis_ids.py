@@ -24,8 +24,8 @@ not recorded: the next run downloads them again) and the crawl goes on.
 from __future__ import annotations
 
 import logging
-import uuid
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
