@@ -38,17 +38,21 @@ class IdLookupMiddleware:
         self, response: Response, result: AsyncIterator[Any]
     ) -> AsyncIterator[Request | Any]:
         # A page is parsed whole before its first item leaves the callback anyway.
-        output = [element async for element in result]
-        ids = [_id_of(element) for element in output if is_item(element)]
-        ids = [image_id for image_id in ids if isinstance(image_id, int)]
+        items = []
+        async for element in result:
+            if is_item(element):
+                items.append(element)
+            else:
+                yield element  # the next page's request goes out before the lookup, not after
+        ids = [image_id for image_id in map(_id_of, items) if isinstance(image_id, int)]
         if ids:
             try:
                 await self.ids.prefetch(ids)
             except OSError as error:
                 # Each item asks again in the pipeline, and fails there with the reason.
                 logger.debug("Looking up the ids of %s failed: %s", response.url, error)
-        for element in output:
-            yield element
+        for item in items:
+            yield item
 
 
 def _id_of(item: Any) -> Any:
