@@ -295,6 +295,7 @@ class Comparison:
     target: float  # the least ratio asked for
     local_runs: list[Run] = field(default_factory=list)
     store_runs: list[Run] = field(default_factory=list)
+    note: str = ""  # printed under the table
 
     @property
     def key(self) -> str:
@@ -351,6 +352,7 @@ class Plan:
     s3_connections: int | None  # AWS_MAX_POOL_CONNECTIONS; None: the project's
     redis_images: int
     redis_rounds: int
+    redis_history: int
 
 
 def alternated(rounds: int, local: str, store: str) -> Iterator[tuple[int, str]]:
@@ -442,11 +444,17 @@ def compare_redis(plan: Plan, work: Path, stores: Path) -> tuple[Run, Comparison
     """Fill a store once, copy its ID file into Redis, then re-run over it with each, alternately.
 
     Both re-runs see the same complete set of ids and the same folder; only the id store differs.
+    ``plan.redis_history`` ids of earlier crawls (ids below the server's, never listed again) are
+    added to both first, as in the store of a user who has crawled for a while.
     """
     from tests.servers import RedisServer  # noqa: PLC0415 - see compare_s3
 
     scenario = "JPEG re-run, store complete"
     comparison = Comparison(scenario, "ID file", "Redis", REDIS_TARGET)
+    comparison.note = (
+        f"Re-run: both id stores hold the {plan.redis_images:,} ids of the re-run and "
+        f"{plan.redis_history:,} ids of earlier crawls (--redis-history)"
+    )
     label = f"{scenario}, Redis vs ID file"
     store = stores / "rerun"
     print(
@@ -456,12 +464,17 @@ def compare_redis(plan: Plan, work: Path, stores: Path) -> tuple[Run, Comparison
         with deleting_images(store):
             fill = crawl(server, f"{scenario}: the store filled", "civitai", work, store, name="rerun-fill")
         _check_saved(fill, plan.redis_images)
-        import_ids(store / project_settings.CIVITAI_ID_FILE, redis_server.url)
+        id_file = store / project_settings.CIVITAI_ID_FILE
+        with open(id_file, "ab") as file:
+            file.write(b"".join(b"%d\n" % image_id for image_id in range(1, plan.redis_history + 1)))
+        import_ids(id_file, redis_server.url)
         with redis_server.client() as client:
             keys = list(client.scan_iter(match=f"{REDIS_PREFIX}:ids:*"))
             recorded = sum(client.bitcount(key) for key in keys)
-        if recorded != plan.redis_images:
-            raise RuntimeError(f"Redis holds {recorded} ids after the import, not {plan.redis_images}")
+        if recorded != plan.redis_images + plan.redis_history:
+            raise RuntimeError(
+                f"Redis holds {recorded} ids after the import, not {plan.redis_images + plan.redis_history}"
+            )
         redis = {"CIVITAI_REDIS_URL": redis_server.url, "CIVITAI_REDIS_PREFIX": REDIS_PREFIX}
         for number, which in alternated(plan.redis_rounds, "ID file", "Redis"):
             name = f"rerun-{which.replace(' ', '-').lower()}-{number}"
@@ -674,6 +687,7 @@ def stores_table(comparisons: list[Comparison]) -> list[str]:
             f"| {' '.join(f'{ratio:.2f}' for ratio in comparison.round_ratios)} "
             f"| {comparison.store_server_cpu_ms:.3g} |"
         )
+    lines += [comparison.note for comparison in comparisons if comparison.note]
     if any(comparison.store == "S3" for comparison in comparisons):
         lines.append(
             "S3: SeaweedFS on loopback, sharing the cores and the file system of the stores with the crawl; "
@@ -732,6 +746,13 @@ def main(argv: list[str] | None = None) -> None:
         help="redis scenario: re-runs per id store, alternated (default 5)",
     )
     parser.add_argument(
+        "--redis-history",
+        type=int,
+        default=990_000,
+        help="redis scenario: ids of earlier crawls in both id stores, never listed again "
+        "(default 990000, a long-time user's store; 0: only the re-run's own ids)",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
@@ -766,6 +787,7 @@ def main(argv: list[str] | None = None) -> None:
             s3_connections=arguments.s3_connections,
             redis_images=arguments.redis_images,
             redis_rounds=arguments.redis_rounds,
+            redis_history=arguments.redis_history,
         )
         results = benchmark(plan, Path(work), Path(stores), Path(disk))
         results["store_file_system"] = _file_system(Path(stores))

@@ -113,7 +113,7 @@ def test_benchmark_compares_s3_with_the_folder(tmp_path: Path) -> None:
 
 def test_benchmark_compares_redis_with_the_id_file_on_a_rerun(tmp_path: Path) -> None:
     results, report = run_store_scenario(
-        tmp_path, "redis", "--redis-images", str(IMAGES), "--redis-rounds", "1"
+        tmp_path, "redis", "--redis-images", str(IMAGES), "--redis-rounds", "1", "--redis-history", "1000"
     )
 
     fill, *reruns = results["store_runs"]
