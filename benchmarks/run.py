@@ -89,6 +89,8 @@ class Run:
     stats: dict[str, object] = field(repr=False)
     #: CPU of the S3 or Redis server during the crawl (0 when there is none).
     store_server_cpu_seconds: float = 0.0
+    #: The whole process, start to exit: start-up and the id store's loading included.
+    wall_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -213,6 +215,7 @@ def crawl(
     environment.pop("CIVITAI_API_KEY", None)
     server.take_counts()
     server_cpu = server.cpu_seconds()
+    started = time.monotonic()
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -222,6 +225,7 @@ def crawl(
         preexec_fn=(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if one_core else None,
     )
     _, status, usage = os.wait4(process.pid, 0)
+    wall_seconds = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or not probe_file.exists():
         raise RuntimeError(f"{scenario}/{crawler} failed ({process.returncode}): see {values['LOG_FILE']}")
@@ -247,6 +251,7 @@ def crawl(
         api_pages=counts["api"],
         server_cpu_seconds=server_cpu,
         stats=stats,
+        wall_seconds=wall_seconds,
     )
 
 
@@ -327,6 +332,15 @@ class Comparison:
             self.rate(store) / self.rate(local) if self.rate(local) else 0.0
             for local, store in zip(self.local_runs, self.store_runs, strict=True)
         ]
+
+    @property
+    def whole_process_ratio(self) -> float:
+        """Store / local of the median items (or images) per second of the whole process."""
+        local, store = (
+            statistics.median((run.items if self.rerun else run.images) / run.wall_seconds for run in runs)
+            for runs in (self.local_runs, self.store_runs)
+        )
+        return store / local if local else 0.0
 
     @property
     def store_server_cpu_ms(self) -> float:
@@ -687,6 +701,11 @@ def stores_table(comparisons: list[Comparison]) -> list[str]:
             f"| {' '.join(f'{ratio:.2f}' for ratio in comparison.round_ratios)} "
             f"| {comparison.store_server_cpu_ms:.3g} |"
         )
+    lines += [
+        f"{comparison.scenario}, whole process (start-up included): {comparison.store} / "
+        f"{comparison.local} {comparison.whole_process_ratio:.2f}x"
+        for comparison in comparisons
+    ]
     lines += [comparison.note for comparison in comparisons if comparison.note]
     if any(comparison.store == "S3" for comparison in comparisons):
         lines.append(
