@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from scrapy import signals
+from scrapy.utils.asyncio import run_in_thread
 from scrapy.utils.misc import load_object
 
 from civitai_spider.stores.base import FileStore, IdStore
@@ -73,7 +74,7 @@ class Stores:
         await asyncio.shield(self._opened)
 
     async def _open(self) -> None:
-        self.files.open()
+        await run_in_thread(self.files.open)  # a folder's scan, a bucket's first request
         await self.ids.open()
 
     async def close(self) -> None:
