@@ -57,7 +57,7 @@ class Command(ScrapyCommand):
         store_class = id_store_class(self.settings)
         try:
             store_class.check(self.settings)
-            store = store_class.from_settings(self.settings)
+            store = store_class.build(self.settings)
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
         work = _import if action == "import" else _export

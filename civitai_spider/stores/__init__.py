@@ -92,8 +92,8 @@ def stores_of(crawler: Crawler) -> Stores:
     stores = _STORES.get(crawler)
     if stores is None:
         settings = crawler.settings
-        files = file_store_class(settings).from_settings(settings)
-        stores = _STORES[crawler] = Stores(files, id_store_class(settings).from_settings(settings))
+        files = file_store_class(settings).build(settings)
+        stores = _STORES[crawler] = Stores(files, id_store_class(settings).build(settings))
         # spider_closed comes after every pipeline's close_spider.
         crawler.signals.connect(stores.close, signal=signals.spider_closed, weak=False)
     return stores

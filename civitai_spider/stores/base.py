@@ -41,13 +41,13 @@ class FileStore(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
+    def build(cls, settings: BaseSettings) -> Self:
         """The store ``IMAGES_STORE`` names; ``ValueError`` (one line) for a bad value."""
 
     @classmethod
     def check(cls, settings: BaseSettings) -> None:
         """Raise ``ValueError`` (one line) if the store cannot work: called before a crawl."""
-        cls.from_settings(settings).close()
+        cls.build(settings).close()
 
     @classmethod
     def log_directory_for(cls, settings: BaseSettings) -> Path:
@@ -93,7 +93,7 @@ class IdStore(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
+    def build(cls, settings: BaseSettings) -> Self:
         """The id store the settings name; ``ValueError`` (one line) for a bad value."""
 
     @classmethod

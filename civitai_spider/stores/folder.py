@@ -36,7 +36,7 @@ class FolderStore(FileStore):
         self.directory = directory
 
     @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
+    def build(cls, settings: BaseSettings) -> Self:
         return cls(_folder(settings))
 
     @classmethod

@@ -43,7 +43,7 @@ class IdFile(IdStore):
         self._ids: set[int] | None = None
 
     @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
+    def build(cls, settings: BaseSettings) -> Self:
         return cls(id_file_path(settings))
 
     async def open(self) -> None:

@@ -71,7 +71,7 @@ class RedisIds(IdStore):
         self._prefetched: dict[int, bool] = {}
 
     @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
+    def build(cls, settings: BaseSettings) -> Self:
         url, prefix = _url_and_prefix(settings)
         return cls(url, prefix)
 

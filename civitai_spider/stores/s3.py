@@ -69,7 +69,7 @@ class S3Store(FileStore):
         self._uploads = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
 
     @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
+    def build(cls, settings: BaseSettings) -> Self:
         uri = str(settings.get("IMAGES_STORE"))
         if not urlsplit(uri).netloc:
             raise ValueError(f"IMAGES_STORE={uri!r} names no bucket: use s3://bucket/prefix")
@@ -80,7 +80,7 @@ class S3Store(FileStore):
 
     @classmethod
     def check(cls, settings: BaseSettings) -> None:
-        store = cls.from_settings(settings)
+        store = cls.build(settings)
         try:
             store._check_bucket()
         finally:

@@ -334,7 +334,7 @@ def test_check_of_an_unreachable_server_names_the_url_without_its_password() -> 
     ],
 )
 def test_bad_url_or_prefix_is_a_value_error(url: str, prefix: str, named: str) -> None:
-    for call in (RedisIds.check, RedisIds.from_settings):
+    for call in (RedisIds.check, RedisIds.build):
         with pytest.raises(ValueError) as caught:
             call(settings(url, prefix))
         assert named in str(caught.value)

@@ -45,7 +45,7 @@ def s3_settings(s3: SeaweedS3Server, bucket: str, prefix: str, **extra: Any) -> 
 
 
 def opened(s3: SeaweedS3Server, bucket: str, prefix: str, **extra: Any) -> closing[S3Store]:
-    return closing(S3Store.from_settings(s3_settings(s3, bucket, prefix, **extra)))
+    return closing(S3Store.build(s3_settings(s3, bucket, prefix, **extra)))
 
 
 def sent_headers(store: S3Store) -> list[tuple[str, dict[str, str]]]:
@@ -157,7 +157,7 @@ def test_save_uploads_in_the_stores_threads(s3_server: SeaweedS3Server, bucket: 
     files = {f"{image_id}.png": b"\x89PNG" + bytes([image_id]) * 100 for image_id in range(12)}
     files["1_meta.json"] = b'{"id": 1}'
     settings = s3_settings(s3_server, bucket, prefix, AWS_MAX_POOL_CONNECTIONS="3")
-    with closing(Watched.from_settings(settings)) as store:
+    with closing(Watched.build(settings)) as store:
         asyncio.run(store.save(files))
 
     assert sorted(threads) == sorted(files)
@@ -322,7 +322,7 @@ def test_check_without_credentials(s3_server: SeaweedS3Server, bucket: str, no_a
 @pytest.mark.parametrize("uri", ["s3://", "s3:///civitai", "S3:///civitai/"])
 def test_a_uri_without_a_bucket(uri: str, no_aws_environment: None) -> None:
     with pytest.raises(ValueError) as caught:
-        S3Store.from_settings(Settings({"IMAGES_STORE": uri}))
+        S3Store.build(Settings({"IMAGES_STORE": uri}))
     assert str(caught.value) == f"IMAGES_STORE='{uri}' names no bucket: use s3://bucket/prefix"
 
 
@@ -362,7 +362,7 @@ def store_of() -> Iterator[Any]:
     stores: list[S3Store] = []
 
     def make(**settings: Any) -> S3Store:
-        stores.append(S3Store.from_settings(Settings({"IMAGES_STORE": "s3://b/p", **settings})))
+        stores.append(S3Store.build(Settings({"IMAGES_STORE": "s3://b/p", **settings})))
         return stores[-1]
 
     yield make
