@@ -302,6 +302,34 @@ def test_the_pipeline_drops_ids_recorded_in_redis(redis_url: str, tmp_path: Path
     assert not (tmp_path / "downloaded_image_ID_DB.txt").exists()
 
 
+def test_the_pipeline_fails_an_item_cleanly_when_redis_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_ids, "_RETRY", Retry(NoBackoff(), retries=1))
+    with RedisServer(tmp_path / "r") as server:
+        crawler = project_crawler(IMAGES_STORE=str(tmp_path / "store"), CIVITAI_REDIS_URL=server.url)
+        crawler.stats.open_spider()
+        pipe = AlreadyDownloadedPipeline.from_crawler(crawler)
+
+        async def run() -> DropImage:
+            await pipe.open_spider()
+            server.stop()
+            try:
+                with pytest.raises(DropImage) as dropped:
+                    await pipe.process_item(make_item(30))
+                return dropped.value
+            finally:
+                await pipe.stores.close()
+
+        failure = asyncio.run(run())
+
+    # A failure, not "already downloaded": the id is tried again by the next run.
+    assert failure.reason == "failed" and failure.log_level == "WARNING"
+    assert "image 30 failed: id store not reachable: Redis redis://127.0.0.1:" in str(failure)
+    [line] = (tmp_path / "store" / "error_log.txt").read_text().splitlines()
+    assert "\t30\thttps://image.civitai.com/k/30.jpeg\tid store not reachable: Redis redis://" in line
+
+
 # --- checks and open() -------------------------------------------------------------------------
 
 
