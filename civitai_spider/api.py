@@ -15,7 +15,7 @@ from scrapy.http import Response, TextResponse
 
 #: ``Request.meta`` key marking a request for an API page (not an image).
 API_PAGE_META_KEY = "civitai_api_page"
-#: The download slot of API pages (``DOWNLOAD_SLOTS`` in settings.py keeps it to one at a time).
+#: The download slot of API pages (the spider gives it ``CIVITAI_API_CONCURRENCY`` places).
 API_DOWNLOAD_SLOT = "civitai-api"
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from scrapy.exceptions import DropItem
 
+#: Every stat of this project starts with it (a shared crawl's Redis counts are the same without it).
+STATS_PREFIX = "civitai/"
 ITEMS_SEEN = "civitai/items_seen"
 #: Images and videos saved; ``civitai/saved/image`` and ``civitai/saved/video`` count them apart.
 SAVED = "civitai/saved"
@@ -28,12 +30,14 @@ FAILED_REASON = "failed"
 API_ERROR = "api_error"
 #: Finish reason: the API gave a cursor a second time.
 CURSOR_LOOP = "cursor_loop"
+#: Finish reason: Redis stayed out of reach for CIVITAI_REDIS_TIMEOUT seconds (a shared crawl).
+REDIS_ERROR = "redis_error"
 #: Scrapy's finish reason for a graceful stop (one Ctrl-C, SIGTERM, a Scrapyd cancel): with
 #: JOBDIR, a pause that the next run resumes. Every other reason ends the job.
 SHUTDOWN = "shutdown"
 #: Finish reasons of a crawl that could not do its work: ``scrapy crawl`` exits with status 1.
 #: Any other end (``finished``, ``caught_up``, ``closespider_*``, ``shutdown``) exits with 0.
-FAILED_FINISH_REASONS = frozenset({API_ERROR, CURSOR_LOOP})
+FAILED_FINISH_REASONS = frozenset({API_ERROR, CURSOR_LOOP, REDIS_ERROR})
 
 
 def saved_key(media: str) -> str:

@@ -41,6 +41,13 @@ CIVITAI_ID_FILE = "downloaded_image_ID_DB.txt"
 CIVITAI_REDIS_URL = ""
 # Every Redis key this project writes starts with this and a colon.
 CIVITAI_REDIS_PREFIX = "civitai"
+# With CIVITAI_REDIS_URL every worker with the same spider arguments shares one crawl
+# (README, "Many machines"). Seconds after which a page or image that a worker took and did
+# not finish is taken over by another: it must exceed the longest download with its retries.
+CIVITAI_REDIS_CLAIM_AFTER = 300
+# Seconds a worker waits (retrying with backoff) for Redis to answer again before it stops
+# with the finish reason redis_error (exit status 1).
+CIVITAI_REDIS_TIMEOUT = 60
 # error_log.txt and DecompressionBombWarning_log.txt: in IMAGES_STORE when it is a folder,
 # else in this local folder.
 CIVITAI_LOG_DIR = "civitai-logs"
@@ -59,6 +66,12 @@ CIVITAI_RETRY_MAX_DELAY = 60.0
 # host), "any" or "none". A refused redirect fails the image with the reason logged.
 CIVITAI_IMAGE_REDIRECTS = "https"
 MEDIA_ALLOW_REDIRECTS = True
+
+# API pages in flight at once per worker, across the crawl's chains (spider argument split;
+# one chain has one page in flight at most). 2 is polite: Civitai answers 429 and 503 to
+# clients that press it, and one page lists up to 200 images, more than a worker saves in a
+# second.
+CIVITAI_API_CONCURRENCY = 2
 
 # Threads for Pillow (checks, conversions): -1 means one per usable core. 0 runs Pillow in
 # the reactor thread, which stalls every download meanwhile (for benchmark comparison).
@@ -120,10 +133,8 @@ RETRY_TIMES = 5
 ROBOTSTXT_OBEY = False
 USER_AGENT = "civitai-spider/0.1 (Scrapy)"
 # --- Concurrency, tuned with benchmarks/run.py (README, "Performance"; 2 cores, loopback) ---
-# API pages go one at a time, through a download slot of their own: each page names the
-# next one's cursor anyway, and image traffic must never crowd the API nor make it look
-# like we hammer it. (The spider puts pages in the slot "civitai-api", see api.py.)
-DOWNLOAD_SLOTS = {"civitai-api": {"concurrency": 1}}
+# API pages go through a download slot of their own ("civitai-api", see api.py), so that image
+# traffic never crowds the API; the spider gives it CIVITAI_API_CONCURRENCY places.
 # Images go wide: CIVITAI_IMAGES_IN_FLIGHT (32) bounds them; the CDN's slot allows as many.
 # (Scrapy 2.19 under asyncio starts every request queued in a slot at once, whatever its
 # concurrency; our in-flight bound is what holds.)

@@ -115,10 +115,13 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
-def project_crawler(**overrides: Any):
-    """A crawler with this project's settings (plus overrides), for unit tests."""
+def project_crawler(spider_class: Any = None, **overrides: Any):
+    """A crawler with this project's settings (plus overrides), for unit tests.
+
+    With ``spider_class`` the spider's ``update_settings`` applies too.
+    """
     values = {name: getattr(project_settings, name) for name in dir(project_settings) if name.isupper()}
-    return get_crawler(settings_dict={**values, **overrides})
+    return get_crawler(spider_class, settings_dict={**values, **overrides})
 
 
 # Real servers (tests/servers.py), one of each for the session. A test that restarts or kills a

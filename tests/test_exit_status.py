@@ -1,6 +1,7 @@
 """The exit status of ``scrapy crawl civitai``, end to end: 1 when the crawl could not do its work.
 
-1 for the finish reasons in ``outcomes.FAILED_FINISH_REASONS`` (``api_error``, ``cursor_loop``);
+1 for the finish reasons in ``outcomes.FAILED_FINISH_REASONS`` (``api_error``, ``cursor_loop``,
+``redis_error``: ``tests/test_shared_crawl.py``);
 0 for any other end (a pause: ``tests/test_kill_and_resume.py``); 2 for a bad argument or setting
 (``tests/test_crawl_api.py``).
 """
@@ -22,7 +23,7 @@ def add_items(server: FakeCivitai, count: int) -> list[int]:
 
 
 def test_the_failing_finish_reasons() -> None:
-    assert outcomes.FAILED_FINISH_REASONS == {"api_error", "cursor_loop"}
+    assert outcomes.FAILED_FINISH_REASONS == {"api_error", "cursor_loop", "redis_error"}
 
 
 def test_api_error_exits_with_1(server: FakeCivitai, store: Path) -> None:

@@ -6,7 +6,8 @@ loop, where a bad value surfaces as an asyncio traceback. Checking here first tu
 into one ``error:`` line and exit status 2, like any other command-line mistake.
 
 Stock ``scrapy crawl`` also exits with 0 however the crawl ended; here a finish reason in
-:data:`civitai_spider.outcomes.FAILED_FINISH_REASONS` (``api_error``, ``cursor_loop``)
+:data:`civitai_spider.outcomes.FAILED_FINISH_REASONS` (``api_error``, ``cursor_loop``,
+``redis_error``)
 gives exit status 1, for scripts and schedulers to see.
 """
 
@@ -64,6 +65,9 @@ class Command(ScrapyCrawlCommand):
         if check_arguments is not None:
             check_arguments(spider_arguments)
         settings = self.settings
+        spider_check_settings = getattr(spider_class, "check_settings", None)
+        if spider_check_settings is not None:
+            spider_check_settings(settings)
         for setting in _COMPONENT_SETTINGS:
             for path in build_component_list(settings.getwithbase(setting)):
                 check_settings = getattr(load_object(path), "check_settings", None)

@@ -21,23 +21,38 @@ if TYPE_CHECKING:
 
 
 class ReactionThresholdsPipeline:
-    def __init__(self, thresholds: dict[str, int], require_prompt: bool):
+    def __init__(self, thresholds: Thresholds):
         self.thresholds = thresholds
-        self.require_prompt = require_prompt
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        settings = crawler.settings
-        return cls(parse_thresholds(settings), settings.getbool("CIVITAI_REQUIRE_PROMPT"))
+        return cls(Thresholds.build(crawler.settings))
 
     @classmethod
     def check_settings(cls, settings: BaseSettings) -> None:
         parse_thresholds(settings)
 
     def process_item(self, item: Any) -> Any:
+        self.thresholds.check(item)
+        return item
+
+
+class Thresholds:
+    """The test itself, also used by the spider: a shared crawl queues only what passes it."""
+
+    def __init__(self, minimums: dict[str, int], require_prompt: bool):
+        self.minimums = minimums
+        self.require_prompt = require_prompt
+
+    @classmethod
+    def build(cls, settings: BaseSettings) -> Self:
+        return cls(parse_thresholds(settings), settings.getbool("CIVITAI_REQUIRE_PROMPT"))
+
+    def check(self, item: Any) -> None:
+        """Raise :class:`DropImage` when ``item`` is below a threshold or lacks a prompt."""
         adapter = ItemAdapter(item)
         stats = adapter.get("stats") or {}
-        for stat, minimum in self.thresholds.items():
+        for stat, minimum in self.minimums.items():
             count = stats.get(stat, 0)
             if count < minimum:
                 raise DropImage("below_threshold", f"image {adapter['id']}: {stat} {count} < {minimum}")
@@ -47,7 +62,6 @@ class ReactionThresholdsPipeline:
             if not isinstance(prompt, str) or not prompt.strip():
                 reason = "no_meta" if meta is None else "no_prompt"
                 raise DropImage(reason, f"image {adapter['id']}: no prompt")
-        return item
 
 
 def parse_thresholds(settings: BaseSettings) -> dict[str, int]:

@@ -1,16 +1,24 @@
 """The ``civitai`` spider: walks ``/api/v1/images`` page by page and yields one item per image.
 
-Pagination follows the opaque ``metadata.nextCursor`` the API returns; the next page is
-requested as soon as a page arrives, before its items go through the pipelines.
+Pagination follows the opaque ``metadata.nextCursor`` the API returns; a chain's next page
+is requested as soon as a page arrives, before its items go through the pipelines. With
+``split`` a crawl is several chains (:mod:`civitai_spider.chains`), walked at once, at most
+``CIVITAI_API_CONCURRENCY`` pages in flight.
 
-With JOBDIR, a job paused by a graceful stop (finish reason ``shutdown``) goes on from its
-saved page request; a job that ended any other way walks again from the first page.
+With ``CIVITAI_REDIS_URL`` the crawl is shared by every worker with the same arguments
+(:mod:`civitai_spider.shared`): pages and images come from Redis, a page's new images go
+back there, and any worker saves them.
+
+With JOBDIR, a job paused by a graceful stop (finish reason ``shutdown``) goes on where its
+chains stopped; a job that ended any other way walks again from the first page.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -30,18 +38,43 @@ from civitai_spider.api import (
     page_problem,
     server_error_message,
 )
+from civitai_spider.chains import (
+    CAUGHT_UP,
+    CURSOR_LOOP,
+    END_OF_LISTING,
+    MAX_PAGES,
+    WHOLE_QUERY,
+    Chain,
+    crawl_end,
+    parse_split,
+    split_query,
+)
 from civitai_spider.items import CivitaiImage, InvalidApiItem
 from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
-from civitai_spider.stores import log_directory
+from civitai_spider.outcomes import DropImage
+from civitai_spider.pipelines.thresholds import Thresholds
+from civitai_spider.shared.crawl import PageMessage, SharedCrawl
+from civitai_spider.shared.worker import Worker
+from civitai_spider.stores import log_directory, stores_of
 
 if TYPE_CHECKING:
     from scrapy.core.scheduler import BaseScheduler
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
-#: Keys of ``self.state`` (JOBDIR): the walk's progress, and how the last run of the job ended.
-_PROGRESS_KEY = "civitai_progress"
+#: Keys of ``self.state`` (JOBDIR): the chains of the walk, and how the last run of the job ended.
+_CHAINS_KEY = "civitai_chains"
 _LAST_END_KEY = "civitai_last_end"
+#: ``Request.meta`` keys of page requests: the chain's name, or a shared crawl's page message.
+_CHAIN_META_KEY = "civitai_chain"
+_PAGE_MESSAGE_META_KEY = "civitai_page_message"
+#: Settings of the spider's own that must be positive numbers (checked before the crawl).
+_POSITIVE_SETTINGS: dict[str, int | float] = {
+    "CIVITAI_API_CONCURRENCY": 1,
+    "CIVITAI_REDIS_CLAIM_AFTER": 1.0,
+    "CIVITAI_REDIS_TIMEOUT": 1.0,
+}
 
 SORTS = ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random")
 PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
@@ -57,7 +90,7 @@ MAX_BROWSING_LEVEL = 63
 _ARGUMENTS = (
     "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
     "model_id", "model_version_id", "post_id", "image_id", "tags", "base_models",
-    "max_pages", "stop_after_seen",
+    "max_pages", "stop_after_seen", "split",
 )  # fmt: skip
 #: Spider arguments that are sent as the API's integer parameters.
 _INTEGER_PARAMETERS = (
@@ -79,58 +112,133 @@ class CivitaiSpider(scrapy.Spider):
         arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
         self.query, self.max_pages, self.stop_after_seen = parse_arguments(arguments)
+        self.chain_queries = split_query(self.query, _split_of(arguments))
         self.media_types = MEDIA_TYPES[arguments.get("media", "image")]
         if "browsing_level" in arguments and "nsfw" in arguments:
             logger.info("browsing_level=%s overrides nsfw=%s", arguments["browsing_level"], arguments["nsfw"])
-        #: Cursors followed and pages done. With JOBDIR it lives in ``self.state``, which
-        #: Scrapy saves on a pause, so a resumed job still catches a loop and counts pages.
-        self._progress: dict[str, Any] = {"cursors_seen": set(), "pages": 0}
+        #: The chains of this walk by name (not in a shared crawl: they are in Redis then). With
+        #: JOBDIR they live in ``self.state``, which Scrapy saves on a pause.
+        self.chains: dict[str, Chain] = {}
+        self.worker: Worker | None = None
+        self._pages_in_flight = 0
+        #: Page requests waiting for one of the CIVITAI_API_CONCURRENCY places.
+        self._waiting_pages: deque[scrapy.Request] = deque()
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, str]) -> None:
         """Raise ``ValueError`` naming the first bad spider argument (used by ``scrapy crawl``)."""
         _check_argument_names(arguments)
-        parse_arguments({name: value for name, value in arguments.items() if name in _ARGUMENTS})
+        known = {name: value for name, value in arguments.items() if name in _ARGUMENTS}
+        query, _, _ = parse_arguments(known)
+        split_query(query, _split_of(known))
 
-    async def start(self) -> AsyncIterator[scrapy.Request]:
+    @classmethod
+    def check_settings(cls, settings: BaseSettings) -> None:
+        """Raise ``ValueError`` naming the first bad setting of the spider's (used by ``scrapy crawl``)."""
+        for name, minimum in _POSITIVE_SETTINGS.items():
+            try:
+                value = settings.getfloat(name) if isinstance(minimum, float) else settings.getint(name)
+            except ValueError:
+                value = None
+            if value is None or value < minimum:
+                raise ValueError(
+                    f"{name}={settings.get(name)!r} is not valid: allowed is a number >= {minimum}"
+                )
+
+    @classmethod
+    def update_settings(cls, settings: BaseSettings) -> None:
+        super().update_settings(settings)
+        # The API's download slot lets as many pages through as the spider sends at once
+        # (CIVITAI_API_CONCURRENCY); the spider's own count is what bounds them.
+        slots = dict(settings.getdict("DOWNLOAD_SLOTS"))
+        try:
+            concurrency = max(settings.getint("CIVITAI_API_CONCURRENCY"), 1)
+        except ValueError:
+            concurrency = 1  # check_settings reports it
+        slots[API_DOWNLOAD_SLOT] = {**slots.get(API_DOWNLOAD_SLOT, {}), "concurrency": concurrency}
+        settings.set("DOWNLOAD_SLOTS", slots, priority="spider")
+
+    async def start(self) -> AsyncIterator[scrapy.Request | CivitaiImage]:
         settings = self.crawler.settings
         self.api_url: str = settings.get("CIVITAI_API_URL")
+        self.api_concurrency = settings.getint("CIVITAI_API_CONCURRENCY")
+        self.thresholds = Thresholds.build(settings)
         if settings.getbool("CIVITAI_WITH_TAGS"):
-            self.query["withTags"] = "true"
+            for query in (self.query, *self.chain_queries.values()):
+                query["withTags"] = "true"
         self._error_log = log_directory(settings) / ERROR_LOG_NAME
         self._error_log.parent.mkdir(parents=True, exist_ok=True)
-        if self._resume_paused_job():
+        first_pages = {
+            name: f"{self.api_url}?{urlencode(query)}" for name, query in self.chain_queries.items()
+        }
+        if len(first_pages) > 1:
+            logger.info(
+                "Walking %d chains, %s API page(s) at once: %s",
+                len(first_pages),
+                self.api_concurrency,
+                ", ".join(first_pages),
+            )
+        if settings.get("CIVITAI_REDIS_URL"):
+            self.worker = Worker(self.crawler, self._shared_crawl(settings))
+            async for element in self.worker.work(self, first_pages):
+                yield element
             return
-        yield self._page_request(cursor=None)
+        self.chains = self._chains_to_walk(first_pages)
+        self._waiting_pages.extend(self._chain_request(chain) for chain in self.chains.values() if chain.live)
+        for request in self._send_pages():
+            yield request
 
-    def _resume_paused_job(self) -> bool:
-        """With JOBDIR, whether a paused job goes on from its saved page request.
+    def _shared_crawl(self, settings: BaseSettings) -> SharedCrawl:
+        # What makes two workers' crawls the same crawl: the same API and spider arguments.
+        definition = {
+            "api_url": self.api_url,
+            "chains": self.chain_queries,
+            "max_pages": self.max_pages,
+            "stop_after_seen": self.stop_after_seen,
+        }
+        if getattr(self, "state", None) is not None:
+            logger.warning("JOBDIR is not used by a shared crawl: its state is in Redis")
+        return SharedCrawl(
+            settings.get("CIVITAI_REDIS_URL"),
+            settings.get("CIVITAI_REDIS_PREFIX"),
+            definition,
+            timeout=settings.getfloat("CIVITAI_REDIS_TIMEOUT"),
+            claim_after=settings.getfloat("CIVITAI_REDIS_CLAIM_AFTER"),
+        )
 
-        Otherwise the job state is set up for a new walk from the first page.
-        """
+    def _chains_to_walk(self, first_pages: dict[str, str]) -> dict[str, Chain]:
+        """The chains of this run: a paused job's where it stopped (JOBDIR), else new ones."""
+        fresh = {name: Chain(name, url) for name, url in first_pages.items()}
         job_state = getattr(self, "state", None)  # set by Scrapy's SpiderState with JOBDIR
         if job_state is None:
-            return False
+            return fresh
         last_end = job_state.get(_LAST_END_KEY)
+        saved = job_state.get(_CHAINS_KEY)
+        # Where each chain stands is in the job state; the page requests a pause left queued
+        # say the same (or less: a request waiting for its turn is not queued) and are dropped.
+        # An end that did not wait for the last page (CLOSESPIDER_ITEMCOUNT...) may have left
+        # requests queued too: no place to start a new walk from either.
         scheduler = self.crawler.engine.scheduler
-        if last_end == outcomes.SHUTDOWN and scheduler is not None and scheduler.has_pending_requests():
-            self._progress = job_state.setdefault(_PROGRESS_KEY, self._progress)
-            logger.info(
-                "Resuming a paused job after %d page(s): continuing from its saved page request",
-                self._progress["pages"],
-            )
-            return True
-        # A job that ended (or a pause with no page left to ask for) starts over: the
-        # cursors it followed would look like a loop now. An end that did not wait for the
-        # last page (CLOSESPIDER_ITEMCOUNT...) may have left the next page request queued,
-        # since it is asked for before a page's items: that is no place to start from either.
-        job_state[_PROGRESS_KEY] = self._progress
         dropped = _drop_queued_requests(scheduler) if scheduler is not None else 0
+        if (
+            last_end == outcomes.SHUTDOWN
+            and isinstance(saved, dict)
+            and saved.keys() == fresh.keys()
+            and any(chain.live for chain in saved.values())
+        ):
+            logger.info(
+                "Resuming a paused job after %d page(s): continuing %d chain(s) where they stopped",
+                sum(chain.pages for chain in saved.values()),
+                sum(chain.live for chain in saved.values()),
+            )
+            return saved
+        # A job that ended starts over: the cursors it followed would look like a loop now.
+        job_state[_CHAINS_KEY] = fresh
         if last_end is not None:
             logger.info("The last run of this job ended (%s): starting a new walk from page 1", last_end)
         if dropped:
             logger.info("Dropped %d page request(s) that the last run left queued in JOBDIR", dropped)
-        return False
+        return fresh
 
     def closed(self, reason: str) -> None:
         """With JOBDIR, keep how this run ended in the job state: the next run resumes a pause only."""
@@ -141,90 +249,253 @@ class CivitaiSpider(scrapy.Spider):
             # the extensions are, and the handlers are called in that order.
             job_state[_LAST_END_KEY] = reason
 
-    def _page_request(self, cursor: str | None) -> scrapy.Request:
-        query = dict(self.query)
-        if cursor is not None:
-            query["cursor"] = cursor
-        return self._api_request(f"{self.api_url}?{urlencode(query)}")
+    def _chain_request(self, chain: Chain) -> scrapy.Request:
+        assert chain.next_url is not None
+        return self._api_request(chain.next_url, self.parse_page, {_CHAIN_META_KEY: chain.name})
 
-    def _api_request(self, url: str) -> scrapy.Request:
+    def shared_page_request(self, page: PageMessage) -> scrapy.Request:
+        """The request for a page message of a shared crawl."""
+        return self._api_request(page.url, self.parse_shared_page, {_PAGE_MESSAGE_META_KEY: page})
+
+    def _api_request(self, url: str, callback: Any, meta: dict[str, Any]) -> scrapy.Request:
         return scrapy.Request(
             url,
-            callback=self.parse_page,
+            callback=callback,
             errback=self.api_failed,
             # A page that used up its retries is reported by api_failed or parse_page, as one
             # ERROR with the reason; Scrapy's "Gave up retrying" would be a second one.
-            meta={API_PAGE_META_KEY: True, "download_slot": API_DOWNLOAD_SLOT, "give_up_log_level": "DEBUG"},
+            meta={
+                API_PAGE_META_KEY: True,
+                "download_slot": API_DOWNLOAD_SLOT,
+                "give_up_log_level": "DEBUG",
+                **meta,
+            },
             # Cursor loops are detected below, with a clear reason; the dupefilter
             # would end them silently.
             dont_filter=True,
         )
 
-    def parse_page(self, response: Response) -> Iterator[scrapy.Request | CivitaiImage]:
+    def _send_pages(self) -> Iterator[scrapy.Request]:
+        """The waiting page requests that fit in CIVITAI_API_CONCURRENCY, oldest first."""
+        # Scrapy's slot concurrency does not hold for requests sent together (settings.py):
+        # this count does. A chain has one page in flight at most, so chains take turns.
+        while self._waiting_pages and self._pages_in_flight < self.api_concurrency:
+            self._pages_in_flight += 1
+            yield self._waiting_pages.popleft()
+
+    async def parse_page(self, response: Response) -> AsyncIterator[scrapy.Request | CivitaiImage]:
+        self._pages_in_flight -= 1
+        records, metadata = self._page_of(response)
+        chain = self.chains[response.meta[_CHAIN_META_KEY]]
+        chain.pages += 1
+        items, counts = self._items_of(records)
+        self._count(counts)
+        caught_up = False
+        if self.stop_after_seen is not None:
+            chain.seen_streak, caught_up = await self._seen_streak(chain.seen_streak, items, chain.name)
+        chain.end, following = self._next_of(chain.name, chain.pages, metadata, len(records), caught_up)
+        if following is not None:
+            url, seen_key = following
+            if seen_key in chain.cursors_seen:
+                self._log_cursor_loop(seen_key, chain.name)
+                chain.end = CURSOR_LOOP
+            else:
+                chain.cursors_seen.add(seen_key)
+                chain.next_url = url
+                # Asked for before this page's items go on, so that it downloads while they do.
+                self._waiting_pages.append(self._chain_request(chain))
+        if not chain.live:
+            self._chain_ended(chain)
+        for request in self._send_pages():
+            yield request
+        for item in items:
+            yield item
+
+    async def parse_shared_page(self, response: Response) -> None:
+        """A shared crawl's page: its new images are queued in Redis, with the chain's next page."""
+        assert self.worker is not None
+        page: PageMessage = response.meta[_PAGE_MESSAGE_META_KEY]
+        try:
+            records, metadata = self._page_of(response)
+        except CloseSpider:
+            self.worker.page_done(page)  # unacknowledged: another worker takes it over later
+            raise
+        items, counts = self._items_of(records)
+        new = []
+        for item in items:
+            try:
+                self.thresholds.check(item)
+            except DropImage as drop:
+                counts[f"dropped/{drop.reason}"] += 1
+            else:
+                new.append(item)
+        # Only work that is real goes into the queue: not what an earlier walk saved.
+        try:
+            recorded = await self._recorded(new)
+        except OSError as error:
+            self.worker.page_done(page)
+            logger.error("Stopping: the id store does not answer: %s", error)
+            raise CloseSpider(outcomes.REDIS_ERROR) from None
+        streak, caught_up, queue = page.streak, False, []
+        for item, seen in zip(new, recorded, strict=True):
+            if seen:
+                counts["dropped/already_downloaded"] += 1
+                streak += 1
+                caught_up = caught_up or streak >= (self.stop_after_seen or streak + 1)
+            else:
+                streak = 0
+                queue.append(item)
+        if caught_up:
+            self._log_caught_up(page.chain)
+        pages = page.step + 1
+        end, following = self._next_of(page.chain, pages, metadata, len(records), caught_up)
+        result = await self.worker.hand_on(
+            page,
+            next_url=following[0] if following else None,
+            cursor_key=following[1] if following else None,
+            end=end,
+            streak=streak,
+            counts=counts,
+            images=[(item.id, json.dumps(item.api_item)) for item in queue],
+        )
+        if not result.accepted:
+            return
+        counts["dropped/duplicate"] += result.duplicates
+        self._count(counts)
+        if result.end == CURSOR_LOOP:
+            self._log_cursor_loop(following[1] if following else "", page.chain)
+        elif result.end and len(self.chain_queries) > 1:
+            logger.info("Chain %s ended (%s) after %d page(s)", page.chain, result.end, pages)
+
+    def _page_of(self, response: Response) -> tuple[list[Any], dict[str, Any]]:
         problem = page_problem(response)
         if problem is not None:
             # The retry middleware already retried this page; give up loudly.
             self._stop_for_api_error(problem, response.url)
         payload = response.json()
-        self._progress["pages"] += 1
-        records = payload["items"]
         metadata = payload.get("metadata")
-        metadata = metadata if isinstance(metadata, dict) else {}
+        return payload["items"], metadata if isinstance(metadata, dict) else {}
 
-        # Ask for the next page first, so that it downloads while this page's images do.
-        next_request = self._next_page_request(metadata, len(records))
-        if next_request is not None:
-            yield next_request
-
-        stats = self.crawler.stats
-        stats.inc_value(outcomes.ITEMS_SEEN, len(records))
+    def _items_of(self, records: list[Any]) -> tuple[list[CivitaiImage], Counter[str]]:
+        """The items of a page's records, and the page's counts (``items_seen``, ``dropped/<reason>``)."""
+        counts: Counter[str] = Counter(items_seen=len(records))
+        items = []
         for record in records:
             try:
                 item = CivitaiImage.from_api(record)
             except InvalidApiItem as error:
                 self._reject(error.reason, str(error), record)
+                counts[f"dropped/{error.reason}"] += 1
                 continue
             if item.type not in self.media_types:
                 # The API filters by `type` already; this catches what it lets through anyway
                 # (with media=all: audio, which nothing here can save).
                 reason = item.type if item.type in _KNOWN_TYPES else "unknown_type"
-                stats.inc_value(outcomes.dropped_key(reason))
+                counts[f"dropped/{reason}"] += 1
                 logger.debug("Skipped %s %s: not asked for (%s)", item.type, item.id, reason)
                 continue
-            yield item
+            items.append(item)
+        return items, counts
 
-    def _next_page_request(self, metadata: dict[str, Any], item_count: int) -> scrapy.Request | None:
-        pages = self._progress["pages"]
+    def _count(self, counts: Counter[str]) -> None:
+        stats = self.crawler.stats
+        for name, count in counts.items():
+            if count:
+                stats.inc_value(f"{outcomes.STATS_PREFIX}{name}", count)
+
+    async def _recorded(self, items: list[CivitaiImage]) -> list[bool]:
+        ids = stores_of(self.crawler).ids
+        image_ids = [item.id for item in items]
+        await ids.prefetch(image_ids)
+        return await ids.contains(image_ids)
+
+    async def _seen_streak(self, streak: int, items: list[CivitaiImage], chain: str) -> tuple[int, bool]:
+        """The already-downloaded streak after ``items`` (among those that pass the thresholds),
+        and whether it reached ``stop_after_seen``."""
+        passing = []
+        for item in items:
+            try:
+                self.thresholds.check(item)
+            except DropImage:
+                continue  # the pipeline drops it: it says nothing about what was saved
+            passing.append(item)
+        try:
+            recorded = await self._recorded(passing)
+        except OSError as error:
+            logger.debug("The id store did not answer for stop_after_seen: %s", error)
+            return 0, False  # the pipeline fails these items, with the reason
+        caught_up = False
+        for seen in recorded:
+            streak = streak + 1 if seen else 0
+            caught_up = caught_up or streak >= (self.stop_after_seen or streak + 1)
+        if caught_up:
+            self._log_caught_up(chain)
+        return streak, caught_up
+
+    def _log_caught_up(self, chain: str) -> None:
+        logger.info(
+            "Caught up%s: %d image(s) in a row were already in the id store (stop_after_seen=%d), stopping",
+            "" if chain == WHOLE_QUERY else f" in chain {chain}",
+            self.stop_after_seen,
+            self.stop_after_seen,
+        )
+
+    def _next_of(
+        self, chain: str, pages: int, metadata: dict[str, Any], item_count: int, caught_up: bool
+    ) -> tuple[str | None, tuple[str, str] | None]:
+        """How a chain goes on after page ``pages``: (its end, ``None``) or (``None``, (url, loop key))."""
+        if caught_up:
+            return CAUGHT_UP, None
         if self.max_pages is not None and pages >= self.max_pages:
-            logger.info("Stopping after max_pages=%d page(s)", self.max_pages)
-            return None
+            logger.info("Stopping%s after max_pages=%d page(s)", _in_chain(chain), self.max_pages)
+            return MAX_PAGES, None
         cursor = metadata.get("nextCursor")
         cursor = "" if cursor is None else str(cursor)
         next_page = metadata.get("nextPage")
         if cursor:
-            seen_key, request = cursor, self._page_request(cursor)
-        elif isinstance(next_page, str) and next_page:
+            query = {**self.chain_queries[chain], "cursor": cursor}
+            return None, (f"{self.api_url}?{urlencode(query)}", cursor)
+        if isinstance(next_page, str) and next_page:
             if origin(next_page) != origin(self.api_url):
                 logger.error(
                     "Not following nextPage %s: it is not on the API host %s", next_page, self.api_url
                 )
-                return None
-            seen_key, request = next_page, self._api_request(next_page)
-        else:
-            if item_count == 0 and pages > 1:
-                # Civitai's older query path answers an empty page without a cursor when
-                # its database query times out, so this end may not be the real one.
-                logger.warning("Page %d was empty with no cursor: the listing may have ended early", pages)
-            return None
-        cursors_seen = self._progress["cursors_seen"]
-        if seen_key in cursors_seen:
-            logger.error("The API returned cursor %r a second time: stopping to avoid a loop", seen_key)
-            raise CloseSpider(outcomes.CURSOR_LOOP)
-        cursors_seen.add(seen_key)
-        return request
+                return END_OF_LISTING, None
+            return None, (next_page, next_page)
+        if item_count == 0 and pages > 1:
+            # Civitai's older query path answers an empty page without a cursor when
+            # its database query times out, so this end may not be the real one.
+            logger.warning(
+                "Page %d%s was empty with no cursor: the listing may have ended early",
+                pages,
+                _in_chain(chain),
+            )
+        return END_OF_LISTING, None
+
+    def _log_cursor_loop(self, seen_key: str, chain: str) -> None:
+        logger.error(
+            "The API returned cursor %r a second time%s: stopping it to avoid a loop",
+            seen_key,
+            _in_chain(chain),
+        )
+
+    def _chain_ended(self, chain: Chain) -> None:
+        chain.next_url = None
+        if len(self.chains) > 1:
+            logger.info("Chain %s ended (%s) after %d page(s)", chain.name, chain.end, chain.pages)
+        if any(other.live for other in self.chains.values()):
+            return
+        reason = crawl_end([other.end for other in self.chains.values()])
+        if reason is not None:
+            # As Scrapy's CloseSpider does: what is in flight finishes, nothing new starts.
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))
 
     def api_failed(self, failure: Failure) -> None:
         request = failure.request
+        page = request.meta.get(_PAGE_MESSAGE_META_KEY)
+        if page is not None and self.worker is not None:
+            self.worker.page_done(page)  # unacknowledged: another worker takes it over later
+        self._pages_in_flight -= 1
         if failure.check(HttpError):
             response = failure.value.response
             reason = f"HTTP {response.status}: {server_error_message(response)}"
@@ -242,11 +513,18 @@ class CivitaiSpider(scrapy.Spider):
         raise CloseSpider(outcomes.API_ERROR)
 
     def _reject(self, reason: str, message: str, record: Any) -> None:
-        self.crawler.stats.inc_value(outcomes.dropped_key(reason))
         logger.warning("Skipped an API item: %s", message)
         image_id = record.get("id") if isinstance(record, dict) else None
         url = record.get("url") if isinstance(record, dict) else None
         append_line(self._error_log, log_line(repr(image_id), repr(url), message))
+
+
+def _in_chain(chain: str) -> str:
+    return "" if chain == WHOLE_QUERY else f" in chain {chain}"
+
+
+def _split_of(arguments: Mapping[str, Any]) -> tuple[str, ...]:
+    return parse_split(arguments["split"]) if arguments.get("split") is not None else ()
 
 
 def _log_api_error(reason: str, url: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests of :class:`AlreadyDownloadedPipeline`: ids from the id store or repeated in a run; stop_after_seen.
+"""Tests of :class:`AlreadyDownloadedPipeline`: ids from the id store or repeated in a run.
 
 With the ID file here; the Redis id store goes through the same pipeline in
 ``tests/stores/test_redis_ids.py`` and end to end.
@@ -15,7 +15,6 @@ import pytest
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines.already_downloaded import AlreadyDownloadedPipeline
-from civitai_spider.spiders.civitai import CivitaiSpider
 from tests.conftest import project_crawler
 
 
@@ -102,78 +101,3 @@ def test_dict_items_are_accepted(tmp_path: Path) -> None:
     pipe = opened_pipeline(tmp_path)
     assert process(pipe, {"id": 9}) == {"id": 9}
     assert dropped_reason(pipe, {"id": 9}) == "duplicate"
-
-
-# --- stop_after_seen -------------------------------------------------------------------
-
-
-class FakeEngine:
-    """Records the reasons ``close_spider_async`` is called with."""
-
-    def __init__(self) -> None:
-        self.close_reasons: list[str] = []
-
-    async def close_spider_async(self, *, reason: str = "cancelled") -> None:
-        self.close_reasons.append(reason)
-
-
-def streak_pipeline(store: Path, known_ids: range, stop_after_seen: int | None) -> AlreadyDownloadedPipeline:
-    store.mkdir(parents=True, exist_ok=True)
-    (store / "downloaded_image_ID_DB.txt").write_text("".join(f"{i}\n" for i in known_ids))
-    crawler = project_crawler(IMAGES_STORE=str(store))
-    arguments = {} if stop_after_seen is None else {"stop_after_seen": str(stop_after_seen)}
-    crawler.spider = CivitaiSpider(sort="Newest", **arguments)
-    crawler.engine = FakeEngine()  # type: ignore[assignment]
-    pipe = AlreadyDownloadedPipeline.from_crawler(crawler)
-    asyncio.run(pipe.open_spider())
-    return pipe
-
-
-def feed(pipe: AlreadyDownloadedPipeline, image_ids: list[int]) -> list[str]:
-    """Send the ids through the pipeline inside an event loop; return the close reasons."""
-
-    async def run() -> None:
-        for image_id in image_ids:
-            try:
-                await pipe.process_item(make_item(image_id))
-            except DropImage:
-                pass
-        await asyncio.sleep(0)  # let the scheduled close run
-
-    asyncio.run(run())
-    return pipe.crawler.engine.close_reasons  # type: ignore[union-attr]
-
-
-def test_streak_counts_ids_from_the_id_file(tmp_path: Path) -> None:
-    pipe = streak_pipeline(tmp_path, range(1, 100), stop_after_seen=3)
-    assert feed(pipe, [1, 2]) == []
-    assert pipe.seen_streak == 2
-    assert feed(pipe, [3]) == ["caught_up"]
-
-
-def test_a_new_id_resets_the_streak(tmp_path: Path) -> None:
-    pipe = streak_pipeline(tmp_path, range(1, 100), stop_after_seen=3)
-    assert feed(pipe, [1, 2, 500, 3, 4, 501, 5]) == []
-    assert pipe.seen_streak == 1
-    assert feed(pipe, [6, 7]) == ["caught_up"]
-
-
-def test_duplicates_neither_count_nor_reset(tmp_path: Path) -> None:
-    pipe = streak_pipeline(tmp_path, range(1, 100), stop_after_seen=3)
-    assert feed(pipe, [500, 1, 500, 2, 500]) == []
-    assert pipe.seen_streak == 2
-    assert feed(pipe, [3]) == ["caught_up"]
-
-
-def test_close_is_asked_for_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    pipe = streak_pipeline(tmp_path, range(1, 100), stop_after_seen=2)
-    with caplog.at_level("INFO", logger="civitai_spider.pipelines.already_downloaded"):
-        assert feed(pipe, [1, 2, 3, 4, 500, 5, 6, 7]) == ["caught_up"]
-    [line] = [record.getMessage() for record in caplog.records if "stop_after_seen" in record.getMessage()]
-    assert "Caught up" in line and "stop_after_seen=2" in line
-
-
-def test_without_stop_after_seen_the_crawl_goes_on(tmp_path: Path) -> None:
-    pipe = streak_pipeline(tmp_path, range(1, 100), stop_after_seen=None)
-    assert feed(pipe, list(range(1, 50))) == []
-    assert dropped_reason(pipe, make_item(60)) == "already_downloaded"

@@ -43,7 +43,7 @@ def dropped_reason(pipe: ReactionThresholdsPipeline, item: CivitaiImage) -> str:
 
 def test_default_thresholds_need_two_hearts() -> None:
     pipe = pipeline()
-    assert pipe.thresholds == {"heartCount": 2}
+    assert pipe.thresholds.minimums == {"heartCount": 2}
     assert dropped_reason(pipe, make_item({"heartCount": 1, "likeCount": 1000})) == "below_threshold"
     item = make_item({"heartCount": 2})
     assert pipe.process_item(item) is item
@@ -85,7 +85,7 @@ def test_missing_stat_in_a_plain_dict_item_counts_as_zero() -> None:
 
 def test_json_text_from_the_command_line_is_parsed() -> None:
     pipe = pipeline(CIVITAI_THRESHOLDS='{"likeCount": 10}')
-    assert pipe.thresholds == {"likeCount": 10}
+    assert pipe.thresholds.minimums == {"likeCount": 10}
     assert dropped_reason(pipe, make_item({"likeCount": 9, "heartCount": 100})) == "below_threshold"
     assert pipe.process_item(make_item({"likeCount": 10})) is not None
 

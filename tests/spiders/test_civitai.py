@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,8 +14,10 @@ from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 
 from civitai_spider.api import API_PAGE_META_KEY
+from civitai_spider.chains import Chain
 from civitai_spider.items import CivitaiImage
 from civitai_spider.spiders.civitai import CivitaiSpider, parse_arguments
+from civitai_spider.stores import stores_of
 from tests.conftest import project_crawler
 
 API_URL = "http://127.0.0.1:9/api/v1/images"
@@ -216,7 +217,7 @@ def first_request(spider: CivitaiSpider) -> scrapy.Request:
 
 
 class _Scheduler:
-    """What ``start()`` asks of the scheduler: is a saved request waiting (JOBDIR)? The next one."""
+    """What ``start()`` asks of the scheduler with JOBDIR: the requests a last run left queued."""
 
     def __init__(self, pending: bool) -> None:
         self.queued = [scrapy.Request(API_URL + "?cursor=saved")] if pending else []
@@ -228,11 +229,20 @@ class _Scheduler:
         return self.queued.pop(0) if self.queued else None
 
 
+class _Engine:
+    def __init__(self, pending: bool) -> None:
+        self.scheduler = _Scheduler(pending)
+        self.closed_for: list[str] = []
+
+    async def close_spider_async(self, *, reason: str) -> None:
+        self.closed_for.append(reason)
+
+
 def new_spider(tmp_path: Path, *, pending: bool = False, **arguments: str) -> CivitaiSpider:
     crawler = project_crawler(CIVITAI_API_URL=API_URL, IMAGES_STORE=str(tmp_path))
     spider = CivitaiSpider.from_crawler(crawler, **arguments)
     crawler.spider = spider
-    crawler.engine = SimpleNamespace(scheduler=_Scheduler(pending))  # type: ignore[assignment]
+    crawler.engine = _Engine(pending)  # type: ignore[assignment]
     return spider
 
 
@@ -249,29 +259,45 @@ def all_start_requests(spider: CivitaiSpider) -> list[scrapy.Request]:
     return asyncio.run(run())
 
 
-def test_a_resumed_job_continues_from_its_saved_request_not_the_first_page(tmp_path: Path) -> None:
+def parsed(spider: CivitaiSpider, response: TextResponse) -> list[Any]:
+    """What ``parse_page`` yields for ``response``."""
+
+    async def run() -> list[Any]:
+        return [result async for result in spider.parse_page(response)]
+
+    return asyncio.run(run())
+
+
+def closed_for(spider: CivitaiSpider) -> list[str]:
+    return spider.crawler.engine.closed_for  # type: ignore[union-attr]
+
+
+def test_a_resumed_job_continues_where_its_chain_stopped_not_the_first_page(tmp_path: Path) -> None:
     spider = new_spider(tmp_path, pending=True)
-    spider.state = {
-        "civitai_progress": {"cursors_seen": {"c1", "c2"}, "pages": 2},
-        "civitai_last_end": "shutdown",  # a pause
-    }
+    paused = Chain("all", API_URL + "?cursor=c3", pages=2, cursors_seen={"c1", "c2"})
+    spider.state = {"civitai_chains": {"all": paused}, "civitai_last_end": "shutdown"}  # a pause
 
-    assert all_start_requests(spider) == []
-    assert spider.crawler.engine.scheduler.has_pending_requests()  # the saved request is kept
-    # The saved progress is the spider's: a cursor seen before the pause is still a loop.
-    response = page([record(7)], {"nextCursor": "c2"})
-    with pytest.raises(CloseSpider) as caught:
-        list(spider.parse_page(response))
-    assert caught.value.reason == "cursor_loop"
+    [request] = all_start_requests(spider)
+
+    assert request.url == API_URL + "?cursor=c3"
+    # The queued request says no more than the chain does: it is not sent as well.
+    assert not spider.crawler.engine.scheduler.has_pending_requests()
+    # The saved chain is the spider's: a cursor seen before the pause is still a loop.
+    assert [type(result) for result in parsed(spider, page([record(7)], {"nextCursor": "c2"}))] == [
+        CivitaiImage
+    ]
+    assert paused.end == "cursor_loop"
+    assert closed_for(spider) == ["cursor_loop"]
 
 
-def test_progress_is_kept_in_the_job_state_for_a_pause(tmp_path: Path) -> None:
+def test_chains_are_kept_in_the_job_state_for_a_pause(tmp_path: Path) -> None:
     spider = new_spider(tmp_path)
     spider.state = {}
     assert len(all_start_requests(spider)) == 1  # a new job starts at the first page
-    list(spider.parse_page(page([record(7)], {"nextCursor": "c1"})))
+    parsed(spider, page([record(7)], {"nextCursor": "c1"}))
 
-    assert spider.state["civitai_progress"] == {"cursors_seen": {"c1"}, "pages": 1}
+    [chain] = spider.state["civitai_chains"].values()
+    assert (chain.pages, chain.cursors_seen, query_of(chain.next_url)["cursor"]) == (1, {"c1"}, ["c1"])
 
 
 @pytest.mark.parametrize("reason", ["shutdown", "finished", "closespider_itemcount", "api_error"])
@@ -285,19 +311,20 @@ def test_the_end_of_a_run_is_kept_in_the_job_state(tmp_path: Path, reason: str) 
 
 
 @pytest.mark.parametrize(
-    ("last_end", "pending"),
+    ("last_end", "pending", "chain_end"),
     [
-        pytest.param("finished", False, id="finished"),
-        pytest.param("closespider_itemcount", True, id="ended-with-a-page-request-queued"),
-        pytest.param("shutdown", False, id="paused-with-no-page-left"),
-        pytest.param(None, True, id="no-end-recorded"),
+        pytest.param("finished", False, None, id="finished"),
+        pytest.param("closespider_itemcount", True, None, id="ended-with-a-page-request-queued"),
+        pytest.param("shutdown", False, "end", id="paused-with-no-chain-left"),
+        pytest.param(None, True, None, id="no-end-recorded"),
     ],
 )
 def test_a_job_that_was_not_paused_walks_again_from_the_first_page(
-    tmp_path: Path, last_end: str | None, pending: bool
+    tmp_path: Path, last_end: str | None, pending: bool, chain_end: str | None
 ) -> None:
     spider = new_spider(tmp_path, pending=pending)
-    spider.state = {"civitai_progress": {"cursors_seen": {"c1", "c2"}, "pages": 2}}
+    old = Chain("all", API_URL + "?cursor=c3", pages=2, cursors_seen={"c1", "c2"}, end=chain_end)
+    spider.state = {"civitai_chains": {"all": old}}
     if last_end is not None:
         spider.state["civitai_last_end"] = last_end
 
@@ -305,16 +332,30 @@ def test_a_job_that_was_not_paused_walks_again_from_the_first_page(
 
     assert "cursor" not in query_of(request.url)
     assert not spider.crawler.engine.scheduler.has_pending_requests()  # a stale request is dropped
-    assert spider.state["civitai_progress"] == {"cursors_seen": set(), "pages": 0}
-    list(spider.parse_page(page([record(7)], {"nextCursor": "c1"})))  # no loop: a new walk
-    assert spider.state["civitai_progress"] == {"cursors_seen": {"c1"}, "pages": 1}
+    [chain] = spider.state["civitai_chains"].values()
+    assert (chain.pages, chain.cursors_seen) == (0, set())
+    parsed(spider, page([record(7)], {"nextCursor": "c1"}))  # no loop: a new walk
+    assert (chain.pages, chain.cursors_seen, chain.end) == (1, {"c1"}, None)
 
 
-def page(items: list[Any], metadata: Any = None, url: str = API_URL + "?limit=200") -> TextResponse:
+def test_a_pause_of_other_chains_is_not_resumed(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path, nsfw="Soft", split="browsing_level")
+    paused = Chain("all", API_URL + "?cursor=c3", pages=2)
+    spider.state = {"civitai_chains": {"all": paused}, "civitai_last_end": "shutdown"}
+
+    requests = all_start_requests(spider)
+
+    assert [query_of(request.url)["browsingLevel"] for request in requests] == [["1"], ["2"]]
+    assert sorted(spider.state["civitai_chains"]) == ["browsingLevel=1", "browsingLevel=2"]
+
+
+def page(
+    items: list[Any], metadata: Any = None, url: str = API_URL + "?limit=200", chain: str = "all"
+) -> TextResponse:
     payload: dict[str, Any] = {"items": items}
     if metadata is not None:
         payload["metadata"] = metadata
-    request = scrapy.Request(url, meta={API_PAGE_META_KEY: True})
+    request = scrapy.Request(url, meta={API_PAGE_META_KEY: True, "civitai_chain": chain})
     return TextResponse(url, body=json.dumps(payload).encode(), encoding="utf-8", request=request)
 
 
@@ -344,7 +385,7 @@ def test_start_requests_the_first_page(tmp_path: Path) -> None:
 )
 def test_next_page_request_comes_first_with_the_cursor_encoded(tmp_path: Path, cursor: str) -> None:
     spider = started_spider(tmp_path, limit="2", username="bolero537")
-    results = list(spider.parse_page(page([record(1), record(2)], {"nextCursor": cursor})))
+    results = parsed(spider, page([record(1), record(2)], {"nextCursor": cursor}))
     assert len(results) == 3
     first = results[0]
     assert isinstance(first, scrapy.Request)
@@ -360,13 +401,13 @@ def test_next_page_request_comes_first_with_the_cursor_encoded(tmp_path: Path, c
 
 def test_numeric_cursor_is_used_as_text(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
-    first = next(iter(spider.parse_page(page([], {"nextCursor": 400}))))
+    first = parsed(spider, page([], {"nextCursor": 400}))[0]
     assert query_of(first.url)["cursor"] == ["400"]
 
 
 def test_items_are_yielded_in_order(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
-    results = list(spider.parse_page(page([record(3), record(1), record(2)], {})))
+    results = parsed(spider, page([record(3), record(1), record(2)], {}))
     assert [item.id for item in results] == [3, 1, 2]
     assert all(isinstance(item, CivitaiImage) for item in results)
 
@@ -374,14 +415,14 @@ def test_items_are_yielded_in_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize("metadata", [{}, None, [], {"nextCursor": None}, {"nextCursor": ""}], ids=repr)
 def test_no_next_request_at_the_end(tmp_path: Path, metadata: Any) -> None:
     spider = started_spider(tmp_path)
-    results = list(spider.parse_page(page([record(1)], metadata)))
+    results = parsed(spider, page([record(1)], metadata))
     assert [type(result) for result in results] == [CivitaiImage]
 
 
 def test_next_page_on_the_api_host_is_followed(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
     next_page = API_URL + "?limit=200&cursor=2%7C17"
-    results = list(spider.parse_page(page([record(1)], {"nextPage": next_page})))
+    results = parsed(spider, page([record(1)], {"nextPage": next_page}))
     assert isinstance(results[0], scrapy.Request)
     assert results[0].url == next_page
 
@@ -396,40 +437,45 @@ def test_next_page_on_the_api_host_is_followed(tmp_path: Path) -> None:
 )
 def test_next_page_on_another_origin_is_not_followed(tmp_path: Path, next_page: str) -> None:
     spider = started_spider(tmp_path)
-    results = list(spider.parse_page(page([record(1)], {"nextPage": next_page})))
+    results = parsed(spider, page([record(1)], {"nextPage": next_page}))
     assert not any(isinstance(result, scrapy.Request) for result in results)
     assert len(results) == 1
 
 
-def test_repeated_cursor_closes_the_spider(tmp_path: Path) -> None:
+def test_repeated_cursor_ends_the_chain_and_closes_the_spider(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
-    assert isinstance(list(spider.parse_page(page([record(1)], {"nextCursor": "2|1"})))[0], scrapy.Request)
-    assert isinstance(list(spider.parse_page(page([record(2)], {"nextCursor": "4|1"})))[0], scrapy.Request)
-    with pytest.raises(CloseSpider) as caught:
-        list(spider.parse_page(page([record(3)], {"nextCursor": "2|1"})))
-    assert caught.value.reason == "cursor_loop"
+    assert isinstance(parsed(spider, page([record(1)], {"nextCursor": "2|1"}))[0], scrapy.Request)
+    assert isinstance(parsed(spider, page([record(2)], {"nextCursor": "4|1"}))[0], scrapy.Request)
+    assert closed_for(spider) == []
+    # The page's items still go on; no next page is asked for.
+    assert [type(result) for result in parsed(spider, page([record(3)], {"nextCursor": "2|1"}))] == [
+        CivitaiImage
+    ]
+    assert closed_for(spider) == ["cursor_loop"]
 
 
 def test_repeated_next_page_closes_the_spider(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
     next_page = API_URL + "?cursor=x"
-    list(spider.parse_page(page([record(1)], {"nextPage": next_page})))
-    with pytest.raises(CloseSpider) as caught:
-        list(spider.parse_page(page([record(2)], {"nextPage": next_page})))
-    assert caught.value.reason == "cursor_loop"
+    parsed(spider, page([record(1)], {"nextPage": next_page}))
+    assert not any(
+        isinstance(result, scrapy.Request)
+        for result in parsed(spider, page([record(2)], {"nextPage": next_page}))
+    )
+    assert closed_for(spider) == ["cursor_loop"]
 
 
 def test_max_pages_stops(tmp_path: Path) -> None:
     spider = started_spider(tmp_path, max_pages="2")
-    first = list(spider.parse_page(page([record(1)], {"nextCursor": "a"})))
-    second = list(spider.parse_page(page([record(2)], {"nextCursor": "b"})))
+    first = parsed(spider, page([record(1)], {"nextCursor": "a"}))
+    second = parsed(spider, page([record(2)], {"nextCursor": "b"}))
     assert isinstance(first[0], scrapy.Request)
     assert [type(result) for result in second] == [CivitaiImage]
 
 
 def test_max_pages_one_stops_after_the_first_page(tmp_path: Path) -> None:
     spider = started_spider(tmp_path, max_pages="1")
-    results = list(spider.parse_page(page([record(1)], {"nextCursor": "a"})))
+    results = parsed(spider, page([record(1)], {"nextCursor": "a"}))
     assert [type(result) for result in results] == [CivitaiImage]
 
 
@@ -447,7 +493,7 @@ def test_only_the_media_asked_for_is_yielded(
     spider = started_spider(tmp_path, media=media)
     records = [record(1), record(2, type="video"), record(3, type="audio"), record(4, type="gif")]
     records.append(record(5, type=None))  # a type that is not a string: an image, as before
-    results = list(spider.parse_page(page(records, {})))
+    results = parsed(spider, page(records, {}))
     assert [item.id for item in results] == kept
     stats = spider.crawler.stats
     counted = {
@@ -462,7 +508,7 @@ def test_only_the_media_asked_for_is_yielded(
 def test_invalid_record_is_counted_and_logged(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
     records = [record(1), record(-4), {"id": 5, "url": "ftp://x"}, "junk", record(2)]
-    results = list(spider.parse_page(page(records, {})))
+    results = parsed(spider, page(records, {}))
     assert [item.id for item in results] == [1, 2]
     stats = spider.crawler.stats
     assert stats.get_value("civitai/dropped/invalid_id") == 1
@@ -478,14 +524,14 @@ def test_invalid_record_is_counted_and_logged(tmp_path: Path) -> None:
 
 def test_items_seen_counts_every_record_across_pages(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
-    list(spider.parse_page(page([record(1), record(2)], {"nextCursor": "a"})))
-    list(spider.parse_page(page([record(3), record(4, type="video"), record(0)], {})))
+    parsed(spider, page([record(1), record(2)], {"nextCursor": "a"}))
+    parsed(spider, page([record(3), record(4, type="video"), record(0)], {}))
     assert spider.crawler.stats.get_value("civitai/items_seen") == 5
 
 
 def test_empty_page_yields_nothing(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
-    assert list(spider.parse_page(page([], {}))) == []
+    assert parsed(spider, page([], {})) == []
 
 
 def test_page_that_is_not_a_page_stops_the_crawl(tmp_path: Path) -> None:
@@ -493,5 +539,116 @@ def test_page_that_is_not_a_page_stops_the_crawl(tmp_path: Path) -> None:
     request = scrapy.Request(API_URL, meta={API_PAGE_META_KEY: True})
     html = TextResponse(API_URL, body=b"<html>busy</html>", encoding="utf-8", request=request)
     with pytest.raises(CloseSpider) as caught:
-        list(spider.parse_page(html))
+        parsed(spider, html)
     assert caught.value.reason == "api_error"
+
+
+# --- stop_after_seen, per chain ---------------------------------------------------------
+
+
+def streak_spider(
+    tmp_path: Path, known_ids: range, stop_after_seen: int | None, **arguments: str
+) -> CivitaiSpider:
+    (tmp_path / "downloaded_image_ID_DB.txt").write_text("".join(f"{i}\n" for i in known_ids))
+    if stop_after_seen is not None:
+        arguments["stop_after_seen"] = str(stop_after_seen)
+    spider = new_spider(tmp_path, sort="Newest", **arguments)
+    asyncio.run(stores_of(spider.crawler).open())
+    first_request(spider)
+    return spider
+
+
+def follows(results: list[Any]) -> bool:
+    return any(isinstance(result, scrapy.Request) for result in results)
+
+
+def test_stop_after_seen_counts_ids_from_the_id_store_across_pages(tmp_path: Path) -> None:
+    spider = streak_spider(tmp_path, range(1, 100), stop_after_seen=3)
+    assert follows(parsed(spider, page([record(1), record(2)], {"nextCursor": "a"})))
+    results = parsed(spider, page([record(3), record(500)], {"nextCursor": "b"}))
+    assert not follows(results)
+    assert [item.id for item in results] == [3, 500]  # the page's items still go on
+    assert spider.chains["all"].end == "caught_up"
+    assert closed_for(spider) == ["caught_up"]
+
+
+def test_a_new_id_resets_the_streak(tmp_path: Path) -> None:
+    spider = streak_spider(tmp_path, range(1, 100), stop_after_seen=3)
+    records = [record(i) for i in (1, 2, 500, 3, 4, 501, 5)]
+    assert follows(parsed(spider, page(records, {"nextCursor": "a"})))
+    assert spider.chains["all"].seen_streak == 1
+    assert not follows(parsed(spider, page([record(6), record(7)], {"nextCursor": "b"})))
+
+
+def test_images_below_the_thresholds_neither_count_nor_reset(tmp_path: Path) -> None:
+    spider = streak_spider(tmp_path, range(1, 100), stop_after_seen=3)
+    low = record(600, stats={"heartCount": 0})
+    assert not follows(parsed(spider, page([record(1), low, record(2), record(3)], {"nextCursor": "a"})))
+
+
+def test_without_stop_after_seen_the_crawl_goes_on(tmp_path: Path) -> None:
+    spider = streak_spider(tmp_path, range(1, 100), stop_after_seen=None)
+    assert follows(parsed(spider, page([record(i) for i in range(1, 50)], {"nextCursor": "a"})))
+    assert closed_for(spider) == []
+
+
+def test_each_chain_has_its_own_streak_and_the_crawl_stops_when_all_caught_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spider = streak_spider(tmp_path, range(1, 100), stop_after_seen=2, nsfw="Soft", split="browsing_level")
+    one, two = "browsingLevel=1", "browsingLevel=2"
+    assert follows(parsed(spider, page([record(1)], {"nextCursor": "a"}, chain=one)))
+    assert follows(parsed(spider, page([record(2)], {"nextCursor": "a"}, chain=two)))
+    with caplog.at_level("INFO"):
+        assert not follows(parsed(spider, page([record(3)], {"nextCursor": "b"}, chain=one)))
+    assert "Caught up in chain browsingLevel=1" in caplog.text and "stop_after_seen=2" in caplog.text
+    assert closed_for(spider) == []  # the other chain goes on
+    assert not follows(parsed(spider, page([record(4)], {"nextCursor": "b"}, chain=two)))
+    assert closed_for(spider) == ["caught_up"]
+
+
+# --- chains and CIVITAI_API_CONCURRENCY -------------------------------------------------
+
+
+def test_chains_take_turns_within_the_api_concurrency(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path, nsfw="X", split="browsing_level")  # CIVITAI_API_CONCURRENCY=2
+    started = all_start_requests(spider)
+    assert [query_of(request.url)["browsingLevel"] for request in started] == [["1"], ["2"]]
+
+    # Level 1's page comes back: its next page waits behind levels 4, 8 and 16.
+    [sent] = parsed(spider, page([], {"nextCursor": "a"}, chain="browsingLevel=1"))
+    assert query_of(sent.url)["browsingLevel"] == ["4"]
+    [sent] = parsed(spider, page([], {}, chain="browsingLevel=2"))  # level 2 ends
+    assert query_of(sent.url)["browsingLevel"] == ["8"]
+    [sent] = parsed(spider, page([], {}, chain="browsingLevel=4"))
+    assert query_of(sent.url)["browsingLevel"] == ["16"]
+    [sent] = parsed(spider, page([], {}, chain="browsingLevel=8"))
+    assert query_of(sent.url) == {**query_of(started[0].url), "cursor": ["a"]}
+    assert spider._pages_in_flight == 2
+
+
+def test_the_api_download_slot_takes_the_api_concurrency() -> None:
+    crawler = project_crawler(CivitaiSpider, CIVITAI_API_CONCURRENCY="3")
+    assert crawler.settings.getdict("DOWNLOAD_SLOTS")["civitai-api"] == {"concurrency": 3}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CIVITAI_API_CONCURRENCY", "0"),
+        ("CIVITAI_REDIS_CLAIM_AFTER", "-1"),
+        ("CIVITAI_REDIS_TIMEOUT", "soon"),
+    ],
+)
+def test_check_settings_names_a_bad_value(name: str, value: str) -> None:
+    settings = project_crawler(**{name: value}).settings
+    with pytest.raises(ValueError, match=f"{name}='{value}' is not valid"):
+        CivitaiSpider.check_settings(settings)
+
+
+def test_check_arguments_checks_split() -> None:
+    with pytest.raises(ValueError, match="split='model'"):
+        CivitaiSpider.check_arguments({"split": "model"})
+    with pytest.raises(ValueError, match="split=base_models needs base_models"):
+        CivitaiSpider.check_arguments({"split": "base_models"})
+    CivitaiSpider.check_arguments({"split": "base_models", "base_models": "Pony"})

@@ -1,0 +1,434 @@
+"""A crawl shared by many workers, kept in Redis: its cursor chains and images as stream messages.
+
+Redis Streams with one consumer group give what a shared crawl needs: a message read with
+``XREADGROUP`` stays pending until its worker ``XACK``\\ s it, and ``XAUTOCLAIM`` hands one
+that stayed pending longer than ``CIVITAI_REDIS_CLAIM_AFTER`` to a live worker. So a worker
+that dies loses nothing: what it held is taken over, and only the glue below is ours.
+
+Every step that changes the crawl is one Lua script, atomic in Redis:
+
+- *join*: the first worker of a crawl seeds it (one page message per chain); the others
+  join it; once a walk is done, the next worker with the same arguments starts a new one.
+- *hand on* a page: queue its images (each id once per walk, crawl-wide), put the chain's
+  next page in the stream, acknowledge the page, count. It checks first that the chain is
+  still at the step the worker took: a worker whose page was taken over meanwhile (it was
+  too slow) hands on nothing, so a chain can never fork.
+- *finish* an image: acknowledge it and count its outcome, once, even if two workers had it.
+- *done*: nothing pending in either stream means every chain ended and every image is
+  through; the walk is marked done.
+
+Keys, with ``P`` the prefix (``CIVITAI_REDIS_PREFIX``), ``D`` a digest of the crawl's spider
+arguments and API URL, and ``R`` the walk's number::
+
+    P:crawls                    SET of D
+    P:crawl:D                   HASH definition (JSON), run (R)
+    P:crawl:D:R:state           HASH status (running, done), started, finished
+    P:crawl:D:R:chains          HASH chain -> JSON {pages, url, end}
+    P:crawl:D:R:pages           STREAM one message per live chain: chain, step, url, streak
+    P:crawl:D:R:images          STREAM one message per image to save: record (the API's JSON)
+    P:crawl:D:R:stats           HASH crawl-wide counts (items_seen, saved, dropped/<reason>...)
+    P:crawl:D:R:workers         HASH worker -> JSON heartbeat
+    P:crawl:D:R:cursors         SET chain + cursor, for the loop check (deleted when done)
+    P:crawl:D:R:queued:<n>      bitmaps of the ids queued in this walk (deleted when done)
+
+Acknowledged messages are deleted, so a stream's length is its outstanding work. The scripts
+name keys they build themselves: fine on one Redis server, not on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from civitai_spider.stores.redis_ids import safe_url
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GROUP = "workers"
+#: Ids per queued-ids bitmap (the id store's chunking, for the same reason: ids near 2^32
+#: must not make one 512 MB string).
+_CHUNK_BITS = 20
+#: Deliveries of an image after which it is given up (failed, logged): a message whose
+#: workers keep dying must not go round for ever.
+MAX_DELIVERIES = 3
+#: Seconds between two XAUTOCLAIM scans of one stream.
+_CLAIM_SCAN_INTERVAL = 1.0
+
+_JOIN = """
+local base = ARGV[4]
+local run = tonumber(redis.call('HGET', KEYS[2], 'run') or '0')
+if run > 0 and redis.call('HGET', base .. ':' .. run .. ':state', 'status') ~= 'done' then
+  return {run, 0}
+end
+run = run + 1
+local prefix = base .. ':' .. run .. ':'
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'definition', ARGV[2], 'run', run)
+redis.call('DEL', prefix .. 'state', prefix .. 'chains', prefix .. 'pages', prefix .. 'images',
+           prefix .. 'stats', prefix .. 'workers')
+redis.call('HSET', prefix .. 'state', 'status', 'running', 'started', ARGV[3])
+redis.call('XGROUP', 'CREATE', prefix .. 'pages', 'workers', '$', 'MKSTREAM')
+redis.call('XGROUP', 'CREATE', prefix .. 'images', 'workers', '$', 'MKSTREAM')
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', prefix .. 'chains', ARGV[i], cjson.encode({pages = 0, url = ARGV[i + 1]}))
+  redis.call('XADD', prefix .. 'pages', '*', 'chain', ARGV[i], 'step', 0, 'url', ARGV[i + 1], 'streak', 0)
+end
+return {run, 1}
+"""
+
+_HAND_ON = """
+local raw = redis.call('HGET', KEYS[1], ARGV[2])
+if not raw then return {0, 0, 0, ''} end
+local chain = cjson.decode(raw)
+if chain['end'] or chain.pages ~= tonumber(ARGV[3]) then return {0, 0, 0, ''} end
+local ending = ARGV[6]
+if ending == '' and ARGV[5] ~= '' and redis.call('SADD', KEYS[5], ARGV[2] .. '\\n' .. ARGV[5]) == 0 then
+  ending = 'cursor_loop'
+end
+local queued, duplicates = 0, 0
+for i = 0, tonumber(ARGV[9]) - 1 do
+  local at = 10 + 3 * i
+  if redis.call('SETBIT', KEYS[tonumber(ARGV[at])], tonumber(ARGV[at + 1]), 1) == 0 then
+    redis.call('XADD', KEYS[3], '*', 'record', ARGV[at + 2])
+    queued = queued + 1
+  else
+    duplicates = duplicates + 1
+  end
+end
+for i = 7, #KEYS do redis.call('SADD', KEYS[6], KEYS[i]) end
+chain.pages = chain.pages + 1
+if ending == '' then
+  chain.url = ARGV[4]
+  redis.call('XADD', KEYS[2], '*', 'chain', ARGV[2], 'step', chain.pages, 'url', ARGV[4], 'streak', ARGV[7])
+else
+  chain.url = nil
+  chain['end'] = ending
+end
+redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(chain))
+redis.call('XACK', KEYS[2], 'workers', ARGV[1])
+redis.call('XDEL', KEYS[2], ARGV[1])
+for field, value in pairs(cjson.decode(ARGV[8])) do redis.call('HINCRBY', KEYS[4], field, value) end
+redis.call('HINCRBY', KEYS[4], 'queued', queued)
+if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'dropped/duplicate', duplicates) end
+redis.call('HINCRBY', KEYS[4], 'pages', 1)
+return {1, queued, duplicates, ending}
+"""
+
+_FINISH = """
+if redis.call('XACK', KEYS[1], 'workers', ARGV[1]) == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[1])
+  for i = 2, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
+  return 1
+end
+return 0
+"""
+
+_DONE = """
+if redis.call('HGET', KEYS[1], 'status') == 'done' then return 1 end
+if redis.call('XLEN', KEYS[2]) > 0 or redis.call('XLEN', KEYS[3]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'done', 'finished', ARGV[1])
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', key) end
+redis.call('DEL', KEYS[4], KEYS[5])
+return 1
+"""
+
+
+class SharedCrawlError(OSError):
+    """Redis stayed out of reach for longer than ``CIVITAI_REDIS_TIMEOUT``."""
+
+
+@dataclass(frozen=True)
+class PageMessage:
+    """A chain's next page, as taken from the pages stream."""
+
+    message_id: str
+    chain: str
+    step: int
+    url: str
+    streak: int
+    #: Times it was delivered (1 unless it was taken over from a worker that stopped).
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class ImageMessage:
+    message_id: str
+    record: str
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class HandOn:
+    """What a hand-on did: ``accepted`` False when the page had been taken over meanwhile."""
+
+    accepted: bool
+    queued: int = 0
+    duplicates: int = 0
+    #: How the chain ended with this page ("" while it goes on).
+    end: str = ""
+
+
+def crawl_digest(definition: Mapping[str, Any]) -> str:
+    """The crawl's name in Redis: the same arguments (and API) always give the same one."""
+    text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def worker_name() -> str:
+    """This process's consumer name: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class SharedCrawl:
+    """One walk of one crawl in Redis, seen by one worker (consumer ``worker``)."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        definition: Mapping[str, Any],
+        *,
+        timeout: float,
+        claim_after: float,
+        worker: str | None = None,
+    ) -> None:
+        self.url, self.prefix, self.definition = url, prefix, dict(definition)
+        self.digest = crawl_digest(definition)
+        self.timeout, self.claim_after = timeout, claim_after
+        self.worker = worker or worker_name()
+        # Retries are ours (_call): a deadline of CIVITAI_REDIS_TIMEOUT, and a log line.
+        self.client = redis.asyncio.Redis.from_url(
+            url,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=5,
+            socket_timeout=30,
+        )
+        self._join = self.client.register_script(_JOIN)
+        self._hand_on = self.client.register_script(_HAND_ON)
+        self._finish = self.client.register_script(_FINISH)
+        self._done = self.client.register_script(_DONE)
+        self.run = 0
+        self._claim_cursor = {"pages": "0-0", "images": "0-0"}
+        self._last_claim_scan = {"pages": 0.0, "images": 0.0}
+        self._unreachable_since: float | None = None
+
+    @property
+    def crawl_key(self) -> str:
+        return f"{self.prefix}:crawl:{self.digest}"
+
+    def key(self, name: str) -> str:
+        """The key ``name`` (pages, images, stats...) of this walk."""
+        return f"{self.crawl_key}:{self.run}:{name}"
+
+    async def join(self, chains: Mapping[str, str]) -> bool:
+        """Join the crawl's current walk, or seed a new one (chain -> first page URL); True if seeded."""
+        arguments: list[Any] = [
+            self.digest,
+            json.dumps(self.definition, sort_keys=True),
+            _now(),
+            self.crawl_key,
+        ]
+        for chain, url in chains.items():
+            arguments += [chain, url]
+        run, seeded = await self._call(
+            lambda: self._join(keys=[f"{self.prefix}:crawls", self.crawl_key], args=arguments)
+        )
+        self.run = int(run)
+        return bool(seeded)
+
+    async def take_pages(self, count: int) -> list[PageMessage]:
+        messages = await self._take("pages", count)
+        return [
+            PageMessage(
+                message_id,
+                fields["chain"],
+                int(fields["step"]),
+                fields["url"],
+                int(fields.get("streak") or 0),
+                deliveries,
+            )
+            for message_id, fields, deliveries in messages
+        ]
+
+    async def take_images(self, count: int) -> list[ImageMessage]:
+        messages = await self._take("images", count)
+        return [
+            ImageMessage(message_id, fields["record"], deliveries)
+            for message_id, fields, deliveries in messages
+        ]
+
+    async def queued_images(self) -> int:
+        """Images in the stream, taken or not (acknowledged ones are deleted)."""
+        return int(await self._call(lambda: self.client.xlen(self.key("images"))))
+
+    async def _take(self, stream: str, count: int) -> list[tuple[str, dict[str, str], int]]:
+        """Up to ``count`` messages: first any a stopped worker left, then new ones."""
+        key = self.key(stream)
+        taken: list[tuple[str, dict[str, str], int]] = []
+        if time.monotonic() - self._last_claim_scan[stream] >= _CLAIM_SCAN_INTERVAL:
+            self._last_claim_scan[stream] = time.monotonic()
+            taken += await self._claim(stream, key, count)
+        if len(taken) < count:
+            answer = await self._call(
+                lambda: self.client.xreadgroup(GROUP, self.worker, {key: ">"}, count=count - len(taken))
+            )
+            for _, messages in answer or []:
+                taken += [(message_id, fields, 1) for message_id, fields in messages if fields]
+        return taken
+
+    async def _claim(self, stream: str, key: str, count: int) -> list[tuple[str, dict[str, str], int]]:
+        # The scan goes on from where the last one stopped, so that over a few calls every
+        # pending message is looked at, however long the list.
+        next_start, claimed, _ = await self._call(
+            lambda: self.client.xautoclaim(
+                key,
+                GROUP,
+                self.worker,
+                min_idle_time=int(self.claim_after * 1000),
+                start_id=self._claim_cursor[stream],
+                count=count,
+            )
+        )
+        self._claim_cursor[stream] = next_start
+        claimed = [(message_id, fields) for message_id, fields in claimed if fields]
+        if not claimed:
+            return []
+        ids = [message_id for message_id, _ in claimed]
+        pending = await self._call(
+            lambda: self.client.xpending_range(key, GROUP, min=min(ids), max=max(ids), count=len(ids) + 100)
+        )
+        deliveries = {entry["message_id"]: int(entry["times_delivered"]) for entry in pending}
+        logger.info(
+            "Took over %d %s message(s) that a stopped or stalled worker held for over %s s",
+            len(claimed),
+            stream,
+            _seconds(self.claim_after),
+        )
+        return [(message_id, fields, deliveries.get(message_id, 2)) for message_id, fields in claimed]
+
+    async def hand_on(
+        self,
+        page: PageMessage,
+        *,
+        next_url: str | None,
+        cursor_key: str | None,
+        end: str | None,
+        streak: int,
+        counts: Mapping[str, int],
+        images: Sequence[tuple[int, str]],
+    ) -> HandOn:
+        """Queue ``images`` (id, record JSON) and the chain's next page, acknowledge ``page``: at once.
+
+        ``next_url`` is the next page (``None`` with ``end``, the way the chain ends);
+        ``cursor_key`` what the loop check remembers of it; ``counts`` the page's stats.
+        """
+        chunk_keys: dict[int, int] = {}
+        keys = [self.key(name) for name in ("chains", "pages", "images", "stats", "cursors", "queued-chunks")]
+        arguments: list[Any] = [
+            page.message_id,
+            page.chain,
+            page.step,
+            next_url or "",
+            cursor_key or "",
+            end or "",
+            streak,
+            json.dumps(dict(counts)),
+            len(images),
+        ]
+        for image_id, record in images:
+            chunk = image_id >> _CHUNK_BITS
+            if chunk not in chunk_keys:
+                keys.append(self.key(f"queued:{chunk}"))
+                chunk_keys[chunk] = len(keys)  # Lua's KEYS are 1-based
+            arguments += [chunk_keys[chunk], image_id & ((1 << _CHUNK_BITS) - 1), record]
+        accepted, queued, duplicates, ending = await self._call(
+            lambda: self._hand_on(keys=keys, args=arguments)
+        )
+        return HandOn(bool(accepted), int(queued), int(duplicates), ending or "")
+
+    async def finish_image(self, message_id: str, outcomes: Sequence[str]) -> bool:
+        """Acknowledge an image and count ``outcomes`` (stats fields); False if it was already."""
+        keys = [self.key("images"), self.key("stats")]
+        return bool(await self._call(lambda: self._finish(keys=keys, args=[message_id, *outcomes])))
+
+    async def is_done(self) -> bool:
+        """Whether the walk is over (marking it so when nothing is left in either stream)."""
+        keys = [self.key(name) for name in ("state", "pages", "images", "queued-chunks", "cursors")]
+        return bool(await self._call(lambda: self._done(keys=keys, args=[_now()])))
+
+    async def chain_ends(self) -> dict[str, str | None]:
+        chains = await self._call(lambda: self.client.hgetall(self.key("chains")))
+        return {name: json.loads(value).get("end") for name, value in chains.items()}
+
+    async def heartbeat(self, report: Mapping[str, Any]) -> None:
+        beat = {"host": socket.gethostname(), "pid": os.getpid(), "beat": _now(), **report}
+        await self._call(lambda: self.client.hset(self.key("workers"), self.worker, json.dumps(beat)))
+
+    async def leave(self) -> None:
+        """Forget this worker as a consumer if it holds nothing (what it holds stays claimable)."""
+        for stream in ("pages", "images"):
+            key = self.key(stream)
+            summary = await self._call(
+                lambda key=key: self.client.xpending_range(key, GROUP, "-", "+", 1, self.worker)
+            )
+            if not summary:
+                await self._call(lambda key=key: self.client.xgroup_delconsumer(key, GROUP, self.worker))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
+        """Run ``command``, retried with backoff while Redis is out of reach, up to the timeout."""
+        delay = 0.1
+        while True:
+            try:
+                result = await command()
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                now = time.monotonic()
+                if self._unreachable_since is None:
+                    self._unreachable_since = now
+                    logger.warning(
+                        "Redis %s does not answer (%s): retrying for up to %s s",
+                        safe_url(self.url),
+                        error,
+                        _seconds(self.timeout),
+                    )
+                if now - self._unreachable_since >= self.timeout:
+                    raise SharedCrawlError(
+                        f"Redis {safe_url(self.url)} did not answer for {_seconds(self.timeout)} s: {error}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            else:
+                if self._unreachable_since is not None:
+                    logger.info(
+                        "Redis %s answers again after %.1f s",
+                        safe_url(self.url),
+                        time.monotonic() - self._unreachable_since,
+                    )
+                    self._unreachable_since = None
+                return result
+
+
+def _now() -> str:
+    return f"{time.time():.3f}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
