@@ -8,13 +8,24 @@ append-only, one whole line per ``write()`` call.
 Against a power cut, what the id store lists must be on disk first. The folder store
 writes without syncing each file and lets :func:`sync_file_system` flush a whole batch at
 once before the batch's ids are recorded (see :class:`civitai_spider.stores.recorder.IdRecorder`).
+
+A temporary name is ``.civitai-partial-h<host>-<pid>-<random>-<final name>``: ``<host>`` is
+the first 8 hex digits of the SHA-256 of the host name (any host name, kept short and free of
+``-``), ``<pid>`` the writer's process id. Many crawls, on several machines, may share one
+folder over NFS: when a folder store opens, :func:`remove_temporary_files` removes this host's
+leftovers whose writer is dead, and another host's only once they are an hour old. Names
+without the ``h<host>-`` part (``.civitai-partial-<pid>-...``, from earlier versions) count as
+this host's.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
+import re
+import socket
 import sys
 import tempfile
 import time
@@ -27,6 +38,21 @@ logger = logging.getLogger(__name__)
 TEMPORARY_PREFIX = ".civitai-partial-"
 ERROR_LOG_NAME = "error_log.txt"
 BOMB_LOG_NAME = "DecompressionBombWarning_log.txt"
+#: Another host's temporary file is removed once its mtime is this many seconds old. Its pid
+#: means nothing here, but a writer writes one file from memory in well under a minute, so an
+#: hour-old partial file is certainly abandoned (and an hour dwarfs any clock skew).
+FOREIGN_LEFTOVER_AGE = 3600
+
+
+def host_tag(host: str) -> str:
+    """The part of a temporary name that says which host wrote it: ``h`` and 8 hex digits."""
+    # The "h" keeps a tag that happens to be all digits from being read as an old-format pid.
+    return "h" + hashlib.sha256(os.fsencode(host)).hexdigest()[:8]
+
+
+_THIS_HOST = host_tag(socket.gethostname())
+#: The host tag (absent in the old format) and the pid at the start of a temporary name.
+_NAME_START = re.compile(r"(?:(h[0-9a-f]{8})-)?([0-9]+)-")
 
 
 def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -35,9 +61,9 @@ def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
     ``sync=False`` leaves flushing to the caller (one :func:`sync_file_system` for many
     files); the file is then whole after a ``kill -9`` but not yet after a power cut.
     """
-    # The pid in the name tells remove_temporary_files() whether its writer still runs.
+    # The host and pid in the name tell remove_temporary_files() whether its writer may still run.
     descriptor, name = tempfile.mkstemp(
-        prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent
+        prefix=f"{TEMPORARY_PREFIX}{_THIS_HOST}-{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent
     )
     temporary = Path(name)
     try:
@@ -114,11 +140,12 @@ def log_line(*fields: object) -> str:
 
 
 def remove_temporary_files(directory: Path) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
+    """Delete temporary files that killed writers left behind; returns how many."""
     removed = 0
+    now = time.time()
     for leftover in directory.glob(f"{TEMPORARY_PREFIX}*"):
-        # Another live crawl may share the store: only its writer's pid owns a file.
-        if _writer_is_alive(leftover.name):
+        # Other live crawls, on this host or on others, may share the store.
+        if _writer_may_be_alive(leftover, now):
             continue
         leftover.unlink(missing_ok=True)
         removed += 1
@@ -127,13 +154,28 @@ def remove_temporary_files(directory: Path) -> int:
     return removed
 
 
-def _writer_is_alive(temporary_name: str) -> bool:
-    pid_text = temporary_name[len(TEMPORARY_PREFIX) :].split("-", 1)[0]
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+def _writer_may_be_alive(leftover: Path, now: float) -> bool:
+    match = _NAME_START.match(leftover.name, len(TEMPORARY_PREFIX))
+    if match is None:
+        return False  # not a name write_atomically makes, so nobody is writing it
+    host, pid_text = match.groups()
+    if host is None or host == _THIS_HOST:
+        return _pid_is_alive(int(pid_text))
+    try:
+        modified = leftover.stat().st_mtime
+    except FileNotFoundError:
+        return True  # renamed into place since the glob: nothing to remove
+    return now - modified < FOREIGN_LEFTOVER_AGE
+
+
+def _pid_is_alive(pid: int) -> bool:
+    # Our own pid counts as dead: a file of ours when the store opens is the leftover of an
+    # earlier process that had the same pid. Pid 0 would ask about our process group.
+    if pid in (0, os.getpid()):
         return False
     try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that big
         return False
     except PermissionError:
         return True

@@ -3,7 +3,8 @@
 What must hold after any kill (the issue's requirements):
 
 - images and metadata files are written atomically (a temporary ``.civitai-partial-*``
-  name in the same folder, then a rename), so a file under its final name is whole;
+  name in the same folder, with the writer's host and pid, then a rename), so a file under
+  its final name is whole;
 - temporary files of a killed run are removed when the next run starts;
 - the ID file is append-only, one whole line per write, and a torn last line is
   discarded when it is loaded;
@@ -14,11 +15,13 @@ What must hold after any kill (the issue's requirements):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -35,6 +38,8 @@ from tests.fake_civitai import FakeCivitai
 
 ID_FILE_NAME = "downloaded_image_ID_DB.txt"
 TEMPORARY_PREFIX = ".civitai-partial-"
+#: This host's tag in temporary names: <prefix>h<8 hex of SHA-256(host name)>-<pid>-...
+HOST_TAG = "h" + hashlib.sha256(os.fsencode(socket.gethostname())).hexdigest()[:8]
 SIZE = (256, 256)  # big enough that decoding, converting and writing take a little time
 ITEM_COUNT = 80
 PAGE_SIZE = "limit=20"
@@ -288,9 +293,9 @@ def test_kill_9_at_random_moments_then_rerun_completes(
         )
 
         new_temporary = set(temporary_files(store)) - set(leftovers_before)
-        assert all(name.startswith(f"{TEMPORARY_PREFIX}{process.pid}-") for name in new_temporary), (
-            new_temporary
-        )
+        assert all(
+            name.startswith(f"{TEMPORARY_PREFIX}{HOST_TAG}-{process.pid}-") for name in new_temporary
+        ), new_temporary
         if new_temporary or len(recorded_ids(store)) > ids_before:
             # This run got to writing, so it had removed the temporary files of the previous kill.
             kept = set(leftovers_before) & set(temporary_files(store))
@@ -427,18 +432,27 @@ def test_leftover_temporary_files_are_removed_at_start(server: FakeCivitai, stor
     kinds: dict[int, str] = {}
     items = add_items(server, ["jpeg"], kinds)
     store.mkdir(parents=True)
-    leftover = store / f"{TEMPORARY_PREFIX}{dead_pid()}-1-1000.jpg"
+    leftover = store / f"{TEMPORARY_PREFIX}{HOST_TAG}-{dead_pid()}-1-1000.jpg"
     leftover.write_bytes(bodies()["jpeg"][:500])
     # A file still being written by a live process (another crawl on the same store) stays.
-    live = store / f"{TEMPORARY_PREFIX}{os.getpid()}-1-2000.jpg"
+    live = store / f"{TEMPORARY_PREFIX}{HOST_TAG}-{os.getpid()}-1-2000.jpg"
     live.write_bytes(b"still being written")
+    # Another host's file (a store shared over NFS): its pid means nothing here, only its age.
+    other_host = "h" + hashlib.sha256(os.fsencode(socket.gethostname() + "-other")).hexdigest()[:8]
+    foreign = store / f"{TEMPORARY_PREFIX}{other_host}-{dead_pid()}-1-3000.jpg"
+    foreign.write_bytes(b"maybe still being written")
+    abandoned = store / f"{TEMPORARY_PREFIX}{other_host}-{os.getpid()}-1-4000.jpg"
+    abandoned.write_bytes(b"written over an hour ago")
+    os.utime(abandoned, (time.time() - 3700, time.time() - 3700))
 
     result = run_crawl(server, store, PAGE_SIZE)
     assert result.returncode == 0, describe(result)
     assert not leftover.exists(), "a leftover temporary file was kept"
     assert live.exists(), "the temporary file of a live writer was removed"
+    assert foreign.exists(), "another host's fresh temporary file was removed"
+    assert not abandoned.exists(), "another host's hour-old temporary file was kept"
     assert re.search(
-        r"INFO: Removed 1 temporary file\(s\) left by an interrupted run in \S*store\n", result.stderr
+        r"INFO: Removed 2 temporary file\(s\) left by an interrupted run in \S*store\n", result.stderr
     )
     assert recorded_ids(store) == [1000]
     check_store_invariants(store, items, kinds=kinds, finished=True)

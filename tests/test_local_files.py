@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from civitai_spider.local_files import (
+    FOREIGN_LEFTOVER_AGE,
     TEMPORARY_PREFIX,
     append_line,
+    host_tag,
     log_line,
     remove_temporary_files,
     sync_file_system,
     write_atomically,
 )
+
+THIS_HOST = host_tag(socket.gethostname())
+OTHER_HOST = host_tag(socket.gethostname() + "-other")
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -140,16 +147,94 @@ def dead_pid() -> int:
     return process.pid  # reaped: no process has this pid now (barring a quick reuse)
 
 
-def test_remove_temporary_files(tmp_path: Path, live_pid: int) -> None:
-    dead = tmp_path / f"{TEMPORARY_PREFIX}{dead_pid()}-123-1.jpg"
-    ours = tmp_path / f"{TEMPORARY_PREFIX}{os.getpid()}-456-2.png"
-    junk_pid = tmp_path / f"{TEMPORARY_PREFIX}notapid-3_meta.json"
-    live = tmp_path / f"{TEMPORARY_PREFIX}{live_pid}-789-4.jpg"
-    finished = tmp_path / "5.jpg"
-    for path in (dead, ours, junk_pid, live, finished):
-        path.write_bytes(b"x")
-    assert remove_temporary_files(tmp_path) == 3
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, finished.name])
+def temporary(directory: Path, name: str, *, age: float = 0) -> Path:
+    """A temporary file ``<prefix><name>`` whose mtime is ``age`` seconds ago."""
+    path = directory / f"{TEMPORARY_PREFIX}{name}"
+    path.write_bytes(b"x")
+    if age:
+        then = time.time() - age
+        os.utime(path, (then, then))
+    return path
+
+
+def remaining(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def test_host_tag_is_short_and_unambiguous() -> None:
+    tags = {host_tag(host) for host in ["a", "a-b", "a.b-c.example.org", "hôte-猫", "-", "123"]}
+    assert len(tags) == 6
+    assert all(re.fullmatch(r"h[0-9a-f]{8}", tag) for tag in tags)
+    assert OTHER_HOST != THIS_HOST
+
+
+def test_this_hosts_leftover_of_a_dead_writer_is_removed(tmp_path: Path) -> None:
+    temporary(tmp_path, f"{THIS_HOST}-{dead_pid()}-abc-1.jpg")
+    assert remove_temporary_files(tmp_path) == 1
+    assert remaining(tmp_path) == []
+
+
+def test_this_hosts_file_of_a_live_writer_is_kept(tmp_path: Path, live_pid: int) -> None:
+    # Even an old one: on this host the pid says for sure whether the writer runs.
+    live = temporary(tmp_path, f"{THIS_HOST}-{live_pid}-abc-1.jpg", age=2 * FOREIGN_LEFTOVER_AGE)
+    assert remove_temporary_files(tmp_path) == 0
+    assert remaining(tmp_path) == [live.name]
+
+
+def test_a_file_with_our_own_pid_is_a_leftover(tmp_path: Path) -> None:
+    temporary(tmp_path, f"{THIS_HOST}-{os.getpid()}-abc-1.jpg")
+    assert remove_temporary_files(tmp_path) == 1
+
+
+def test_another_hosts_fresh_file_is_kept_whatever_its_pid(tmp_path: Path) -> None:
+    # No process has these pids here, but they may be live writers on the other host.
+    names = [
+        temporary(tmp_path, f"{OTHER_HOST}-{dead_pid()}-abc-1.jpg").name,
+        temporary(tmp_path, f"{OTHER_HOST}-{os.getpid()}-abc-2.jpg", age=FOREIGN_LEFTOVER_AGE - 60).name,
+    ]
+    assert remove_temporary_files(tmp_path) == 0
+    assert remaining(tmp_path) == sorted(names)
+
+
+def test_another_hosts_old_file_is_removed_whatever_its_pid(tmp_path: Path, live_pid: int) -> None:
+    temporary(tmp_path, f"{OTHER_HOST}-{live_pid}-abc-1.jpg", age=FOREIGN_LEFTOVER_AGE + 60)
+    assert remove_temporary_files(tmp_path) == 1
+    assert remaining(tmp_path) == []
+
+
+def test_old_format_names_are_this_hosts(tmp_path: Path, live_pid: int) -> None:
+    # Written by earlier versions: <prefix><pid>-<random>-<final name>, no host.
+    temporary(tmp_path, f"{dead_pid()}-123-1.jpg")
+    temporary(tmp_path, f"{os.getpid()}-456-2.png")
+    live = temporary(tmp_path, f"{live_pid}-789-4.jpg", age=2 * FOREIGN_LEFTOVER_AGE)
+    assert remove_temporary_files(tmp_path) == 2
+    assert remaining(tmp_path) == [live.name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "notapid-3_meta.json",
+        "123",  # no dash after the pid: mkstemp always adds one
+        "h12345678-notapid-abc-1.jpg",
+        "hXYZ-123-abc-1.jpg",  # not a host tag, not a pid
+        "99999999999999999999999-abc-1.jpg",  # no pid is that big
+        "0-abc-1.jpg",  # os.kill(0, 0) would ask about our own process group
+        "\u0661\u0662-abc-1.jpg",  # Arabic-Indic digits are not a pid
+    ],
+)
+def test_junk_names_are_removed(tmp_path: Path, name: str) -> None:
+    temporary(tmp_path, name)
+    assert remove_temporary_files(tmp_path) == 1
+    assert remaining(tmp_path) == []
+
+
+def test_finished_files_are_never_removed(tmp_path: Path) -> None:
+    for name in ["5.jpg", "5_meta.json", f"x{TEMPORARY_PREFIX}{dead_pid()}-1-1.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    temporary(tmp_path, f"{THIS_HOST}-{dead_pid()}-abc-5.jpg")
+    assert remove_temporary_files(tmp_path) == 1
+    assert len(remaining(tmp_path)) == 3
 
 
 def test_remove_temporary_files_in_a_clean_folder(tmp_path: Path) -> None:
@@ -166,9 +251,12 @@ def test_a_killed_write_leftover_is_removed(tmp_path: Path) -> None:
         "s.os.replace = lambda *a: os._exit(9)\n"
         "s.write_atomically(Path(sys.argv[1]) / '1.jpg', b'data')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=Path(__file__).parent.parent)
-    assert result.returncode == 9
-    assert len(leftovers(tmp_path)) == 1
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=Path(__file__).parent.parent
+    )
+    assert process.wait() == 9
+    [name] = leftovers(tmp_path)
+    assert re.fullmatch(rf"{re.escape(TEMPORARY_PREFIX)}{THIS_HOST}-{process.pid}-\w+-1\.jpg", name)
     assert remove_temporary_files(tmp_path) == 1
     assert list(tmp_path.iterdir()) == []
 
