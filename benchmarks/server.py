@@ -5,9 +5,17 @@ thread per connection, Python's ``http.server``. Here one asyncio process answer
 (``/api/v1/images``, offset cursors, ``nextCursor`` and ``nextPage``) and the image CDN
 (``/images/<id>``) on one port, so that the crawler, not the server, is what gets measured.
 
-Run it as ``python -m benchmarks.server KIND COUNT [--video-bytes N]``: it prints ``PORT <n>``
-once listening.
+Run it as ``python -m benchmarks.server KIND COUNT [--video-bytes N] [--image-latency S]
+[--page-latency S]``: it prints ``PORT <n>`` once listening.
 ``GET /_counts`` answers ``{"api": pages served, "images": image requests}`` and resets them.
+
+Latency (none by default) stands in for a far CDN or a slow API: each image or page is
+answered that many seconds after its request, without holding up any other request; on
+one keep-alive connection the answers still go out in the order of the requests.
+
+Items have a ``browsingLevel`` of 1, 2, 4 or 8 in turn. A query with ``browsingLevel=<mask>``
+lists only the items whose level is in the mask, with offset cursors over that list, so the
+feeds of 1, 2, 4 and 8 are disjoint and together make the feed of 15; without it, every item.
 """
 
 from __future__ import annotations
@@ -16,13 +24,16 @@ import argparse
 import asyncio
 import json
 import sys
-from urllib.parse import parse_qsl
+from collections import deque
+from urllib.parse import parse_qsl, urlencode
 
-from benchmarks.images import make_images
+from benchmarks.images import KINDS, image_size, make_images
 from benchmarks.videos import make_video
 
 _API_PATH = b"/api/v1/images"
 _IMAGES_PATH = b"/images/"
+#: The items' browsingLevel, in turn by index: PG, PG13, R, X (the API's bits 1, 2, 4, 8).
+LEVELS = (1, 2, 4, 8)
 
 
 class _Catalogue:
@@ -34,21 +45,26 @@ class _Catalogue:
     def __init__(self, kind: str, count: int, port: int, video_bytes: int) -> None:
         if kind == "video":
             self.bodies, self.content_type = [make_video(video_bytes)], "video/mp4"
+            self.size = (1024, 1536)
         else:
             self.bodies, self.content_type = make_images(kind)
+            self.size = image_size(kind)
         self.kind = "video" if kind == "video" else "image"
         self.count = count
         self.base = f"http://127.0.0.1:{port}"
         self.counts = {"api": 0, "images": 0}
+        #: browsingLevel mask -> the indexes it lists, made on first use.
+        self._listings: dict[int, list[int]] = {}
 
     def item(self, index: int) -> dict[str, object]:
         image_id = 1_000_000 + index
         return {
             "id": image_id,
             "url": f"{self.base}/images/{image_id}",
-            "width": 1024,
-            "height": 1536,
+            "width": self.size[0],
+            "height": self.size[1],
             "nsfwLevel": "None",
+            "browsingLevel": LEVELS[index % len(LEVELS)],
             "type": self.kind,
             "createdAt": "2024-08-31T01:28:28.000Z",
             "postId": 6_000_000 + index,
@@ -77,27 +93,60 @@ class _Catalogue:
         query = dict(parse_qsl(raw_query))
         limit = int(query.get("limit", "100"))
         offset = int(query.get("cursor", "0"))
-        end = min(offset + limit, self.count)
+        mask = query.get("browsingLevel")
+        listing: range | list[int] = range(self.count) if mask is None else self._listing(int(mask))
+        end = min(offset + limit, len(listing))
         metadata: dict[str, object] = {}
-        if end < self.count:
+        if end < len(listing):
+            following = {"limit": limit, "cursor": end}
+            if mask is not None:
+                following["browsingLevel"] = mask
             metadata = {
                 "nextCursor": str(end),
-                "nextPage": f"{self.base}/api/v1/images?limit={limit}&cursor={end}",
+                "nextPage": f"{self.base}/api/v1/images?{urlencode(following)}",
             }
-        items = [self.item(index) for index in range(offset, end)]
+        items = [self.item(index) for index in listing[offset:end]]
         return json.dumps({"items": items, "metadata": metadata}).encode()
+
+    def _listing(self, mask: int) -> list[int]:
+        if mask not in self._listings:
+            self._listings[mask] = [
+                index for index in range(self.count) if LEVELS[index % len(LEVELS)] & mask
+            ]
+        return self._listings[mask]
 
     def image(self, image_id: int) -> bytes:
         return self.bodies[image_id % len(self.bodies)]
 
 
+class _Answer:
+    """One response of a connection: its bytes, and whether its latency has passed."""
+
+    __slots__ = ("head", "body", "due", "timer")
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        self.head, self.body = head, body
+        self.due = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self, catalogue: _Catalogue) -> None:
+    def __init__(self, catalogue: _Catalogue, latencies: dict[bytes, float]) -> None:
         self.catalogue = catalogue
+        self.latencies = latencies
         self.buffer = b""
+        #: Answers not written yet, in the order of their requests: HTTP/1.1 keep-alive
+        #: answers go out in that order, so one that is due waits for those before it.
+        self.pending: deque[_Answer] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for answer in self.pending:
+            if answer.timer is not None:
+                answer.timer.cancel()
+        self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -110,29 +159,48 @@ class _Connection(asyncio.Protocol):
         path, _, query = target.partition(b"?")
         catalogue = self.catalogue
         status, content_type, body = b"200 OK", b"application/json", b""
+        latency = 0.0
         if path == _API_PATH:
             catalogue.counts["api"] += 1
             body = catalogue.page(query.decode())
+            latency = self.latencies[_API_PATH]
         elif path.startswith(_IMAGES_PATH):
             catalogue.counts["images"] += 1
             content_type = catalogue.content_type.encode()
             body = catalogue.image(int(path[len(_IMAGES_PATH) :]))
+            latency = self.latencies[_IMAGES_PATH]
         elif path == b"/_counts":
             body = json.dumps(catalogue.counts).encode()
             catalogue.counts = {"api": 0, "images": 0}
         else:
             status, body = b"404 Not Found", b"{}"
-        self.transport.write(
+        answer = _Answer(
             b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-            % (status, content_type, len(body))
+            % (status, content_type, len(body)),
+            body,
         )
-        self.transport.write(body)
+        self.pending.append(answer)
+        if latency:
+            answer.timer = asyncio.get_running_loop().call_later(latency, self._due, answer)
+        else:
+            # No latency (the default): written now, as before latencies existed.
+            self._due(answer)
+
+    def _due(self, answer: _Answer) -> None:
+        answer.due, answer.timer = True, None
+        while self.pending and self.pending[0].due:
+            ready = self.pending.popleft()
+            self.transport.write(ready.head)
+            self.transport.write(ready.body)
 
 
-async def serve(kind: str, count: int, video_bytes: int) -> None:
+async def serve(
+    kind: str, count: int, video_bytes: int, image_latency: float = 0.0, page_latency: float = 0.0
+) -> None:
     loop = asyncio.get_running_loop()
     holder: list[_Catalogue] = []
-    server = await loop.create_server(lambda: _Connection(holder[0]), "127.0.0.1", 0, backlog=1024)
+    latencies = {_API_PATH: page_latency, _IMAGES_PATH: image_latency}
+    server = await loop.create_server(lambda: _Connection(holder[0], latencies), "127.0.0.1", 0, backlog=1024)
     port = server.sockets[0].getsockname()[1]
     holder.append(_Catalogue(kind, count, port, video_bytes))
     print(f"PORT {port}", flush=True)
@@ -142,12 +210,26 @@ async def serve(kind: str, count: int, video_bytes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("jpeg", "png", "webp", "video"))
+    parser.add_argument("kind", choices=(*KINDS, "video"))
     parser.add_argument("count", type=int)
     parser.add_argument("--video-bytes", type=int, default=200_000_000, help="size of the video (kind video)")
+    parser.add_argument(
+        "--image-latency", type=float, default=0.0, help="seconds before each image is answered (default 0)"
+    )
+    parser.add_argument(
+        "--page-latency", type=float, default=0.0, help="seconds before each API page is answered (default 0)"
+    )
     arguments = parser.parse_args()
     try:
-        asyncio.run(serve(arguments.kind, arguments.count, arguments.video_bytes))
+        asyncio.run(
+            serve(
+                arguments.kind,
+                arguments.count,
+                arguments.video_bytes,
+                arguments.image_latency,
+                arguments.page_latency,
+            )
+        )
     except KeyboardInterrupt:
         sys.exit(0)
 

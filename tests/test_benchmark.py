@@ -2,18 +2,27 @@
 
 No timing is asserted (these machines are shared): only that every scenario ran to its end
 on the same images, that the re-runs asked for no image, and that the report is complete.
-The store scenarios start real servers (SeaweedFS, Redis), as the store tests do.
+The store scenarios start real servers (SeaweedFS, Redis), as the store tests do. The
+benchmark server's latency is checked against generous bounds only: that delayed answers
+do not wait for each other, not how fast anything is.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import alternated
+import pytest
+
+from benchmarks import scaling
+from benchmarks.run import Server, alternated, serving
 from tests.conftest import REPOSITORY
 
 IMAGES = 8
@@ -138,3 +147,124 @@ def test_store_runs_alternate_so_that_neither_store_always_goes_first() -> None:
         (3, "folder"),
         (3, "S3"),
     ]
+
+
+def fetch(server: Server, target: str) -> tuple[float, bytes]:
+    """Seconds until the whole answer to ``GET target`` arrived, and its body."""
+    started = time.monotonic()
+    with urllib.request.urlopen(f"{server.base}{target}") as response:
+        body = response.read()
+    return time.monotonic() - started, body
+
+
+def feed(server: Server, query: str) -> list[dict[str, Any]]:
+    """Every item of the benchmark API for ``query``, its cursors followed to the end."""
+    items, cursor = [], ""
+    while True:
+        _, body = fetch(server, f"/api/v1/images?limit=7{query}{f'&cursor={cursor}' if cursor else ''}")
+        page = json.loads(body)
+        items += page["items"]
+        cursor = page["metadata"].get("nextCursor")
+        if not cursor:
+            return items
+
+
+def test_benchmark_server_lists_disjoint_browsing_level_feeds_that_make_the_whole() -> None:
+    with serving("small-jpeg", 40) as server:
+        whole = feed(server, "")
+        assert [item["id"] for item in whole] == list(range(1_000_000, 1_000_040))
+        assert [item["id"] for item in feed(server, "&browsingLevel=15")] == [item["id"] for item in whole]
+        chains = {level: feed(server, f"&browsingLevel={level}") for level in (1, 2, 4, 8)}
+        for level, items in chains.items():
+            assert len(items) == 10 and {item["browsingLevel"] for item in items} == {level}
+        ids = [item["id"] for items in chains.values() for item in items]
+        assert sorted(ids) == [item["id"] for item in whole]  # disjoint, and all of them
+        assert {item["id"] for item in feed(server, "&browsingLevel=6")} == {
+            item["id"] for item in chains[2] + chains[4]
+        }
+        assert server.take_counts() == {"api": 6 + 6 + 4 * 2 + 3, "images": 0}
+
+
+def test_benchmark_server_delays_answers_without_holding_up_others_or_reordering_them() -> None:
+    image_latency, page_latency = 0.3, 0.6
+    with serving("small-jpeg", 8, image_latency=image_latency, page_latency=page_latency) as server:
+        with ThreadPoolExecutor(8) as pool:
+            started = time.monotonic()
+            waits = list(pool.map(lambda index: fetch(server, f"/images/{1_000_000 + index}")[0], range(8)))
+            together = time.monotonic() - started
+        assert min(waits) >= image_latency
+        assert together < 4 * image_latency  # one after the other would be 8 times the latency
+
+        # One keep-alive connection, the slow page asked for first: it is answered first.
+        with socket.create_connection(("127.0.0.1", int(server.base.rsplit(":", 1)[1]))) as connection:
+            started = time.monotonic()
+            connection.sendall(
+                b"GET /api/v1/images?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /images/1000001 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < 2 or not received.endswith(b"\xff\xd9"):
+                received += connection.recv(1 << 16)
+            waited = time.monotonic() - started
+        assert received.index(b"application/json") < received.index(b"image/jpeg")
+        assert waited >= page_latency
+        assert server.take_counts() == {"api": 1, "images": 9}
+
+
+def test_scaling_ratios_and_report_put_each_target_beside_its_ratio() -> None:
+    def run(measurement: str, label: str, saved: int, pages: int, seconds: float) -> scaling.Scaled:
+        worker = scaling.Worker(saved, saved, seconds - 1, seconds, 1.0, 90.0, 10.0, stats={})
+        return scaling.Scaled(measurement, label, 1, saved, pages, seconds, 0.1, 0.0, [worker])
+
+    runs = [
+        run("workers", "1 worker", 100, 2, 10.0),
+        run("workers", "2 workers", 100, 2, 5.0),
+        run("workers", "4 workers", 100, 2, 4.0),
+        run("chains", "1 chain", 80, 40, 40.0),
+        run("chains", "4 chains", 80, 40, 10.0),
+    ]
+    assert [(ratio.name, ratio.value, ratio.target) for ratio in scaling.ratios(runs)] == [
+        ("Scaling: 2 workers / 1 worker, images/s", 2.0, None),
+        ("Scaling: 4 workers / 1 worker, images/s", 2.5, 3.2),
+        ("Scaling: 4 chains / 1 chain, API pages/s", 4.0, 3.0),
+    ]
+    report = "\n".join(scaling.table(runs))
+    assert "| Scaling: 4 workers / 1 worker, images/s | 2.50x | at least 3.2x |" in report
+    assert "| Scaling: 2 workers / 1 worker, images/s | 2.00x | - |" in report
+    assert "| workers: 4 workers | 100 | 2 | 4.0 | 25.0 | 0.50 |" in report
+    assert json.loads(json.dumps(scaling.raw(runs)))["ratios"][2]["target"] == 3.0
+    with pytest.raises(RuntimeError, match="each image is to be saved once"):
+        scaling.check_shared(run("workers", "2 workers", 200, 2, 5.0), 100)
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(bool(scaling.missing_features()), reason="; ".join(scaling.missing_features()))
+def test_benchmark_measures_workers_and_chains(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--scenarios", "scaling"]
+        + ["--scaling-images", "16", "--scaling-chain-pages", "2", "--ids", "1000", "--json", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert process.returncode == 0, process.stderr
+
+    results = json.loads(output.read_text())["scaling"]
+    runs = {(run["measurement"], run["label"]): run for run in results["runs"]}
+    assert list(runs) == [
+        ("workers", "1 worker"),
+        ("workers", "2 workers"),
+        ("workers", "4 workers"),
+        ("chains", "1 chain"),
+        ("chains", "4 chains"),
+    ]
+    for workers in (1, 2, 4):
+        run = runs["workers", f"{workers} worker{'s' if workers > 1 else ''}"]
+        assert len(run["workers"]) == workers and run["images"] == run["saved"] == 16
+    for chains in (1, 4):
+        run = runs["chains", f"{chains} chain{'s' if chains > 1 else ''}"]
+        assert run["chains"] == chains and run["saved"] == 4 * 20 * 2 and run["api_pages"] == 8
+    assert [ratio["target"] for ratio in results["ratios"]] == [None, 3.2, 3.0]
+    assert "| Scaling: 4 chains / 1 chain, API pages/s |" in process.stdout
