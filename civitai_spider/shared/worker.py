@@ -63,6 +63,8 @@ class Worker:
         self.images: dict[int, tuple[ImageMessage, Any]] = {}
         self._wake = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._closing_watch: asyncio.Task[None] | None = None
+        self._stopping = False
         self._acknowledgements: set[asyncio.Task[None]] = set()
         self._counts = {"pages": 0, "images": 0}
         crawler.signals.connect(self._item_scraped, signal=signals.item_scraped)
@@ -82,17 +84,23 @@ class Worker:
                 self.crawl.worker,
             )
             self._heartbeat = asyncio.ensure_future(self._beat())
+            self._closing_watch = asyncio.ensure_future(_finish_closing_scraper(self.crawler))
             async for element in self._work(spider):
                 yield element
         except OSError as error:  # SharedCrawlError, or the id store out of reach
-            logger.error("Stopping: %s", error)
-            raise CloseSpider(outcomes.REDIS_ERROR) from None
+            self.stop_for_redis(str(error))
 
     async def _work(self, spider: Spider) -> AsyncIterator[Request | CivitaiImage]:
         ids = stores_of(self.crawler).ids
+        engine = self.crawler.engine
         while True:
             self._wake.clear()
             took = False
+            if engine.needs_backout():
+                # The downloader is full, or the spider is closing: it would take work that
+                # nobody then does (until it is taken over).
+                await asyncio.sleep(_POLL_INTERVAL)
+                continue
             free_pages = self.api_concurrency - len(self.pages)
             if free_pages > 0 and await self.crawl.queued_images() < MAX_QUEUED_IMAGES:
                 for page in await self.crawl.take_pages(free_pages):
@@ -148,7 +156,7 @@ class Worker:
         try:
             result = await self.crawl.hand_on(page, **hand_on)
         except OSError as error:
-            logger.error("Stopping: %s", error)
+            self.stop_for_redis(str(error))
             raise CloseSpider(outcomes.REDIS_ERROR) from None
         finally:
             self.page_done(page)
@@ -194,8 +202,7 @@ class Worker:
             await self.crawl.finish_image(message.message_id, counted)
         except OSError as error:
             # Unacknowledged, the image is taken over by a live worker (or this one, later).
-            logger.error("Stopping: %s (image %s stays queued)", error, image_id)
-            self._close(outcomes.REDIS_ERROR)
+            self.stop_for_redis(f"{error} (image {image_id} stays queued)")
 
     # --- the rest -------------------------------------------------------------------------
 
@@ -211,8 +218,7 @@ class Worker:
             try:
                 await self.crawl.heartbeat(self._report("working"))
             except OSError as error:
-                logger.error("Stopping: %s", error)
-                self._close(outcomes.REDIS_ERROR)
+                self.stop_for_redis(str(error))
                 return
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
@@ -225,6 +231,13 @@ class Worker:
             "images_finished": self._counts["images"],
         }
 
+    def stop_for_redis(self, reason: str) -> None:
+        """Stop the worker with ``redis_error``: one ERROR line, however many things failed."""
+        if not self._stopping:  # one ERROR line, not one per image in flight
+            self._stopping = True
+            logger.error("Stopping: %s", reason)
+        self._close(outcomes.REDIS_ERROR)
+
     def _close(self, reason: str) -> None:
         # Not awaited: closing waits for spider_closed, whose handler below waits for the
         # acknowledgements, one of which may be the caller.
@@ -232,8 +245,9 @@ class Worker:
             asyncio.ensure_future(self.crawler.engine.close_spider_async(reason=reason))
 
     async def _spider_closed(self, reason: str) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._closing_watch):
+            if task is not None:
+                task.cancel()
         # The last items' acknowledgements; one that waits for Redis gives up at the timeout.
         await asyncio.gather(*self._acknowledgements, return_exceptions=True)
         try:
@@ -250,3 +264,19 @@ def _ends_text(ends: Mapping[str, str | None]) -> str:
     for end in ends.values():
         counted[end or "live"] = counted.get(end or "live", 0) + 1
     return ", ".join(f"{count} {end}" for end, count in sorted(counted.items()))
+
+
+async def _finish_closing_scraper(crawler: Crawler) -> None:
+    """Let a closing spider close once its last item from ``start()`` is through.
+
+    Scrapy 2.19's ``Scraper.start_itemproc_async`` (items from ``start()``, as every image of a
+    shared crawl is) does not check, when an item is done, whether a closing scraper is now
+    idle; only responses do. A worker closed while images were in flight would then wait for
+    ever. This checks as Scrapy does after a response, every tenth of a second.
+    """
+    while True:
+        await asyncio.sleep(0.1)
+        scraper = crawler.engine.scraper if crawler.engine is not None else None
+        slot = scraper.slot if scraper is not None else None
+        if slot is not None and slot.closing is not None and not slot.closing.called:
+            scraper._check_if_closing()

@@ -334,7 +334,7 @@ class CivitaiSpider(scrapy.Spider):
             recorded = await self._recorded(new)
         except OSError as error:
             self.worker.page_done(page)
-            logger.error("Stopping: the id store does not answer: %s", error)
+            self.worker.stop_for_redis(f"the id store does not answer: {error}")
             raise CloseSpider(outcomes.REDIS_ERROR) from None
         streak, caught_up, queue = page.streak, False, []
         for item, seen in zip(new, recorded, strict=True):

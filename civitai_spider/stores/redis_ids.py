@@ -16,9 +16,10 @@ means acknowledged by Redis; with ``appendonly yes`` (which :meth:`RedisIds.open
 restart keeps every acknowledged write.
 
 The async client of redis-py runs on the asyncio reactor; nothing blocks the reactor
-thread. A dropped connection is retried with backoff, so a Redis restart of a few seconds
-costs no item; a longer outage fails the items it hits (their files are stored, their ids
-not recorded: the next run downloads them again) and the crawl goes on.
+thread. A dropped connection is retried with backoff for ``CIVITAI_REDIS_TIMEOUT`` seconds,
+so a Redis restart costs no item; a longer outage fails the items it hits (their files are
+stored, their ids not recorded: they are downloaded again) and the worker stops
+(:mod:`civitai_spider.shared.worker`).
 """
 
 from __future__ import annotations
@@ -54,26 +55,27 @@ MAX_ID = (1 << 32) - 1
 _PREFETCHED_LIMIT = 10_000
 #: Ids of one chunk in one record() from which the chunk's bitmap is sent whole (imports).
 _BITMAP_WRITE_MIN = 1_000
-#: Retries of a command whose connection broke: 0.1 s, 0.2 s ... up to 2 s apart, about
-#: 10 s in all, enough for a Redis restart. redis.asyncio's Retry, not redis.retry's: that
-#: one gets back a coroutine that has not failed yet, so it never retries.
-_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=8)
+#: Backoff between retries of a command whose connection broke: 0.1 s, 0.2 s ... then 1 s.
+_BACKOFF_CAP = 1.0
 _TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 30}
 _QUERY_PASSWORD = re.compile(r"(^|&)password=[^&]*")
 
 
 class RedisIds(IdStore):
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float = 60.0) -> None:
         self.url, self.prefix = url, prefix
         self.client = redis.asyncio.Redis.from_url(
-            url, retry=_RETRY, retry_on_error=[redis.ConnectionError, redis.TimeoutError], **_TIMEOUTS
+            url,
+            retry=retry_for(timeout),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            **_TIMEOUTS,
         )
         self._prefetched: dict[int, bool] = {}
 
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
         url, prefix = _url_and_prefix(settings)
-        return cls(url, prefix)
+        return cls(url, prefix, settings.getfloat("CIVITAI_REDIS_TIMEOUT"))
 
     @classmethod
     def check(cls, settings: BaseSettings) -> None:
@@ -175,6 +177,20 @@ class RedisIds(IdStore):
 
     def _key(self, chunk: int | str) -> str:
         return f"{self.prefix}:ids:{chunk}"
+
+
+def retry_for(timeout: float) -> Retry:
+    """Retries with backoff that give up after about ``timeout`` seconds of failures.
+
+    redis.asyncio's Retry, not redis.retry's: that one gets back a coroutine that has not
+    failed yet, so it never retries. (A pipeline can only be retried by it: it replays the
+    pipeline's commands, which a retry around ``execute()`` would have lost.)
+    """
+    waits, retries = 0.0, 0
+    while waits < timeout:
+        waits += min(0.1 * 2**retries, _BACKOFF_CAP)
+        retries += 1
+    return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=0.1), retries=retries)
 
 
 def safe_url(url: str) -> str:

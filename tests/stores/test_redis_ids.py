@@ -305,7 +305,7 @@ def test_the_pipeline_drops_ids_recorded_in_redis(redis_url: str, tmp_path: Path
 def test_the_pipeline_fails_an_item_cleanly_when_redis_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_ids, "_RETRY", Retry(NoBackoff(), retries=1))
+    monkeypatch.setattr(redis_ids, "retry_for", lambda timeout: Retry(NoBackoff(), retries=1))
     with RedisServer(tmp_path / "r") as server:
         crawler = project_crawler(IMAGES_STORE=str(tmp_path / "store"), CIVITAI_REDIS_URL=server.url)
         crawler.stats.open_spider()
@@ -418,8 +418,8 @@ def test_a_redis_restart_costs_no_record(tmp_path: Path) -> None:
 def test_redis_down_for_good_is_a_store_error_without_the_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fewer retries than the ~10 s of the real policy, so that the test waits for no backoff.
-    monkeypatch.setattr(redis_ids, "_RETRY", Retry(NoBackoff(), retries=1))
+    # Fewer retries than CIVITAI_REDIS_TIMEOUT (60 s) allows, so that the test waits for no backoff.
+    monkeypatch.setattr(redis_ids, "retry_for", lambda timeout: Retry(NoBackoff(), retries=1))
     with RedisServer(tmp_path / "r") as server:
         with server.client() as client:
             client.config_set("requirepass", PASSWORD)
