@@ -334,7 +334,7 @@ def test_a_worker_that_cannot_reach_redis_exits_2_before_any_request(
     [line] = [line for line in process.stderr.splitlines() if "error" in line.lower()]
     assert f"error: CIVITAI_REDIS_URL=redis://127.0.0.1:{port}/0: Redis does not answer" in line
     assert "Traceback" not in process.stderr
-    assert server.requests() == []
+    assert server.requests == []
 
 
 def test_the_same_arguments_after_the_crawl_is_done_start_a_new_walk(
