@@ -22,7 +22,7 @@ arguments and API URL, and ``R`` the walk's number::
 
     P:crawls                    SET of D
     P:crawl:D                   HASH definition (JSON), run (R)
-    P:crawl:D:R:state           HASH status (running, done), started, finished
+    P:crawl:D:R:state           HASH status (running, done), started, finished, chains (their order)
     P:crawl:D:R:chains          HASH chain -> JSON {pages, url, end}
     P:crawl:D:R:pages           STREAM one message per live chain: chain, step, url, streak
     P:crawl:D:R:images          STREAM one message per image to save: record (the API's JSON)
@@ -81,10 +81,10 @@ redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'definition', ARGV[2], 'run', run)
 redis.call('DEL', prefix .. 'state', prefix .. 'chains', prefix .. 'pages', prefix .. 'images',
            prefix .. 'stats', prefix .. 'workers')
-redis.call('HSET', prefix .. 'state', 'status', 'running', 'started', ARGV[3])
+redis.call('HSET', prefix .. 'state', 'status', 'running', 'started', ARGV[3], 'chains', ARGV[5])
 redis.call('XGROUP', 'CREATE', prefix .. 'pages', 'workers', '$', 'MKSTREAM')
 redis.call('XGROUP', 'CREATE', prefix .. 'images', 'workers', '$', 'MKSTREAM')
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', prefix .. 'chains', ARGV[i], cjson.encode({pages = 0, url = ARGV[i + 1]}))
   redis.call('XADD', prefix .. 'pages', '*', 'chain', ARGV[i], 'step', 0, 'url', ARGV[i + 1], 'streak', 0)
 end
@@ -243,6 +243,7 @@ class SharedCrawl:
             json.dumps(self.definition, sort_keys=True),
             _now(),
             self.crawl_key,
+            json.dumps(list(chains)),  # their order, for civitai-status
         ]
         for chain, url in chains.items():
             arguments += [chain, url]
@@ -251,6 +252,44 @@ class SharedCrawl:
         )
         self.run = int(run)
         return bool(seeded)
+
+    async def release_dead_local_workers(self) -> int:
+        """Make what dead workers of this host held claimable now, not after ``claim_after``.
+
+        A consumer named with this host and a pid that no longer runs is certainly dead (a
+        worker restarted after a crash, on the same machine): its pending messages get an idle
+        time of ``claim_after``, so the next claim scan takes them. Returns how many.
+        """
+        host, released = socket.gethostname(), 0
+        for stream in ("pages", "images"):
+            key = self.key(stream)
+            for consumer in await self._call(lambda key=key: self.client.xinfo_consumers(key, GROUP)):
+                name = consumer["name"]
+                parts = name.rsplit(":", 2)  # host:pid:token, see worker_name()
+                if len(parts) != 3 or name == self.worker or parts[0] != host or _pid_alive(parts[1]):
+                    continue
+                if not consumer["pending"]:
+                    await self._call(
+                        lambda key=key, name=name: self.client.xgroup_delconsumer(key, GROUP, name)
+                    )
+                    continue
+                entries = await self._call(
+                    lambda key=key, name=name, count=consumer["pending"]: self.client.xpending_range(
+                        key, GROUP, "-", "+", count, name
+                    )
+                )
+                ids = [entry["message_id"] for entry in entries]
+                await self._call(
+                    lambda key=key, name=name, ids=ids: self.client.xclaim(
+                        key, GROUP, name, 0, ids, idle=int(self.claim_after * 1000), justid=True
+                    )
+                )
+                released += len(ids)
+        if released:
+            logger.info(
+                "%d message(s) held by stopped workers of this host can be taken over at once", released
+            )
+        return released
 
     async def take_pages(self, count: int) -> list[PageMessage]:
         messages = await self._take("pages", count)
@@ -424,6 +463,18 @@ class SharedCrawl:
                     )
                     self._unreachable_since = None
                 return result
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isascii() or not pid.isdigit() or not 0 < int(pid) < 2**31:
+        return True  # not a name of ours: leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> str:

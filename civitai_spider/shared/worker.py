@@ -83,6 +83,7 @@ class Worker:
                 self.crawl.run,
                 self.crawl.worker,
             )
+            await self.crawl.release_dead_local_workers()
             self._heartbeat = asyncio.ensure_future(self._beat())
             self._closing_watch = asyncio.ensure_future(_finish_closing_scraper(self.crawler))
             async for element in self._work(spider):

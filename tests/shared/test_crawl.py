@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import redis
 
 from civitai_spider.shared.crawl import PageMessage, SharedCrawl, SharedCrawlError, crawl_digest
 from tests.servers import free_ports
+from tests.test_kill_and_resume import dead_pid
 
 T = TypeVar("T")
 DEFINITION = {"api_url": "http://127.0.0.1:9/api/v1/images", "chains": {"a": {}, "b": {}}}
@@ -208,6 +210,29 @@ def test_an_image_taken_over_too_often_is_marked_as_such(redis_url: str) -> None
         return deliveries
 
     assert run(redis_url, work, workers=4, claim_after=0.1) == [1, 2, 3, 4]
+
+
+def test_what_a_dead_worker_of_this_host_held_is_taken_at_once(redis_url: str) -> None:
+    dead = f"{socket.gethostname()}:{dead_pid()}:abc123"
+    elsewhere = "another-host:1:abc123"  # pid 1 means nothing there
+
+    async def work(restarted: SharedCrawl) -> Any:
+        holders = [crawl(redis_url, name) for name in (dead, elsewhere)]
+        try:
+            await holders[0].join(FIRST_PAGES)
+            await holders[1].join(FIRST_PAGES)
+            await holders[0].take_pages(1)
+            await holders[1].take_pages(1)
+        finally:
+            for holder in holders:
+                await holder.close()
+        await restarted.join(FIRST_PAGES)
+        released = await restarted.release_dead_local_workers()
+        return released, await restarted.take_pages(5)
+
+    released, pages = run(redis_url, work)  # claim_after is 300 s
+    assert released == 1
+    assert [(page.chain, page.deliveries) for page in pages] == [("a", 2)]  # not the other host's
 
 
 def test_redis_out_of_reach_for_longer_than_the_timeout_raises(caplog: pytest.LogCaptureFixture) -> None:
