@@ -725,12 +725,15 @@ def machine() -> dict[str, object]:
 
 
 def table(results: dict[str, object]) -> str:
-    lines = [
-        "| scenario | crawler | images | images/s | MB/s | CPU ms/image | peak RSS MB | worst stall ms "
-        "| worst GC ms | server CPU ms/image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for run in [*results["runs"], *results["memory_runs"], *results["store_runs"]]:
+    runs = [*results["runs"], *results["memory_runs"], *results["store_runs"]]
+    lines = []
+    if runs:  # none when only the scaling scenario ran: it has a table of its own
+        lines += [
+            "| scenario | crawler | images | images/s | MB/s | CPU ms/image | peak RSS MB | worst stall ms "
+            "| worst GC ms | server CPU ms/image |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    for run in runs:
         rate = f"{run.images_per_second:.0f}" if run.images else f"0 ({run.items_per_second:.0f} items/s)"
         lines.append(
             f"| {run.scenario} | {run.crawler} | {run.images} | {rate} | {run.megabytes / run.elapsed:.0f} "

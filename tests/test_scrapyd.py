@@ -1,8 +1,8 @@
 """End to end on a real Scrapyd: deploy with the real scrapyd-deploy, schedule, read logs and files.
 
-One Scrapyd serves the whole module. Its configuration is the sample deploy/scrapyd.conf with a free
-port and folders of its own; credentials and the API key reach it through the environment, as the
-README tells users to do.
+One Scrapyd serves the whole module (a second node joins it for the shared crawl). Its
+configuration is the sample deploy/scrapyd.conf with a free port and folders of its own;
+credentials and the API key reach it through the environment, as the README tells users to do.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import base64
 import configparser
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +180,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
-def scrapyd(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3Server) -> Iterator[Scrapyd]:
-    home = tmp_path_factory.mktemp("scrapyd")
+@contextmanager
+def _running_scrapyd(home: Path, s3: SeaweedS3Server) -> Iterator[Scrapyd]:
+    """A Scrapyd in ``home`` with the project deployed by ``scrapyd-deploy``; stopped after."""
     port = _free_port()
     _write_configuration(home, port)
-    environment = _environment(home, s3_server)
+    environment = _environment(home, s3)
     with open(home / "scrapyd.out", "wb") as output:
         # Scrapyd reads ./scrapyd.conf, so it runs in its own folder (its pid file lands there too).
         process = subprocess.Popen(
@@ -207,6 +209,12 @@ def scrapyd(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3Server
         yield scrapyd
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def scrapyd(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3Server) -> Iterator[Scrapyd]:
+    with _running_scrapyd(tmp_path_factory.mktemp("scrapyd"), s3_server) as node:
+        yield node
 
 
 def _add_items(server: FakeCivitai, heart_counts: list[int]) -> list[int]:
@@ -351,6 +359,20 @@ def test_cancelled_job_stops_cleanly_and_the_next_job_finishes_the_set(
     assert sorted(recorded) == sorted(ids)  # every id once: nothing lost, nothing twice
 
 
+def _bucket_and_redis(
+    server: FakeCivitai, s3: SeaweedS3Server, bucket: str, redis_url: str
+) -> dict[str, str]:
+    """The settings of the README's schedule into a bucket with Redis (the keys are in the environment)."""
+    return {
+        **FAST_SETTINGS,
+        "CIVITAI_API_URL": server.api_url,
+        "IMAGES_STORE": f"s3://{bucket}/civitai",
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "AWS_REGION_NAME": "us-east-1",
+        "CIVITAI_REDIS_URL": redis_url,
+    }
+
+
 def test_scheduled_crawl_to_a_bucket_with_redis_ids(
     scrapyd: Scrapyd,
     server: FakeCivitai,
@@ -362,12 +384,7 @@ def test_scheduled_crawl_to_a_bucket_with_redis_ids(
     # The README's schedule: the bucket and Redis as settings, the bucket's keys in the environment.
     ids = _add_items(server, [5, 5, 5, 5, 5])
     settings = {
-        **FAST_SETTINGS,
-        "CIVITAI_API_URL": server.api_url,
-        "IMAGES_STORE": f"s3://{bucket}/civitai",
-        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
-        "AWS_REGION_NAME": "us-east-1",
-        "CIVITAI_REDIS_URL": redis_url,
+        **_bucket_and_redis(server, s3_server, bucket, redis_url),
         "CIVITAI_LOG_DIR": str(tmp_path / "logs"),
     }
 
@@ -388,3 +405,35 @@ def test_scheduled_crawl_to_a_bucket_with_redis_ids(
     scrapyd.wait_until_finished(job)
     assert "'civitai/dropped/already_downloaded': 5" in scrapyd.job_log(job)
     assert server.cdn_requests() == []
+
+
+def test_the_same_job_on_two_scrapyd_nodes_is_one_shared_crawl(
+    scrapyd: Scrapyd,
+    tmp_path_factory: pytest.TempPathFactory,
+    server: FakeCivitai,
+    s3_server: SeaweedS3Server,
+    bucket: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # The README's loop over nodes: the same arguments, Redis and bucket on each.
+    body = images.jpeg_rgb((96, 64))
+    ids = [server.add_image_item(body, browsingLevel=(1, 2, 4, 8, 16)[n % 5])["id"] for n in range(400)]
+    server.cdn_delay = 0.03  # long enough for both nodes to take part
+    settings = {**_bucket_and_redis(server, s3_server, bucket, redis_url), "CIVITAI_IMAGES_IN_FLIGHT": "8"}
+    arguments = ("nsfw=X", "split=browsing_level", "limit=20")
+    with _running_scrapyd(tmp_path_factory.mktemp("scrapyd-node-2"), s3_server) as second:
+        jobs = [
+            (node, node.schedule(*arguments, **settings, CIVITAI_LOG_DIR=str(tmp_path / f"logs-{index}")))
+            for index, node in enumerate((scrapyd, second))
+        ]
+        for node, job in jobs:
+            node.wait_until_finished(job, timeout=120)
+        logs = [node.job_log(job) for node, job in jobs]
+
+    for log in logs:
+        assert "'finish_reason': 'finished'" in log, log[-3000:]
+    saved = [int(re.search(r"'civitai/saved': (\d+)", log)[1]) for log in logs]
+    assert all(count > 0 for count in saved) and sum(saved) == len(ids)  # each image once, both nodes
+    assert redis_ids(redis_url) == set(ids)
+    assert {f"{image_id}.jpg" for image_id in ids} <= set(bucket_objects(s3_server, bucket, "civitai/"))

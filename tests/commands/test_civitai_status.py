@@ -56,6 +56,11 @@ def test_status_shows_chains_images_workers_and_totals_during_and_after_a_crawl(
     assert all(worker["seconds_since_heartbeat"] < 10 for worker in running["workers"])
     assert 0 < running["totals"]["saved"] < 500
     assert running["images_in_flight"] > 0  # taken by the workers, not finished yet
+    # A worker holds no more than twice its images and videos in flight (4 + 2): the rest of
+    # the backlog waits in Redis, not in a worker's memory.
+    assert running["images_queued"] > 0
+    assert all(worker["report"]["images_in_flight"] <= 12 for worker in running["workers"])
+    assert running["images_in_flight"] <= 24
     assert re.search(rf"Crawl {running['digest']}, walk 1: running since ", text)
     assert re.search(r"Chains: 5 \(\d live, \d done\)", text)
     assert "Workers: 2 alive, 0 stopped or silent" in text
