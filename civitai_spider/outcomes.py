@@ -60,6 +60,14 @@ class DropImage(DropItem):
         self.reason = reason
 
 
+def counted_as(item_media: str, exception: BaseException | None = None) -> list[str]:
+    """The counts (stats keys without :data:`STATS_PREFIX`) of an item saved, or dropped by ``exception``."""
+    if exception is None:
+        return ["saved", f"saved/{item_media}"]
+    reason = getattr(exception, "reason", "other")
+    return ["failed"] if reason == FAILED_REASON else [f"dropped/{reason}"]
+
+
 def describe_error(error: BaseException) -> str:
     """``Type: message`` of a download error, for the log and ``error_log.txt``.
 

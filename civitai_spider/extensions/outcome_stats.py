@@ -32,16 +32,15 @@ class OutcomeStats:
         return cls(crawler)
 
     def item_scraped(self, item: Any) -> None:
-        self.stats.inc_value(outcomes.SAVED)
-        self.stats.inc_value(outcomes.saved_key(media_of(item)))
+        self._count(outcomes.counted_as(media_of(item)))
 
     def item_dropped(self, item: Any, exception: BaseException) -> None:
-        reason = getattr(exception, "reason", "other")
-        if reason == outcomes.FAILED_REASON:
-            self.stats.inc_value(outcomes.FAILED)
-        else:
-            self.stats.inc_value(outcomes.dropped_key(reason))
+        self._count(outcomes.counted_as(media_of(item), exception))
 
     def item_error(self, item: Any, failure: Any) -> None:
         # An unexpected exception in a pipeline (already logged with its traceback).
         self.stats.inc_value(outcomes.FAILED)
+
+    def _count(self, names: list[str]) -> None:
+        for name in names:
+            self.stats.inc_value(outcomes.STATS_PREFIX + name)

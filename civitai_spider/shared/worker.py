@@ -178,11 +178,10 @@ class Worker:
     # --- acknowledgements -------------------------------------------------------------------
 
     def _item_scraped(self, item: Any) -> None:
-        self._finish(item, ["saved", f"saved/{media_of(item)}"])
+        self._finish(item, outcomes.counted_as(media_of(item)))
 
     def _item_dropped(self, item: Any, exception: BaseException) -> None:
-        reason = getattr(exception, "reason", "other")
-        self._finish(item, ["failed"] if reason == outcomes.FAILED_REASON else [f"dropped/{reason}"])
+        self._finish(item, outcomes.counted_as(media_of(item), exception))
 
     def _item_error(self, item: Any, failure: Any) -> None:
         self._finish(item, ["failed"])

@@ -321,14 +321,7 @@ class CivitaiSpider(scrapy.Spider):
             self.worker.page_done(page)  # unacknowledged: another worker takes it over later
             raise
         items, counts = self._items_of(records)
-        new = []
-        for item in items:
-            try:
-                self.thresholds.check(item)
-            except DropImage as drop:
-                counts[f"dropped/{drop.reason}"] += 1
-            else:
-                new.append(item)
+        new = self._passing(items, counts)
         # Only work that is real goes into the queue: not what an earlier walk saved.
         try:
             recorded = await self._recorded(new)
@@ -336,17 +329,9 @@ class CivitaiSpider(scrapy.Spider):
             self.worker.page_done(page)
             self.worker.stop_for_redis(f"the id store does not answer: {error}")
             raise CloseSpider(outcomes.REDIS_ERROR) from None
-        streak, caught_up, queue = page.streak, False, []
-        for item, seen in zip(new, recorded, strict=True):
-            if seen:
-                counts["dropped/already_downloaded"] += 1
-                streak += 1
-                caught_up = caught_up or streak >= (self.stop_after_seen or streak + 1)
-            else:
-                streak = 0
-                queue.append(item)
-        if caught_up:
-            self._log_caught_up(page.chain)
+        counts["dropped/already_downloaded"] += sum(recorded)
+        queue = [item for item, seen in zip(new, recorded, strict=True) if not seen]
+        streak, caught_up = self._streak_after(page.streak, recorded, page.chain)
         pages = page.step + 1
         end, following = self._next_of(page.chain, pages, metadata, len(records), caught_up)
         result = await self.worker.hand_on(
@@ -409,25 +394,36 @@ class CivitaiSpider(scrapy.Spider):
         await ids.prefetch(image_ids)
         return await ids.contains(image_ids)
 
-    async def _seen_streak(self, streak: int, items: list[CivitaiImage], chain: str) -> tuple[int, bool]:
-        """The already-downloaded streak after ``items`` (among those that pass the thresholds),
-        and whether it reached ``stop_after_seen``."""
+    def _passing(self, items: list[CivitaiImage], counts: Counter[str]) -> list[CivitaiImage]:
+        """The items that pass the thresholds; the others are counted by reason in ``counts``."""
         passing = []
         for item in items:
             try:
                 self.thresholds.check(item)
-            except DropImage:
-                continue  # the pipeline drops it: it says nothing about what was saved
-            passing.append(item)
+            except DropImage as drop:
+                counts[f"dropped/{drop.reason}"] += 1
+            else:
+                passing.append(item)
+        return passing
+
+    async def _seen_streak(self, streak: int, items: list[CivitaiImage], chain: str) -> tuple[int, bool]:
+        """The already-downloaded streak after ``items`` (among those that pass the thresholds),
+        and whether it reached ``stop_after_seen``."""
+        # The pipeline drops and counts the others: they say nothing about what was saved.
+        passing = self._passing(items, Counter())
         try:
             recorded = await self._recorded(passing)
         except OSError as error:
             logger.debug("The id store did not answer for stop_after_seen: %s", error)
             return 0, False  # the pipeline fails these items, with the reason
+        return self._streak_after(streak, recorded, chain)
+
+    def _streak_after(self, streak: int, recorded: list[bool], chain: str) -> tuple[int, bool]:
+        """The streak after a page's answers from the id store, and whether it reached ``stop_after_seen``."""
         caught_up = False
         for seen in recorded:
             streak = streak + 1 if seen else 0
-            caught_up = caught_up or streak >= (self.stop_after_seen or streak + 1)
+            caught_up = caught_up or (self.stop_after_seen is not None and streak >= self.stop_after_seen)
         if caught_up:
             self._log_caught_up(chain)
         return streak, caught_up

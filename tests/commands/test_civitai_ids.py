@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -12,7 +11,7 @@ from typing import TypeVar
 import pytest
 
 from civitai_spider.stores.redis_ids import RedisIds
-from tests.conftest import REPOSITORY, crawl_environment
+from tests.conftest import run_scrapy_command
 from tests.servers import free_ports, redis_ids
 
 T = TypeVar("T")
@@ -21,12 +20,7 @@ PASSWORD = "hunter2-5e0b"
 
 
 def civitai_ids(*arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "scrapy", "civitai-ids", *arguments]
-    for name, value in settings.items():
-        command += ["-s", f"{name}={value}"]
-    return subprocess.run(
-        command, cwd=REPOSITORY, env=crawl_environment(), capture_output=True, text=True, timeout=60
-    )
+    return run_scrapy_command("civitai-ids", *arguments, **settings)
 
 
 def succeeded(result: subprocess.CompletedProcess[str]) -> str:

@@ -5,25 +5,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import redis
 
-from tests.conftest import REPOSITORY, crawl_environment
+from tests.conftest import run_scrapy_command
 from tests.fake_civitai import FakeCivitai
 from tests.servers import free_ports
 from tests.test_shared_crawl import Workers, add_items, wait_for_files
 
 
 def civitai_status(*arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "scrapy", "civitai-status", *arguments]
-    for name, value in settings.items():
-        command += ["-s", f"{name}={value}"]
-    return subprocess.run(
-        command, cwd=REPOSITORY, env=crawl_environment(), capture_output=True, text=True, timeout=60
-    )
+    return run_scrapy_command("civitai-status", *arguments, **settings)
 
 
 def status_json(redis_url: str) -> list[dict]:
