@@ -81,7 +81,7 @@ class CivitaiImage:
         url = record.get("url")
         if not _is_http_url(url):
             raise InvalidApiItem("invalid_url", f"image {image_id} has no http(s) url: {_short(url)}")
-        meta = _flat_meta(record.get("meta"))
+        meta = flat_meta(record.get("meta"))
         raw_stats = record.get("stats")
         raw_stats = raw_stats if isinstance(raw_stats, dict) else {}
         return cls(
@@ -111,7 +111,7 @@ class CivitaiImage:
         return self.meta.get("negativePrompt") if self.meta else None
 
 
-def _flat_meta(meta: Any) -> dict[str, Any] | None:
+def flat_meta(meta: Any) -> dict[str, Any] | None:
     """``meta`` in its flat shape, or None.
 
     Civitai's older database path (``imageId``, or ``modelId`` without ``modelVersionId``)

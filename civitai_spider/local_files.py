@@ -29,8 +29,10 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,17 @@ def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
     ``sync=False`` leaves flushing to the caller (one :func:`sync_file_system` for many
     files); the file is then whole after a ``kill -9`` but not yet after a power cut.
     """
+    with writing_atomically(path, sync=sync) as file:
+        file.write(data)
+
+
+@contextmanager
+def writing_atomically(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
+    """A file to write, which becomes ``path`` when the block ends without an error.
+
+    Until then (and for good after an error or a ``kill -9``) it is a temporary file in the
+    same folder, which :func:`remove_temporary_files` removes once its writer is gone.
+    """
     # The host and pid in the name tell remove_temporary_files() whether its writer may still run.
     descriptor, name = tempfile.mkstemp(
         prefix=f"{TEMPORARY_PREFIX}{_THIS_HOST}-{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent
@@ -69,7 +82,7 @@ def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
     try:
         with open(descriptor, "wb") as file:
             os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the files from other users
-            file.write(data)
+            yield file
             if sync:
                 file.flush()
                 # Without a sync a power cut after the rename can leave an empty file

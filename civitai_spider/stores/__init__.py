@@ -51,6 +51,17 @@ def file_store_class(settings: BaseSettings) -> type[FileStore]:
     return load_object(FILE_STORES[scheme])
 
 
+def file_store_at(settings: BaseSettings, uri: str) -> FileStore:
+    """The file store at ``uri`` (a folder, ``file://``, ``s3://``), with the other settings of
+    ``settings`` (a bucket's credentials and endpoint), checked: ``ValueError`` (one line) if it
+    cannot work."""
+    at = settings.copy()
+    at.set("IMAGES_STORE", uri, priority=at.maxpriority() + 1)
+    store_class = file_store_class(at)
+    store_class.check(at)
+    return store_class.build(at)
+
+
 def id_store_class(settings: BaseSettings) -> type[IdStore]:
     return load_object(REDIS_ID_STORE if settings.get("CIVITAI_REDIS_URL") else ID_FILE_STORE)
 

@@ -4,7 +4,8 @@ A file store keeps the images, videos and metadata files under their names
 (``<id>.jpg``, ``<id>_meta.json``...); an id store keeps the ids whose files are all
 stored. The pipelines talk to these two classes only; which implementation they get is
 chosen from the settings (:mod:`civitai_spider.stores`). A new backend is one module with
-one subclass.
+one subclass. The dataset commands read a file store back, and write their own files
+through one (:mod:`civitai_spider.dataset`).
 
 The one rule every pair keeps: an id reaches :meth:`IdStore.record` only after
 :meth:`FileStore.commit` returned for every file of it (see
@@ -14,9 +15,10 @@ The one rule every pair keeps: an id reaches :meth:`IdStore.record` only after
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from typing import Self
@@ -38,6 +40,9 @@ class FileStore(ABC):
     #: bytes (a local disk), saving a trip to another thread; else the pipelines ``await``
     #: :meth:`save`, which bounds how many run at once.
     put_where_prepared: bool = False
+    #: Threads that read files back at once (the dataset commands): a bucket's GETs wait for
+    #: the network, a folder's reads mostly for the CPU.
+    read_threads: int = 4
 
     @classmethod
     @abstractmethod
@@ -86,6 +91,35 @@ class FileStore(ABC):
     @abstractmethod
     def describe(self, name: str) -> str:
         """Where ``name`` is stored, for log lines (a path, an ``s3://`` URI)."""
+
+    # Reading back and writing whole files: the dataset commands' side, blocking, never
+    # called in a crawl's reactor thread.
+
+    @abstractmethod
+    def listing(self) -> Iterator[tuple[str, int | None]]:
+        """The name of every file directly in the store (not in a subfolder), each with its
+        size in bytes when the listing tells it at no extra cost (a bucket's does), else None:
+        :meth:`size` tells it then. Temporary files are not listed."""
+
+    @abstractmethod
+    def size(self, name: str) -> int:
+        """The size of the stored file ``name`` in bytes; ``FileNotFoundError`` if absent."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes:
+        """The whole stored file ``name``; ``FileNotFoundError`` if absent."""
+
+    @abstractmethod
+    def reader(self, name: str) -> BinaryIO:
+        """A seekable file to read ``name`` from: a reader of part of it reads only that part."""
+
+    @abstractmethod
+    def writing(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """A file to write, stored as ``name`` (durably) when the block ends without an error.
+
+        Until then nobody sees it under ``name``; after an error or a ``kill -9`` it never
+        appears, and an earlier ``name`` stays as it was.
+        """
 
 
 class IdStore(ABC):

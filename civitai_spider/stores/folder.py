@@ -8,17 +8,21 @@ folder itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from scrapy.utils.asyncio import run_in_thread
 
 from civitai_spider.local_files import (
+    TEMPORARY_PREFIX,
     copy_atomically,
     remove_temporary_files,
     sync_file_system,
     write_atomically,
+    writing_atomically,
 )
 from civitai_spider.stores.base import FileStore
 
@@ -66,6 +70,26 @@ class FolderStore(FileStore):
 
     def describe(self, name: str) -> str:
         return str(self.directory / name)
+
+    def listing(self) -> Iterator[tuple[str, int | None]]:
+        # No stat per file: a million images are four million files, and few need a size.
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file():
+                    yield entry.name, None
+
+    def size(self, name: str) -> int:
+        return os.stat(self.directory / name).st_size
+
+    def read(self, name: str) -> bytes:
+        return (self.directory / name).read_bytes()
+
+    def reader(self, name: str) -> BinaryIO:
+        return open(self.directory / name, "rb")
+
+    def writing(self, name: str) -> AbstractContextManager[BinaryIO]:
+        # A dataset file is written once and read for years: worth its own fsync.
+        return writing_atomically(self.directory / name, sync=True)
 
 
 def _folder(settings: BaseSettings) -> Path:

@@ -12,6 +12,7 @@ without holding them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -69,7 +70,8 @@ class IdFile(IdStore):
         await run_in_thread(record_ids, self.path, list(ids))
 
     async def all_ids(self) -> AsyncIterator[list[int]]:
-        ids = sorted(await run_in_thread(load_ids, self.path))
+        # Only read: a crawl may be appending to the file meanwhile, its last line unfinished.
+        ids = sorted(await run_in_thread(functools.partial(load_ids, self.path, repair=False)))
         for start in range(0, len(ids), _BATCH):
             yield ids[start : start + _BATCH]
 

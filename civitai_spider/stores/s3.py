@@ -13,15 +13,22 @@ Uploads run in a pool of ``AWS_MAX_POOL_CONNECTIONS`` threads, never in the reac
 thread; botocore retries each (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``), and an upload
 that still fails is a :class:`~civitai_spider.stores.base.StoreError` that fails its item.
 Uploads go without ``Expect: 100-continue`` (see :func:`_client`).
+
+Read back (the dataset commands), an object is one GET, or ranged GETs through
+:meth:`S3Store.reader`, and a dataset file is written to a local temporary file first, then
+uploaded with one PUT: it appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from civitai_spider.stores.base import FileStore, StoreError
@@ -46,6 +53,8 @@ CONTENT_TYPES = {
     "mkv": "video/x-matroska",
     "json": "application/json",
     "txt": "text/plain; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "tar": "application/x-tar",
 }
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: What a user should check, by the error code the server gave at the start.
@@ -67,6 +76,7 @@ class S3Store(FileStore):
         self.client, self.acl = client, acl
         self.endpoint = client.meta.endpoint_url
         self._uploads = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
+        self.read_threads = uploads  # as many GETs at once as the client has connections
 
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
@@ -109,7 +119,7 @@ class S3Store(FileStore):
         self._uploads.shutdown(wait=False)
         self.client.close()
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | BinaryIO) -> None:
         extra = {"ACL": self.acl} if self.acl else {}
         try:
             self.client.put_object(
@@ -145,6 +155,81 @@ class S3Store(FileStore):
 
     def describe(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def listing(self) -> Iterator[tuple[str, int | None]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+        )
+        try:
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    yield entry["Key"][len(self.prefix) :], entry["Size"]
+        except Exception as error:
+            raise StoreError(f"listing of {self.describe('')} failed: {_describe(error)}") from None
+
+    def size(self, name: str) -> int:
+        return self._call("head_object", name)["ContentLength"]
+
+    def read(self, name: str) -> bytes:
+        return self._call("get_object", name)["Body"].read()
+
+    def reader(self, name: str) -> BinaryIO:
+        return io.BufferedReader(_ObjectReader(self, name, self.size(name)), buffer_size=1 << 20)
+
+    def read_range(self, name: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (inclusive) of the stored file ``name``."""
+        return self._call("get_object", name, Range=f"bytes={start}-{end}")["Body"].read()
+
+    @contextmanager
+    def writing(self, name: str) -> Iterator[BinaryIO]:
+        # A local file rather than memory: a shard may be gigabytes. The PUT streams it.
+        with tempfile.TemporaryFile(prefix="civitai-upload-") as file:
+            yield file
+            file.seek(0)
+            self.put(name, file)
+
+    def _call(self, operation: str, name: str, **arguments: Any) -> dict[str, Any]:
+        import botocore.exceptions  # noqa: PLC0415 - only a bucket needs botocore
+
+        try:
+            return getattr(self.client, operation)(Bucket=self.bucket, Key=self.prefix + name, **arguments)
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                raise FileNotFoundError(f"{self.describe(name)} does not exist") from None
+            raise StoreError(f"{self.describe(name)}: {_describe(error)}") from None
+        except Exception as error:
+            raise StoreError(f"{self.describe(name)}: {_describe(error)}") from None
+
+
+class _ObjectReader(io.RawIOBase):
+    """A seekable reader of one object in which each read is a ranged GET."""
+
+    def __init__(self, store: S3Store, name: str, size: int) -> None:
+        self._store, self._name, self._size = store, name, size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, start + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self._position + len(buffer), self._size)
+        if end <= self._position:
+            return 0
+        data = self._store.read_range(self._name, self._position, end - 1)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 def content_type(name: str) -> str:

@@ -1,0 +1,77 @@
+"""``scrapy civitai-manifest [--output DIR]``: the store as a Parquet dataset, one row per id.
+
+With the crawl's own settings it finds the store (``IMAGES_STORE``, a folder or a bucket) and
+the id store, and adds to the manifest a row for every recorded id it lacks
+(:mod:`civitai_spider.dataset.manifest`). The manifest is the folder ``manifest`` in the store
+(a prefix in a bucket) unless ``--output`` names a folder or an ``s3://`` prefix. An item
+whose files cannot be read is left out with a WARNING and an ``error_log.txt`` line, and the
+next run tries it again. Exit status 2 for a bad option or setting, before anything is read;
+1 when the store, the id store or the output fails on the way.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+from scrapy.utils.log import configure_logging
+
+from civitai_spider.dataset.manifest import update_manifest
+from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
+
+if TYPE_CHECKING:
+    import argparse
+
+#: The manifest's folder inside the store, unless --output says otherwise.
+MANIFEST_FOLDER = "manifest"
+
+
+class Command(ScrapyCommand):
+    requires_project = True
+    requires_crawler_process = False
+    default_settings = {"LOG_LEVEL": "WARNING"}
+
+    def syntax(self) -> str:
+        return "[--output DIR]"
+
+    def short_desc(self) -> str:
+        return "Write a Parquet manifest of the stored images, one row per recorded id"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument(
+            "--output",
+            metavar="DIR",
+            help=f"folder or s3://bucket/prefix of the manifest (default: {MANIFEST_FOLDER} in IMAGES_STORE)",
+        )
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        if args:
+            message = f"unexpected argument {args[0]!r}: civitai-manifest takes none"
+            raise UsageError(message, print_help=False)
+        configure_logging(self.settings)
+        try:
+            items = stored_items(self.settings)
+            output = output_store(self.settings, opts.output, MANIFEST_FOLDER)
+        except ValueError as error:
+            raise UsageError(str(error), print_help=False) from None
+        try:
+            run = update_manifest(items, output, on_problem=ProblemLog(self.settings))
+        except OSError as error:  # the store, the id store or the output, after the checks
+            print(f"error: {error}", file=sys.stderr)
+            self.exitcode = 1
+            return
+        finally:
+            items.files.close()
+            output.close()
+        print(
+            f"Added {run.added} row(s) in {run.parts} new part file(s) to {output.describe('')}: "
+            f"{run.rows} row(s) in all"
+        )
+        if run.problems:
+            print(f"{run.problems} recorded id(s) left out: their files are unreadable (error_log.txt)")
+        if run.without_metadata:
+            print(f"{run.without_metadata} recorded id(s) have no metadata file in the store: not in it")

@@ -1,0 +1,191 @@
+"""What a crawl stored, read back: the ids its id store lists, and each one's files.
+
+An id is in the id store only once every file of it is stored, so a recorded id with its
+``<id>_meta.json`` is a complete item. :class:`StoredItems` finds those a dataset does not
+have yet with one listing of the store (no read per file), then reads their metadata
+files in id order, a few threads ahead of the caller (a bucket answers each GET after a
+round trip), in chunks so that memory stays bounded whatever the store's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
+from civitai_spider.stores import file_store_at, file_store_class, id_store_class, log_directory
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+    from civitai_spider.stores.base import FileStore, IdStore
+
+logger = logging.getLogger(__name__)
+
+METADATA_SUFFIX = "_meta.json"
+#: Ids read per task of the reading threads: fewer trips between threads than one per id.
+_CHUNK = 64
+_ID_PREFIX = re.compile(r"[0-9]+")
+
+
+@dataclass
+class StoredItem:
+    """One recorded id as its files in the store say, or why they cannot be used."""
+
+    id: int
+    #: The API record of ``<id>_meta.json`` (with ``image_file``, the media file's name).
+    record: dict[str, Any] | None = None
+    #: ``<id>_meta.json`` as stored.
+    metadata: bytes = b""
+    #: The size of the media file in bytes.
+    size: int | None = None
+    #: Why the item cannot be used (its metadata file unreadable, its media file gone), or None.
+    problem: str | None = None
+
+    @property
+    def file(self) -> str:
+        """The media file's name in the store (``<id>.jpg``, ``<id>.mp4``...)."""
+        assert self.record is not None
+        return self.record["image_file"]
+
+
+@dataclass
+class Pending:
+    """The recorded ids a dataset lacks, in id order, and what the listing showed of them."""
+
+    ids: list[int]
+    #: Media file name -> size, for the stores whose listing tells sizes.
+    sizes: dict[str, int]
+    #: Recorded ids without a ``<id>_meta.json`` (ids imported from an old ID file...).
+    without_metadata: int
+
+
+class StoredItems:
+    """The complete items of one file store and its id store."""
+
+    def __init__(self, files: FileStore, ids: IdStore, *, threads: int = 4) -> None:
+        self.files, self.ids = files, ids
+        self._threads = threads
+
+    def recorded_ids(self) -> set[int]:
+        """Every id of the id store (blocking)."""
+        return asyncio.run(self._recorded_ids())
+
+    async def _recorded_ids(self) -> set[int]:
+        await self.ids.open()
+        try:
+            return {image_id async for batch in self.ids.all_ids() for image_id in batch}
+        finally:
+            await self.ids.close()
+
+    def pending(self, done: Collection[int]) -> Pending:
+        """The recorded ids not in ``done`` whose metadata file is in the store."""
+        wanted = self.recorded_ids()
+        wanted.difference_update(done)
+        with_metadata: set[int] = set()
+        sizes: dict[str, int] = {}
+        for name, size in self.files.listing() if wanted else ():
+            image_id = _id_in(name)
+            if image_id is None or image_id not in wanted:
+                continue
+            if name.endswith(METADATA_SUFFIX) and name == f"{image_id}{METADATA_SUFFIX}":
+                with_metadata.add(image_id)
+            elif size is not None:
+                sizes[name] = size
+        return Pending(sorted(with_metadata), sizes, len(wanted) - len(with_metadata))
+
+    def read(self, pending: Pending) -> Iterator[StoredItem]:
+        """Each pending item, in id order."""
+        chunks = (pending.ids[start : start + _CHUNK] for start in range(0, len(pending.ids), _CHUNK))
+        with ThreadPoolExecutor(self._threads, thread_name_prefix="dataset-read") as pool:
+            work = functools.partial(self._read_chunk, sizes=pending.sizes)
+            for chunk in _ahead(pool, work, chunks, window=2 * self._threads):
+                yield from chunk
+
+    def _read_chunk(self, ids: list[int], sizes: dict[str, int]) -> list[StoredItem]:
+        return [self._read(image_id, sizes) for image_id in ids]
+
+    def _read(self, image_id: int, sizes: dict[str, int]) -> StoredItem:
+        item = StoredItem(image_id)
+        name = f"{image_id}{METADATA_SUFFIX}"
+        try:
+            item.metadata = self.files.read(name)
+        except OSError as error:  # removed since the listing, a bucket out of reach
+            item.problem = f"{self.files.describe(name)} unreadable: {_describe(error)}"
+            return item
+        try:
+            record = json.loads(item.metadata)
+        except ValueError as error:
+            item.problem = f"{self.files.describe(name)} is not JSON: {error}"
+            return item
+        if not isinstance(record, dict) or not isinstance(record.get("image_file"), str):
+            item.problem = f"{self.files.describe(name)} names no media file (image_file)"
+            return item
+        item.record = record
+        try:
+            item.size = sizes[item.file] if item.file in sizes else self.files.size(item.file)
+        except OSError as error:
+            item.problem = f"{self.files.describe(item.file)} unreadable: {_describe(error)}"
+        return item
+
+
+def _ahead(pool: ThreadPoolExecutor, work: Any, chunks: Iterable[Any], *, window: int) -> Iterator[Any]:
+    """``work(chunk)`` for each chunk, in order, at most ``window`` chunks ahead (not all at once)."""
+    running: deque[Future[Any]] = deque()
+    for chunk in chunks:
+        running.append(pool.submit(work, chunk))
+        if len(running) >= window:
+            yield running.popleft().result()
+    while running:
+        yield running.popleft().result()
+
+
+def _id_in(name: str) -> int | None:
+    """The id a stored file's name starts with (``123.jpg``, ``123_meta.json``), or None."""
+    match = _ID_PREFIX.match(name)
+    return int(match[0]) if match else None
+
+
+def _describe(error: OSError) -> str:
+    return str(error) if error.strerror is None else f"{type(error).__name__}: {error.strerror}"
+
+
+def stored_items(settings: BaseSettings) -> StoredItems:
+    """The complete items of the crawl ``settings`` describe; ``ValueError`` (one line) when its
+    store or id store cannot work (a bad ``IMAGES_STORE``, a bucket or Redis out of reach)."""
+    file_store, id_store = file_store_class(settings), id_store_class(settings)
+    file_store.check(settings)
+    id_store.check(settings)
+    files = file_store.build(settings)
+    return StoredItems(files, id_store.build(settings), threads=files.read_threads)
+
+
+def output_store(settings: BaseSettings, output: str | None, default: str) -> FileStore:
+    """Where a dataset command writes: ``output`` (a folder or ``s3://``), else the folder (a
+    prefix in a bucket) ``default`` in ``IMAGES_STORE``; ``ValueError`` for a bad ``output``."""
+    if not output:
+        output = f"{str(settings.get('IMAGES_STORE')).rstrip('/')}/{default}"
+    return file_store_at(settings, output)
+
+
+class ProblemLog:
+    """Reports an item that a dataset leaves out: one WARNING line and one ``error_log.txt`` line."""
+
+    def __init__(self, settings: BaseSettings) -> None:
+        self.path = log_directory(settings) / ERROR_LOG_NAME
+
+    def __call__(self, item: StoredItem) -> None:
+        url = (item.record or {}).get("url", "")
+        logger.warning("Image %d left out: %s", item.id, item.problem)
+        try:
+            append_line(self.path, log_line(item.id, url, f"left out of the dataset: {item.problem}"))
+        except OSError:
+            pass  # the WARNING line above still says why
