@@ -12,11 +12,11 @@ once before the batch's ids are recorded (see :class:`civitai_spider.stores.reco
 A temporary name is ``.civitai-partial-h<host>-<pid>-<random>-<final name>.partial``.
 ``<host>`` is the first 8 hex digits of the SHA-256 of the host name (any host name, kept
 short and free of ``-``), ``<pid>`` the writer's process id. The ``.partial`` end keeps the
-file out of globs such as DuckDB's ``*.parquet``, which match hidden files too. Many crawls, on several machines, may share one
-folder over NFS: when a folder store opens, :func:`remove_temporary_files` removes this host's
-leftovers whose writer is dead, and another host's only once they are an hour old. Names
-without the ``h<host>-`` part (``.civitai-partial-<pid>-...``, from earlier versions) count as
-this host's.
+file out of globs such as DuckDB's ``*.parquet``, which match hidden files too. Many crawls,
+on several machines, may share one folder over NFS: when a folder store opens,
+:func:`remove_temporary_files` removes this host's leftovers whose writer is dead, and
+another host's only once they are an hour old. Names without the ``h<host>-`` part
+(``.civitai-partial-<pid>-...``, from earlier versions) count as this host's.
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ CIVITAI_REDIS_CLAIM_AFTER = 300
 # Seconds a worker waits (retrying with backoff) for Redis to answer again before it stops
 # with the finish reason redis_error (exit status 1).
 CIVITAI_REDIS_TIMEOUT = 60
+# Rows per part file of the Parquet manifest (scrapy civitai-manifest; README, "Datasets"): a
+# run adds parts of at most this many rows, and a killed run redoes at most one part.
+CIVITAI_MANIFEST_PART_ROWS = 100_000
 # error_log.txt and DecompressionBombWarning_log.txt: in IMAGES_STORE when it is a folder,
 # else in this local folder.
 CIVITAI_LOG_DIR = "civitai-logs"

@@ -52,6 +52,10 @@ class Command(ScrapyCommand):
         if args:
             message = f"unexpected argument {args[0]!r}: civitai-manifest takes none"
             raise UsageError(message, print_help=False)
+        part_rows = self.settings.get("CIVITAI_MANIFEST_PART_ROWS")
+        if not str(part_rows).isdigit() or int(part_rows) < 1:
+            message = f"CIVITAI_MANIFEST_PART_ROWS={part_rows!r}: expected a whole number of rows, 1 or more"
+            raise UsageError(message, print_help=False)
         configure_logging(self.settings)
         try:
             items = stored_items(self.settings)
@@ -59,7 +63,9 @@ class Command(ScrapyCommand):
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
         try:
-            run = update_manifest(items, output, on_problem=ProblemLog(self.settings))
+            run = update_manifest(
+                items, output, part_rows=int(part_rows), on_problem=ProblemLog(self.settings)
+            )
         except OSError as error:  # the store, the id store or the output, after the checks
             print(f"error: {error}", file=sys.stderr)
             self.exitcode = 1

@@ -70,9 +70,8 @@ SCHEMA = pa.schema(
     metadata={"civitai_manifest": "1"},
 )
 PART_NAME = re.compile(r"part-([0-9]{6,})\.parquet")
-#: Rows per part file, and per row group in it: what a killed run can lose, and what one
-#: write holds in memory (a row is a kilobyte or two: a prompt, ``meta_json``).
-PART_ROWS = 100_000
+#: Rows per row group: what one write holds in memory (a row is a kilobyte or two: a prompt,
+#: ``meta_json``). Rows per part file: ``CIVITAI_MANIFEST_PART_ROWS``.
 ROW_GROUP_ROWS = 10_000
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -97,9 +96,10 @@ class ManifestRun:
 
 
 def update_manifest(
-    items: StoredItems, output: FileStore, *, on_problem: Callable[[StoredItem], None]
+    items: StoredItems, output: FileStore, *, part_rows: int, on_problem: Callable[[StoredItem], None]
 ) -> ManifestRun:
-    """Add a row for every recorded id of ``items`` that the manifest in ``output`` lacks."""
+    """Add a row for every recorded id of ``items`` that the manifest in ``output`` lacks,
+    in new part files of at most ``part_rows`` rows."""
     output.open()  # a folder: removes the temporary part files of a killed run
     parts = sorted(
         (int(match[1]), name) for name, _ in output.listing() if (match := PART_NAME.fullmatch(name))
@@ -119,7 +119,8 @@ def update_manifest(
                 run.problems += 1
                 on_problem(item)
 
-    groups = _row_groups(usable())
+    # Parts end on a row group's end: a part of part_rows rows is whole row groups.
+    groups = _row_groups(usable(), min(ROW_GROUP_ROWS, part_rows))
     number = parts[-1][0] + 1 if parts else 0
     while (group := next(groups, None)) is not None:
         name = f"part-{number:06d}.parquet"
@@ -128,7 +129,7 @@ def update_manifest(
             while group is not None:
                 writer.write_table(group)
                 rows += group.num_rows
-                group = next(groups, None) if rows < PART_ROWS else None
+                group = next(groups, None) if rows < part_rows else None
         run.added += rows
         run.parts += 1
         number += 1
@@ -136,12 +137,12 @@ def update_manifest(
     return run
 
 
-def _row_groups(items: Iterator[StoredItem]) -> Iterator[pa.Table]:
+def _row_groups(items: Iterator[StoredItem], rows: int) -> Iterator[pa.Table]:
     columns: list[list[Any]] = [[] for _ in SCHEMA]
     for item in items:
         for column, value in zip(columns, row_of(item.id, item.record or {}, item.size), strict=True):
             column.append(value)
-        if len(columns[0]) == ROW_GROUP_ROWS:
+        if len(columns[0]) == rows:
             yield _table(columns)
             columns = [[] for _ in SCHEMA]
     if columns[0]:
