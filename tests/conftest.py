@@ -80,13 +80,23 @@ def crawl_environment(api_key: str | None = None, extra: dict[str, str] | None =
     return {**environment, **(extra or {})}
 
 
-def run_scrapy_command(name: str, *arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    """Run ``scrapy <name> ARGUMENTS -s NAME=VALUE...`` in the project, as a user would."""
+def run_scrapy_command(
+    name: str, *arguments: str, environment: dict[str, str] | None = None, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``scrapy <name> ARGUMENTS -s NAME=VALUE...`` in the project, as a user would.
+
+    ``environment`` adds variables to the command's environment.
+    """
     command = [sys.executable, "-m", "scrapy", name, *arguments]
     for setting, value in settings.items():
         command += ["-s", f"{setting}={value}"]
     return subprocess.run(
-        command, cwd=REPOSITORY, env=crawl_environment(), capture_output=True, text=True, timeout=60
+        command,
+        cwd=REPOSITORY,
+        env=crawl_environment(extra=environment),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
