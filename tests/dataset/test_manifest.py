@@ -134,7 +134,9 @@ def test_one_row_per_recorded_id_with_the_api_values_and_the_stored_file(
 #: The README's one-liners ("Datasets"), each in its own process as a user runs it.
 READERS = {
     "pandas": "import pandas; print(len(pandas.read_parquet('{folder}')))",
-    "duckdb": "import duckdb; print(duckdb.sql(\"select count(*) from '{folder}/*.parquet'\").fetchall()[0][0])",
+    "duckdb": (
+        "import duckdb; print(duckdb.sql(\"select count(*) from '{folder}/*.parquet'\").fetchall()[0][0])"
+    ),
     "datasets": (
         "import datasets; print(len(datasets.load_dataset('parquet', data_dir='{folder}', split='train')))"
     ),
