@@ -131,36 +131,28 @@ def test_one_row_per_recorded_id_with_the_api_values_and_the_stored_file(
     )
 
 
-#: The README's one-liners ("Datasets"), each in its own process as a user runs it.
-READERS = {
-    "pandas": "import pandas; print(len(pandas.read_parquet('{folder}')))",
-    "duckdb": (
-        "import duckdb; print(duckdb.sql(\"select count(*) from '{folder}/*.parquet'\").fetchall()[0][0])"
-    ),
-    "datasets": (
-        "import datasets; print(len(datasets.load_dataset('parquet', data_dir='{folder}', split='train')))"
-    ),
-    "pyarrow": "import pyarrow.dataset as ds; print(ds.dataset('{folder}').count_rows())",
-}
+#: The README's one-liners over the manifest ("Datasets"), run as they are printed there.
+README_READERS = [
+    line
+    for line in (REPOSITORY / "README.md").read_text(encoding="utf-8").splitlines()
+    if line.startswith('python -c "import ') and "civitai-images/manifest" in line
+]
 
 
-def read_with(reader: str, folder: Path, tmp_path: Path) -> int:
-    environment = crawl_environment(
-        extra={
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_CACHE": str(tmp_path / "hf"),
-            "HF_HOME": str(tmp_path / "hf"),
-        }
-    )
+def run_readme_reader(line: str, store: Path, tmp_path: Path) -> str:
+    """``line`` in a shell, in a folder where ``civitai-images`` is ``store``, offline."""
+    where = tmp_path / "user"
+    where.mkdir(exist_ok=True)
+    if not (where / "civitai-images").exists():
+        (where / "civitai-images").symlink_to(store)
+    hub = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONWARNINGS": "error"}
+    environment = crawl_environment(extra=hub)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", READERS[reader].format(folder=folder)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        ["bash", "-c", line], cwd=where, env=environment, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return int(result.stdout.split()[-1])
+    assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+    return result.stdout
 
 
 def test_a_second_run_adds_only_the_new_ids_as_a_part_every_reader_sees_at_once(
@@ -173,8 +165,12 @@ def test_a_second_run_adds_only_the_new_ids_as_a_part_every_reader_sees_at_once(
     assert "Added 7 row(s) in 1 new part file(s)" in succeeded(manifest(IMAGES_STORE=str(store)))
     second = pq.read_table(store / "manifest" / "part-000001.parquet").column("id").to_pylist()
     assert sorted(second) == sorted(item["id"] for item in new) and not first & set(second)
-    for reader in READERS:
-        assert read_with(reader, store / "manifest", tmp_path) == len(first) + len(new), reader
+    assert pq.read_table(store / "manifest").num_rows == len(first) + len(new)
+    assert [line.split()[3] for line in README_READERS] == ["duckdb;", "pandas;", "datasets;"]
+    duckdb, _, datasets = (run_readme_reader(line, store, tmp_path) for line in README_READERS)
+    cells = [line.split("│")[2].strip() for line in duckdb.splitlines() if line.count("│") == 4]
+    assert sum(int(cell) for cell in cells if cell.isdigit()) == len(first) + len(new)  # the counts
+    assert f"num_rows: {len(first) + len(new)}" in datasets
 
 
 def test_an_unchanged_store_costs_a_listing_not_a_read_of_its_files(store: Path) -> None:
