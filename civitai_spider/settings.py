@@ -48,6 +48,13 @@ CIVITAI_REDIS_CLAIM_AFTER = 300
 # Seconds a worker waits (retrying with backoff) for Redis to answer again before it stops
 # with the finish reason redis_error (exit status 1).
 CIVITAI_REDIS_TIMEOUT = 60
+# Also write <id>.txt beside each saved image or video: its training caption, the file that
+# kohya-ss sd-scripts, OneTrainer and SimpleTuner read next to an image of the same name. The
+# prompt with its A1111/ComfyUI syntax cleaned (<lora:...> tags removed, (word:1.2) and [word]
+# unwrapped, BREAK and repeated commas collapsed); empty without a prompt (README, "Datasets").
+CIVITAI_CAPTION_FILES = False
+# Captions (the files above, and those of scrapy civitai-export) as the prompt was received.
+CIVITAI_CAPTION_RAW = False
 # Rows per part file of the Parquet manifest (scrapy civitai-manifest; README, "Datasets"): a
 # run adds parts of at most this many rows, and a killed run redoes at most one part.
 CIVITAI_MANIFEST_PART_ROWS = 100_000

@@ -258,6 +258,11 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         ("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", "nan", "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT='nan' is not valid"),
         ("CIVITAI_MAX_VIDEO_BYTES", "-1", "CIVITAI_MAX_VIDEO_BYTES='-1' is not valid"),
         ("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", "0", "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT='0' is not valid"),
+        (
+            "CIVITAI_CAPTION_FILES",
+            "yes please",
+            "CIVITAI_CAPTION_FILES='yes please' is not valid: allowed is true",
+        ),
     ],
 )
 def test_bad_setting_is_one_clear_error(

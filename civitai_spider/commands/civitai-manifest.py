@@ -18,6 +18,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
+from civitai_spider.checks import check_number
 from civitai_spider.dataset.manifest import update_manifest
 from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
 
@@ -52,19 +53,21 @@ class Command(ScrapyCommand):
         if args:
             message = f"unexpected argument {args[0]!r}: civitai-manifest takes none"
             raise UsageError(message, print_help=False)
-        part_rows = self.settings.get("CIVITAI_MANIFEST_PART_ROWS")
-        if not str(part_rows).isdigit() or int(part_rows) < 1:
-            message = f"CIVITAI_MANIFEST_PART_ROWS={part_rows!r}: expected a whole number of rows, 1 or more"
-            raise UsageError(message, print_help=False)
         configure_logging(self.settings)
         try:
+            check_number(
+                self.settings, "CIVITAI_MANIFEST_PART_ROWS", allowed="an integer >= 1", valid=lambda n: n >= 1
+            )
             items = stored_items(self.settings)
             output = output_store(self.settings, opts.output, MANIFEST_FOLDER)
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
         try:
             run = update_manifest(
-                items, output, part_rows=int(part_rows), on_problem=ProblemLog(self.settings)
+                items,
+                output,
+                part_rows=self.settings.getint("CIVITAI_MANIFEST_PART_ROWS"),
+                on_problem=ProblemLog(self.settings),
             )
         except OSError as error:  # the store, the id store or the output, after the checks
             print(f"error: {error}", file=sys.stderr)

@@ -34,7 +34,12 @@ from tests.fake_civitai import FakeCivitai
 from tests.servers import SeaweedS3Server, redis_ids
 
 _NO_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
-_CRAWL = {"CIVITAI_REQUIRE_PROMPT": "false", "CIVITAI_WITH_TAGS": "true", "CIVITAI_THRESHOLDS": "{}"}
+_CRAWL = {
+    "CIVITAI_REQUIRE_PROMPT": "false",
+    "CIVITAI_WITH_TAGS": "true",
+    "CIVITAI_THRESHOLDS": "{}",
+    "CIVITAI_CAPTION_FILES": "true",
+}
 
 
 def add_items(server: FakeCivitai, count: int = 0) -> list[dict[str, Any]]:
@@ -114,6 +119,10 @@ def test_one_row_per_recorded_id_with_the_api_values_and_the_stored_file(
         assert (row["prompt"], row["negative_prompt"]) == (meta.get("prompt"), meta.get("negativePrompt"))
         assert row["meta_json"] == (json.dumps(meta, ensure_ascii=False) if item.get("meta") else None)
     jpeg, png, webp, video, junk = crawled[1][:5]
+    # The crawl wrote each item's training caption beside its file (CIVITAI_CAPTION_FILES).
+    assert all((store / f"{image_id}.txt").exists() for image_id in items)
+    assert (store / f"{png['id']}.txt").read_text("utf-8") == "猫 ☕, best"
+    assert (store / f"{video['id']}.txt").read_bytes() == b""
     assert rows[jpeg["id"]]["tags"] == ["girl", "maid"]
     assert rows[jpeg["id"]]["created_at"] == datetime.datetime.fromisoformat(jpeg["createdAt"])
     assert (rows[jpeg["id"]]["width"], rows[jpeg["id"]]["like_count"]) == (jpeg["width"], 10)
@@ -298,6 +307,9 @@ def test_a_bucket_with_ids_in_redis_gets_its_manifest_under_its_prefix(
     body = client.get_object(Bucket=bucket, Key="civitai/manifest/part-000000.parquet")["Body"].read()
     rows = pq.read_table(io.BytesIO(body)).to_pylist()
     assert {row["id"] for row in rows} == recorded
+    png = items[1]["id"]  # its caption went to the bucket too, with the other files
+    caption = client.get_object(Bucket=bucket, Key=f"civitai/{png}.txt")
+    assert caption["Body"].read().decode("utf-8") == "猫 ☕, best"
     sizes = {entry["Key"]: entry["Size"] for entry in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert all(row["bytes"] == sizes[f"civitai/{row['file']}"] for row in rows)
     # A second run reads the part's ids back with ranged GETs and adds nothing; a local --output

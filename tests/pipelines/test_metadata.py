@@ -114,6 +114,54 @@ def test_meta_json_of_a_png_item_names_the_png() -> None:
     assert json.loads(metadata_files(ItemAdapter(item))["42_meta.json"])["image_file"] == "42.png"
 
 
+@pytest.mark.parametrize(
+    ("raw", "caption"),
+    [
+        (False, "yor briar (spy x family), masterpiece, smile"),
+        (True, "<lora:x:0.8>, yor briar \\(spy x family\\), (masterpiece:1.2), [smile]"),
+    ],
+)
+def test_the_caption_file_holds_the_cleaned_or_the_raw_prompt(raw: bool, caption: str) -> None:
+    record = make_record({"prompt": "<lora:x:0.8>, yor briar \\(spy x family\\), (masterpiece:1.2), [smile]"})
+    files = metadata_files(ItemAdapter(saved_item(record)), captions=True, raw_captions=raw)
+    assert files["42.txt"].decode("utf-8") == caption
+    assert files["42_pos-prompt.txt"].decode("utf-8") == record["meta"]["prompt"]  # as received
+
+
+def test_no_caption_file_unless_asked_for() -> None:
+    assert "42.txt" not in files_of(make_record())
+
+
+@pytest.mark.parametrize("meta", [None, {}, {"prompt": ""}, {"prompt": ["not", "text"]}])
+def test_an_item_without_a_prompt_gets_an_empty_caption_file(meta: Any) -> None:
+    files = metadata_files(ItemAdapter(saved_item(make_record(meta))), captions=True)
+    assert files["42.txt"] == b""
+
+
+def test_with_caption_files_the_id_is_recorded_after_the_caption_is_stored(tmp_path: Path) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path), CIVITAI_CAPTION_FILES=True)
+    pipe = MetadataPipeline.from_crawler(crawler)
+    (tmp_path / "42.txt").mkdir()  # the caption cannot be stored: a folder in the way
+    (tmp_path / "42.txt" / "x").write_text("x")
+    with pytest.raises(DropImage) as failure:
+        asyncio.run(pipe.process_item(saved_item(make_record())))
+    _assert_failed_cleanly(tmp_path, failure, "metadata not saved: IsADirectoryError")
+    (tmp_path / "42.txt" / "x").unlink()
+    (tmp_path / "42.txt").rmdir()
+    (tmp_path / "error_log.txt").unlink()
+    asyncio.run(pipe.process_item(saved_item(make_record())))
+    assert (tmp_path / "42.txt").read_text("utf-8") == "a cat"
+    assert (tmp_path / "downloaded_image_ID_DB.txt").read_text() == "42\n"
+    assert crawler.stats.get_value(METADATA_FILES_SAVED) == 4
+
+
+@pytest.mark.parametrize("name", ["CIVITAI_CAPTION_FILES", "CIVITAI_CAPTION_RAW"])
+def test_a_caption_switch_that_is_not_a_boolean_names_itself_and_the_allowed_values(name: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        MetadataPipeline.check_settings(project_crawler(**{name: "maybe"}).settings)
+    assert str(caught.value) == f"{name}='maybe' is not valid: allowed is true or false (also 1 or 0)"
+
+
 # --- MetadataPipeline ------------------------------------------------------------------
 
 
