@@ -8,7 +8,9 @@ subprocess, timed from its start to its exit (start-up included):
 - the first run, which writes the whole manifest: records/s against the target of 5,000;
 - the same command again over the unchanged store: what a listing costs;
 - a first run over a tenth of the records, for the peak RSS: streamed in row groups, the
-  larger run needs little more memory than the smaller one.
+  larger run needs little more memory than the smaller one;
+- ``scrapy civitai-export`` over the larger store: WebDataset shards of every item (its media,
+  ``<id>.json`` and caption), items/s.
 
 The metadata files were just written, so they are read from the page cache, as they are on
 a machine whose crawl just ended.
@@ -31,6 +33,7 @@ from civitai_spider.pipelines.metadata import metadata_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TARGET = 5_000  # records/s, whole process: 1,000,000 records in under 4 minutes
+EXPORT = "webdataset export"
 _WORDS = (
     "masterpiece best quality 1girl solo looking at viewer smile long hair blue eyes outdoors sky "
     "cloud tree cherry blossoms detailed background cinematic lighting depth of field film grain"
@@ -41,7 +44,7 @@ _BASE_MODELS = ("SDXL 1.0", "Pony", "Illustrious", "Flux.1 D", "SD 1.5")
 
 @dataclass
 class ManifestRun:
-    label: str  # "first run", "unchanged store", "first run, a tenth"
+    label: str  # "first run", "unchanged store", "a tenth", "webdataset export"
     records: int  # records in the store
     added: int  # rows the run added, from its summary line
     wall_seconds: float
@@ -56,7 +59,11 @@ class ManifestRun:
 def measure(records: int, disk: Path) -> list[ManifestRun]:
     """The three runs, over stores of ``records`` and ``records // 10`` items in ``disk``."""
     runs = []
-    for count, labels in ((records, ("first run", "unchanged store")), (max(records // 10, 1), ("a tenth",))):
+    labels_by_size = (
+        (records, ("first run", "unchanged store", EXPORT)),
+        (max(records // 10, 1), ("a tenth",)),
+    )
+    for count, labels in labels_by_size:
         store = disk / f"manifest-{count}"
         print(f"Manifest: writing a store of {count:,} items...", file=sys.stderr, flush=True)
         write_store(store, count)
@@ -122,7 +129,8 @@ def _record(image_id: int, rng: random.Random) -> dict[str, object]:
 
 
 def run_manifest(label: str, store: Path, records: int) -> ManifestRun:
-    command = [sys.executable, "-m", "scrapy", "civitai-manifest", "-s", f"IMAGES_STORE={store}"]
+    name = "civitai-export" if label == EXPORT else "civitai-manifest"
+    command = [sys.executable, "-m", "scrapy", name, "-s", f"IMAGES_STORE={store}"]
     output = store.parent / f"{store.name}-{label.replace(' ', '-').replace(',', '')}.log"
     with open(output, "w+") as log:
         started = time.perf_counter()
@@ -155,7 +163,7 @@ def memory_ratio(runs: list[ManifestRun]) -> float:
 
 def table(runs: list[ManifestRun]) -> list[str]:
     lines = [
-        "| manifest (folder store on disk, whole process) | records | rows added | seconds | records/s "
+        "| dataset command (folder store on disk, whole process) | records | added | seconds | records/s "
         "| CPU s | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -19,8 +19,9 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 - the scaling (``benchmarks/scaling.py``): 1, 2 and 4 workers sharing one crawl through Redis
   against a CDN of 200 ms per image, and one worker's four cursor chains
   (``split=browsing_level``) against one chain, the API at 1 s per page.
-- the manifest (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` over a folder store
-  of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole process.
+- the datasets (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` and ``civitai-export``
+  over a folder store of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole
+  process.
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
 ``redis``, ``scaling`` and ``manifest``. The last three start real servers (``tests/servers.py``): ``weed``

@@ -286,6 +286,7 @@ def test_benchmark_measures_the_manifest_over_a_store_on_disk(tmp_path: Path) ->
     assert [(run["label"], run["records"], run["added"]) for run in results["runs"]] == [
         ("first run", 300, 300),
         ("unchanged store", 300, 0),
+        ("webdataset export", 300, 300),
         ("a tenth", 30, 30),
     ]
     assert results["target_records_per_second"] == 5000 and results["peak_rss_ratio"] > 0

@@ -3,8 +3,9 @@
 An id is in the id store only once every file of it is stored, so a recorded id with its
 ``<id>_meta.json`` is a complete item. :class:`StoredItems` finds those a dataset does not
 have yet with one listing of the store (no read per file), then reads their metadata
-files in id order, a few threads ahead of the caller (a bucket answers each GET after a
-round trip), in chunks so that memory stays bounded whatever the store's size.
+files in id order (and, for the shards, their media files), a few threads ahead of the
+caller (a bucket answers each GET after a round trip), in chunks so that memory stays
+bounded whatever the store's size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ METADATA_SUFFIX = "_meta.json"
 #: Ids read per task of the reading threads: fewer trips between threads than one per id.
 _CHUNK = 64
 _ID_PREFIX = re.compile(r"[0-9]+")
+#: Media bytes read ahead of the caller at most: a few videos, a hundred images.
+READ_AHEAD_BYTES = 64 << 20
 
 
 @dataclass
@@ -47,6 +50,8 @@ class StoredItem:
     metadata: bytes = b""
     #: The size of the media file in bytes.
     size: int | None = None
+    #: The media file's bytes, once :meth:`StoredItems.with_media` read them.
+    media: bytes | None = None
     #: Why the item cannot be used (its metadata file unreadable, its media file gone), or None.
     problem: str | None = None
 
@@ -110,6 +115,28 @@ class StoredItems:
             for chunk in _ahead(pool, work, chunks, window=2 * self._threads):
                 yield from chunk
 
+    def with_media(self, items: Iterable[StoredItem]) -> Iterator[StoredItem]:
+        """Each of ``items`` in order with its media file read into :attr:`StoredItem.media`, a
+        few threads ahead, holding at most :data:`READ_AHEAD_BYTES` of files read ahead; an
+        unreadable media file is the item's ``problem``."""
+        with ThreadPoolExecutor(self._threads, thread_name_prefix="dataset-media") as pool:
+            yield from _ahead(
+                pool,
+                self._read_media,
+                items,
+                window=2 * self._threads,
+                cost=lambda item: item.size or 0,
+                budget=READ_AHEAD_BYTES,
+            )
+
+    def _read_media(self, item: StoredItem) -> StoredItem:
+        if item.problem is None:
+            try:
+                item.media = self.files.read(item.file)
+            except OSError as error:  # removed since the listing, a bucket out of reach
+                item.problem = f"{self.files.describe(item.file)} unreadable: {_describe(error)}"
+        return item
+
     def _read_chunk(self, ids: list[int], sizes: dict[str, int]) -> list[StoredItem]:
         return [self._read(image_id, sizes) for image_id in ids]
 
@@ -137,15 +164,29 @@ class StoredItems:
         return item
 
 
-def _ahead(pool: ThreadPoolExecutor, work: Any, chunks: Iterable[Any], *, window: int) -> Iterator[Any]:
-    """``work(chunk)`` for each chunk, in order, at most ``window`` chunks ahead (not all at once)."""
-    running: deque[Future[Any]] = deque()
-    for chunk in chunks:
-        running.append(pool.submit(work, chunk))
-        if len(running) >= window:
-            yield running.popleft().result()
+def _ahead(
+    pool: ThreadPoolExecutor,
+    work: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    *,
+    window: int,
+    cost: Callable[[Any], int] | None = None,
+    budget: int = 0,
+) -> Iterator[Any]:
+    """``work(task)`` for each task, in order, at most ``window`` tasks ahead (not all at once)
+    and, with ``cost``, tasks of at most ``budget`` in all ahead (one at least, whatever it costs)."""
+    running: deque[tuple[Future[Any], int]] = deque()
+    held = 0
+    for task in tasks:
+        weight = cost(task) if cost else 0
+        while running and (len(running) >= window or (cost and held + weight > budget)):
+            future, its_cost = running.popleft()
+            held -= its_cost
+            yield future.result()
+        running.append((pool.submit(work, task), weight))
+        held += weight
     while running:
-        yield running.popleft().result()
+        yield running.popleft()[0].result()
 
 
 def _id_in(name: str) -> int | None:
@@ -168,12 +209,15 @@ def stored_items(settings: BaseSettings) -> StoredItems:
     return StoredItems(files, id_store.build(settings), threads=files.read_threads)
 
 
-def output_store(settings: BaseSettings, output: str | None, default: str) -> FileStore:
+def output_uri(settings: BaseSettings, output: str | None, default: str) -> str:
     """Where a dataset command writes: ``output`` (a folder or ``s3://``), else the folder (a
-    prefix in a bucket) ``default`` in ``IMAGES_STORE``; ``ValueError`` for a bad ``output``."""
-    if not output:
-        output = f"{str(settings.get('IMAGES_STORE')).rstrip('/')}/{default}"
-    return file_store_at(settings, output)
+    prefix in a bucket) ``default`` in ``IMAGES_STORE``."""
+    return output or f"{str(settings.get('IMAGES_STORE')).rstrip('/')}/{default}"
+
+
+def output_store(settings: BaseSettings, output: str | None, default: str) -> FileStore:
+    """The file store at :func:`output_uri`; ``ValueError`` (one line) for a bad ``output``."""
+    return file_store_at(settings, output_uri(settings, output, default))
 
 
 class ProblemLog:

@@ -121,6 +121,10 @@ class FileStore(ABC):
         appears, and an earlier ``name`` stays as it was.
         """
 
+    @abstractmethod
+    def remove(self, name: str) -> None:
+        """Remove the stored file ``name``, if there is one."""
+
 
 class IdStore(ABC):
     """The ids whose files are all stored: what the next crawl skips."""

@@ -188,6 +188,9 @@ class S3Store(FileStore):
             file.seek(0)
             self.put(name, file)
 
+    def remove(self, name: str) -> None:
+        self._call("delete_object", name)  # no error for a key that is not there
+
     def _call(self, operation: str, name: str, **arguments: Any) -> dict[str, Any]:
         import botocore.exceptions  # noqa: PLC0415 - only a bucket needs botocore
 

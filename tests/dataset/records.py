@@ -1,8 +1,14 @@
-"""A stored record of the shape every dataset test starts from."""
+"""A stored record of the shape every dataset test starts from, and stores made of it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from itemadapter import ItemAdapter
+
+from civitai_spider.items import CivitaiImage
+from civitai_spider.pipelines.metadata import metadata_files
 
 #: The API's own example record (../shared/docs/civitai-api.md), as <id>_meta.json stores it.
 RECORD: dict[str, Any] = {
@@ -48,3 +54,17 @@ RECORD: dict[str, Any] = {
     "tags": [{"id": 5133, "name": "girl"}, {"id": 292, "name": "maid"}],
     "image_file": "26962948.jpg",
 }
+
+
+def write_store(store: Path, count: int) -> list[int]:
+    """A folder store of ``count`` complete items, written as the pipelines write them."""
+    store.mkdir(parents=True)
+    ids = list(range(1000, 1000 + count))
+    for image_id in ids:
+        item = CivitaiImage.from_api({**RECORD, "id": image_id})
+        item.image_file = f"{image_id}.jpg"
+        for name, data in metadata_files(ItemAdapter(item)).items():
+            (store / name).write_bytes(data)
+        (store / item.image_file).write_bytes(b"\xff\xd8\xff" + bytes(image_id % 97))
+    (store / "downloaded_image_ID_DB.txt").write_text("".join(f"{i}\n" for i in ids))
+    return ids

@@ -11,52 +11,22 @@ import datetime
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from itemadapter import ItemAdapter
 
-from civitai_spider.items import CivitaiImage
 from civitai_spider.local_files import TEMPORARY_PREFIX
-from civitai_spider.pipelines.metadata import metadata_files
-from tests import images, videos
 from tests.conftest import REPOSITORY, crawl_environment, run_crawl, run_scrapy_command
-from tests.dataset.records import RECORD
+from tests.dataset.conftest import CRAWL_SETTINGS, NO_METADATA, add_items, succeeded
+from tests.dataset.records import write_store
 from tests.fake_civitai import FakeCivitai
 from tests.servers import SeaweedS3Server, redis_ids
-
-_NO_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
-_CRAWL = {
-    "CIVITAI_REQUIRE_PROMPT": "false",
-    "CIVITAI_WITH_TAGS": "true",
-    "CIVITAI_THRESHOLDS": "{}",
-    "CIVITAI_CAPTION_FILES": "true",
-}
-
-
-def add_items(server: FakeCivitai, count: int = 0) -> list[dict[str, Any]]:
-    """A JPEG, a PNG, a WebP (saved as JPEG), a video without meta, junk fields; ``count`` more JPEGs."""
-    tags = [{"id": 5133, "name": "girl"}, {"id": 292, "name": "maid"}]
-    items = [
-        server.add_image_item(images.jpeg_rgb(), tags=tags),
-        server.add_image_item(
-            images.png_rgb(), meta={"prompt": "猫 ☕, (best:1.2)", "seed": "77", "steps": 20}
-        ),
-        server.add_image_item(images.webp_rgb(), meta={"prompt": "tea", "cfgScale": 4.5, "Clip skip": "2"}),
-        server.add_image_item(videos.mp4(), type="video", meta=None, baseModel=None),
-        server.add_image_item(
-            images.jpeg_rgb(), createdAt="yesterday", width="wide", stats={"likeCount": "x"}
-        ),
-    ]
-    return items + [server.add_image_item(images.jpeg_rgb()) for _ in range(count)]
 
 
 def manifest(
@@ -65,35 +35,8 @@ def manifest(
     return run_scrapy_command("civitai-manifest", *arguments, environment=environment, **settings)
 
 
-def succeeded(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
 def rows_of(folder: Path) -> list[dict[str, Any]]:
     return pq.read_table(folder).to_pylist()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeCivitai]:
-    with FakeCivitai() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def crawled(fake: FakeCivitai, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    """A folder store that one real crawl filled, and the API records it got."""
-    items = add_items(fake)
-    store = tmp_path_factory.mktemp("crawled") / "store"
-    result = run_crawl(fake, store, "media=all", **_CRAWL)
-    assert result.returncode == 0 and sorted(result.ids_recorded()) == sorted(i["id"] for i in items)
-    return store, items
-
-
-@pytest.fixture
-def store(crawled: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> Path:
-    """A copy of the crawled store, this test's to change."""
-    return Path(shutil.copytree(crawled[0], tmp_path / "store"))
 
 
 def test_one_row_per_recorded_id_with_the_api_values_and_the_stored_file(
@@ -170,7 +113,7 @@ def test_a_second_run_adds_only_the_new_ids_as_a_part_every_reader_sees_at_once(
     succeeded(manifest(IMAGES_STORE=str(store)))
     first = {row["id"] for row in rows_of(store / "manifest")}
     new = add_items(fake, count=2)
-    assert run_crawl(fake, store, "media=all", **_CRAWL).returncode == 0
+    assert run_crawl(fake, store, "media=all", **CRAWL_SETTINGS).returncode == 0
     assert "Added 7 row(s) in 1 new part file(s)" in succeeded(manifest(IMAGES_STORE=str(store)))
     second = pq.read_table(store / "manifest" / "part-000001.parquet").column("id").to_pylist()
     assert sorted(second) == sorted(item["id"] for item in new) and not first & set(second)
@@ -220,20 +163,6 @@ def test_recorded_ids_without_files_are_counted_not_warned_about(store: Path) ->
     result = manifest(IMAGES_STORE=str(store))
     assert "2 recorded id(s) have no metadata file in the store" in succeeded(result)
     assert "WARNING" not in result.stderr
-
-
-def write_store(store: Path, count: int) -> list[int]:
-    """A folder store of ``count`` complete items, written as the pipelines write them."""
-    store.mkdir(parents=True)
-    ids = list(range(1000, 1000 + count))
-    for image_id in ids:
-        item = CivitaiImage.from_api({**RECORD, "id": image_id})
-        item.image_file = f"{image_id}.jpg"
-        for name, data in metadata_files(ItemAdapter(item)).items():
-            (store / name).write_bytes(data)
-        (store / item.image_file).write_bytes(b"\xff\xd8\xff" + bytes(image_id % 97))
-    (store / "downloaded_image_ID_DB.txt").write_text("".join(f"{i}\n" for i in ids))
-    return ids
 
 
 def test_a_killed_run_leaves_a_readable_manifest_and_the_next_run_completes_it(tmp_path: Path) -> None:
@@ -295,11 +224,13 @@ def test_a_bucket_with_ids_in_redis_gets_its_manifest_under_its_prefix(
         "CIVITAI_LOG_DIR": str(tmp_path / "logs"),
     }
     items = add_items(fake)
-    crawl = run_crawl(fake, tmp_path / "logs", "media=all", environment=_NO_METADATA, **_CRAWL, **settings)
+    crawl = run_crawl(
+        fake, tmp_path / "logs", "media=all", environment=NO_METADATA, **CRAWL_SETTINGS, **settings
+    )
     assert crawl.returncode == 0, crawl.stderr[-2000:]
     recorded = redis_ids(redis_url)
     assert {item["id"] for item in items} <= recorded
-    result = manifest(environment=_NO_METADATA, **settings)
+    result = manifest(environment=NO_METADATA, **settings)
     assert f"to s3://{bucket}/civitai/manifest/" in succeeded(result)
     client = s3_server.client()
     listed = client.list_objects_v2(Bucket=bucket, Prefix="civitai/manifest/")["Contents"]
@@ -314,8 +245,8 @@ def test_a_bucket_with_ids_in_redis_gets_its_manifest_under_its_prefix(
     assert all(row["bytes"] == sizes[f"civitai/{row['file']}"] for row in rows)
     # A second run reads the part's ids back with ranged GETs and adds nothing; a local --output
     # gets the same rows.
-    assert "Added 0 row(s)" in succeeded(manifest(environment=_NO_METADATA, **settings))
-    succeeded(manifest("--output", str(tmp_path / "local"), environment=_NO_METADATA, **settings))
+    assert "Added 0 row(s)" in succeeded(manifest(environment=NO_METADATA, **settings))
+    succeeded(manifest("--output", str(tmp_path / "local"), environment=NO_METADATA, **settings))
     assert sorted(rows_of(tmp_path / "local"), key=lambda row: row["id"]) == sorted(
         rows, key=lambda r: r["id"]
     )

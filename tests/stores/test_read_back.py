@@ -1,5 +1,5 @@
 """Tests of the file stores' reading-back side, the same for a folder and a bucket (SeaweedFS):
-``listing``, ``size``, ``read``, ``reader`` and ``writing``, as the dataset commands use them."""
+``listing``, ``size``, ``read``, ``reader``, ``writing`` and ``remove``, as the dataset commands use them."""
 
 from __future__ import annotations
 
@@ -95,3 +95,12 @@ def test_writing_that_fails_leaves_the_earlier_file_and_nothing_else(store: File
     assert sorted(dict(store.listing())) == ["part.parquet"]
     if isinstance(store, FolderStore):
         assert sorted(path.name for path in store.directory.iterdir()) == ["part.parquet"]
+
+
+def test_remove_removes_the_file_and_a_missing_one_is_no_error(store: FileStore) -> None:
+    put(store, {"1.jpg": b"x", "2.jpg": b"y"})
+    store.remove("1.jpg")
+    store.remove("404.jpg")
+    assert dict(store.listing()).keys() == {"2.jpg"}
+    with pytest.raises(FileNotFoundError):
+        store.read("1.jpg")

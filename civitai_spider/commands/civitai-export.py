@@ -1,0 +1,118 @@
+"""``scrapy civitai-export [--format webdataset] [--output DIR] [--shard-size N]``: WebDataset shards.
+
+With the crawl's own settings it finds the store and the id store, and adds tar shards of
+every recorded id in none yet (:mod:`civitai_spider.dataset.webdataset`), with their Parquet
+index in ``index/``. The shards go to the folder ``webdataset`` in the store (a prefix in a
+bucket) unless ``--output`` names a folder or an ``s3://`` prefix. An item whose files
+cannot be read is left out with a WARNING and an ``error_log.txt`` line, and the next run
+tries it again. Exit status 2 for a bad option or setting, before anything is read; 1 when
+the store, the id store or the output fails on the way.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+from scrapy.utils.log import configure_logging
+
+from civitai_spider.checks import check_boolean
+from civitai_spider.dataset.stored import ProblemLog, output_uri, stored_items
+from civitai_spider.dataset.webdataset import export_webdataset
+from civitai_spider.stores import file_store_at
+
+if TYPE_CHECKING:
+    import argparse
+
+#: The shards' folder inside the store, unless --output says otherwise.
+EXPORT_FOLDER = "webdataset"
+#: The index parts' folder inside the shards' one.
+INDEX_FOLDER = "index"
+FORMATS = ("webdataset",)
+DEFAULT_SHARD_SIZE = 1000
+
+
+class Command(ScrapyCommand):
+    requires_project = True
+    requires_crawler_process = False
+    default_settings = {"LOG_LEVEL": "WARNING"}
+
+    def syntax(self) -> str:
+        return "[--format webdataset] [--output DIR] [--shard-size N]"
+
+    def short_desc(self) -> str:
+        return "Write WebDataset tar shards of the stored images, with a Parquet index"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument(
+            "--format", default=FORMATS[0], help=f"the dataset's format: {', '.join(FORMATS)} (the default)"
+        )
+        parser.add_argument(
+            "--output",
+            metavar="DIR",
+            help=f"folder or s3://bucket/prefix of the shards (default: {EXPORT_FOLDER} in IMAGES_STORE)",
+        )
+        parser.add_argument(
+            "--shard-size",
+            metavar="N",
+            default=str(DEFAULT_SHARD_SIZE),
+            help=f"items per shard (default: {DEFAULT_SHARD_SIZE})",
+        )
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        if args:
+            message = f"unexpected argument {args[0]!r}: civitai-export takes none"
+            raise UsageError(message, print_help=False)
+        if opts.format not in FORMATS:
+            message = f"--format {opts.format!r} is not valid: allowed is {' or '.join(FORMATS)}"
+            raise UsageError(message, print_help=False)
+        shard_size = _shard_size(opts.shard_size)
+        configure_logging(self.settings)
+        try:
+            check_boolean(self.settings, "CIVITAI_CAPTION_RAW")
+            items = stored_items(self.settings)
+            uri = output_uri(self.settings, opts.output, EXPORT_FOLDER)
+            shards = file_store_at(self.settings, uri)
+            index = file_store_at(self.settings, f"{uri.rstrip('/')}/{INDEX_FOLDER}")
+        except ValueError as error:
+            raise UsageError(str(error), print_help=False) from None
+        try:
+            run = export_webdataset(
+                items,
+                shards,
+                index,
+                shard_size=shard_size,
+                raw_captions=self.settings.getbool("CIVITAI_CAPTION_RAW"),
+                on_problem=ProblemLog(self.settings),
+            )
+        except OSError as error:  # the store, the id store or the output, after the checks
+            print(f"error: {error}", file=sys.stderr)
+            self.exitcode = 1
+            return
+        finally:
+            for store in (items.files, shards, index):
+                store.close()
+        print(
+            f"Added {run.added} item(s) in {run.shards} new shard(s) to {shards.describe('')}: "
+            f"{run.items} item(s) in all"
+        )
+        if run.removed:
+            print(f"Removed {run.removed} shard(s) or index part(s) that a killed run left half done")
+        if run.problems:
+            print(f"{run.problems} recorded id(s) left out: their files are unreadable (error_log.txt)")
+        if run.without_metadata:
+            print(f"{run.without_metadata} recorded id(s) have no metadata file in the store: in no shard")
+
+
+def _shard_size(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UsageError(f"--shard-size {value!r} is not valid: allowed is an integer >= 1", print_help=False)
+    return size
