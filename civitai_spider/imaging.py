@@ -7,7 +7,7 @@ pipeline: Pillow releases the GIL while it decodes and encodes, so both cores wo
   PNG text chunks keep the generation parameters.
 - Anything else is converted: to PNG when it has transparency, else to JPEG.
 - A file cut short is refused. For JPEG and PNG that is a structural check (an end marker
-  after the compressed data, chunk checksums), much cheaper than a full decode.
+  after the compressed data; every chunk and its CRC up to IEND), much cheaper than a decode.
 - Transparency means a pixel that is not fully opaque, not merely an alpha channel:
   animated WebP frames always decode with one, opaque or not.
 - 16-bit, 32-bit and floating-point greys (TIFF) are scaled to 8 bits when converted:
@@ -28,9 +28,11 @@ import threading
 from dataclasses import dataclass
 from io import BytesIO
 
+from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_START_OF_SCAN = 0xDA
 # JPEG markers that stand alone, without a length: the restart markers, start of image, TEM.
 _JPEG_MARKERS_WITHOUT_LENGTH = frozenset({*range(0xD0, 0xD9), 0x01})
@@ -145,13 +147,26 @@ def _jpeg_scan_start(body: bytes) -> int | None:
 
 
 def _verify_png(body: bytes) -> None:
-    # verify() walks every chunk to IEND checking its CRC without decoding pixels; it
-    # needs a freshly opened image.
-    try:
-        with Image.open(BytesIO(body)) as image:
-            image.verify()
-    except Exception as error:
-        raise ImageRejected(f"broken PNG: {_describe(error)}") from None
+    # Every chunk to IEND, each with its CRC, as Pillow's verify() checks them, but over the
+    # body itself: verify() copies each chunk out of a BytesIO and computes zlib's CRC, 1.5 ms
+    # for a 3 MB PNG, against 0.1 ms here with ISA-L's CRC (the same CRC-32, SIMD).
+    view = memoryview(body)
+    position = len(_PNG_SIGNATURE)
+    while True:
+        header = view[position : position + 8]
+        if len(header) < 8:
+            raise ImageRejected("broken PNG: truncated PNG file (no IEND chunk)")
+        length = int.from_bytes(header[:4], "big")
+        kind = bytes(header[4:])
+        if kind == b"IEND":
+            return
+        end = position + 8 + length
+        stored = view[end : end + 4]
+        if len(stored) < 4:
+            raise ImageRejected(f"broken PNG: truncated PNG file (in its {kind!r} chunk)")
+        if isal_zlib.crc32(view[position + 4 : end]) != int.from_bytes(stored, "big"):
+            raise ImageRejected(f"broken PNG: bad checksum in its {kind!r} chunk")
+        position = end + 4
 
 
 def _convert(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:

@@ -9,7 +9,7 @@ Against a power cut, what the id store lists must be on disk first. The folder s
 writes without syncing each file and lets :func:`sync_file_system` flush a whole batch at
 once before the batch's ids are recorded (see :class:`civitai_spider.stores.recorder.IdRecorder`).
 
-A temporary name is ``.civitai-partial-h<host>-<pid>-<random>-<final name>.partial``.
+A temporary name is ``.civitai-partial-h<host>-<pid>-<serial>-<final name>.partial``.
 ``<host>`` is the first 8 hex digits of the SHA-256 of the host name (any host name, kept
 short and free of ``-``), ``<pid>`` the writer's process id. The ``.partial`` end keeps the
 file out of globs such as DuckDB's ``*.parquet``, which match hidden files too. Many crawls,
@@ -21,14 +21,15 @@ another host's only once they are an hour old. Names without the ``h<host>-`` pa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import re
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,16 +57,38 @@ def host_tag(host: str) -> str:
 _THIS_HOST = host_tag(socket.gethostname())
 #: The host tag (absent in the old format) and the pid at the start of a temporary name.
 _NAME_START = re.compile(r"(?:(h[0-9a-f]{8})-)?([0-9]+)-")
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+#: Tells one process's temporary files apart; next() on it is atomic under the GIL.
+_serial = itertools.count()
 
 
-def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
+def write_atomically(path: str | Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that ``path`` never holds a partial file.
 
     ``sync=False`` leaves flushing to the caller (one :func:`sync_file_system` for many
     files); the file is then whole after a ``kill -9`` but not yet after a power cut.
     """
-    with writing_atomically(path, sync=sync) as file:
-        file.write(data)
+    # Four system calls (open, write, close, rename) and no file object: each call lets the
+    # GIL go, and winning it back from the reactor thread is what a small file costs most.
+    # io.open() and mkstemp() would add an fstat, an ioctl, an lseek and an fchmod.
+    descriptor, temporary = _create_temporary(path)
+    try:
+        try:
+            with memoryview(data) as view:
+                written = os.write(descriptor, view)
+                while written < len(view):  # a regular file takes it all at once but for errors
+                    written += os.write(descriptor, view[written:])
+            if sync:
+                # Without a sync a power cut after the rename can leave an empty file
+                # under the final name.
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 @contextmanager
@@ -75,26 +98,37 @@ def writing_atomically(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
     Until then (and for good after an error or a ``kill -9``) it is a temporary file in the
     same folder, which :func:`remove_temporary_files` removes once its writer is gone.
     """
-    # The host and pid in the name tell remove_temporary_files() whether its writer may still run.
-    descriptor, name = tempfile.mkstemp(
-        prefix=f"{TEMPORARY_PREFIX}{_THIS_HOST}-{os.getpid()}-",
-        suffix=f"-{path.name}.partial",
-        dir=path.parent,
-    )
-    temporary = Path(name)
+    descriptor, temporary = _create_temporary(path)
     try:
         with open(descriptor, "wb") as file:
-            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the files from other users
             yield file
             if sync:
                 file.flush()
-                # Without a sync a power cut after the rename can leave an empty file
-                # under the final name.
                 os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, opened for writing: its descriptor and name.
+
+    The host and pid in the name tell remove_temporary_files() whether its writer may still
+    run; a counter tells this process's files apart (a name left by a dead process that had
+    the same pid is skipped). Mode 0644 less the umask, as any program's files: readable by
+    the other users a dataset is shared with, unless the umask says otherwise.
+    """
+    folder, name = os.path.split(path)
+    while True:
+        temporary = os.path.join(
+            folder, f"{TEMPORARY_PREFIX}{_THIS_HOST}-{os.getpid()}-{next(_serial)}-{name}.partial"
+        )
+        try:
+            return os.open(temporary, _CREATE_FLAGS, 0o644), temporary
+        except FileExistsError:
+            continue
 
 
 def copy_atomically(source: Path, target: Path, *, sync: bool = True) -> None:
@@ -116,6 +150,24 @@ def sync_file_system(directory: Path) -> None:
         if _syncfs(descriptor) != 0:
             error = ctypes.get_errno()
             raise OSError(error, f"syncfs failed: {os.strerror(error)}", str(directory))
+    finally:
+        os.close(descriptor)
+
+
+def drop_from_page_cache(path: str) -> None:
+    """Let the kernel free the cached pages of ``path``, a file already synced to disk.
+
+    Only advice (``POSIX_FADV_DONTNEED``): nothing changes on disk, the file reads the same,
+    and a file gone meanwhile is no error. Without ``posix_fadvise`` it does nothing.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # removed or replaced since: nothing of it to drop
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(descriptor)
 

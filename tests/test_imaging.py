@@ -221,8 +221,22 @@ def test_truncated_png_is_refused(make: Callable[[], bytes]) -> None:
 def test_png_with_a_bad_chunk_checksum_is_refused() -> None:
     body = bytearray(images.png_rgb())
     body[-20] ^= 0xFF  # inside the last IDAT chunk: its CRC no longer matches
-    with pytest.raises(ImageRejected):
+    with pytest.raises(ImageRejected, match="broken PNG: bad checksum in its b'IDAT' chunk"):
         prepare(bytes(body))
+
+
+def test_png_cut_anywhere_after_its_header_is_refused() -> None:
+    body = images.png_rgba_with_parameters()
+    header_end = 8 + 8 + 13 + 4  # signature, IHDR: Image.open() needs it to say it is a PNG
+    for cut in range(header_end, len(body) - 11, 97):  # up to the IEND chunk, which is 12 bytes
+        with pytest.raises(ImageRejected, match="broken PNG|unreadable image header|not an image"):
+            prepare(body[:cut])
+
+
+def test_png_with_bytes_after_iend_is_kept_as_it_is() -> None:
+    # As Pillow reads it: what follows IEND is no part of the picture.
+    body = images.png_rgb() + b"trailing"
+    assert prepare(body).data is body
 
 
 @pytest.mark.parametrize("make", [images.webp_rgb, images.webp_rgba], ids=["rgb", "rgba"])

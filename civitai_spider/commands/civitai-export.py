@@ -20,7 +20,6 @@ from scrapy.utils.log import configure_logging
 
 from civitai_spider.checks import check_boolean
 from civitai_spider.dataset.stored import ProblemLog, output_uri, stored_items
-from civitai_spider.dataset.webdataset import export_webdataset
 from civitai_spider.stores import file_store_at
 
 if TYPE_CHECKING:
@@ -80,6 +79,10 @@ class Command(ScrapyCommand):
             index = file_store_at(self.settings, f"{uri.rstrip('/')}/{INDEX_FOLDER}")
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
+        # Here, not at the top: Scrapy imports every command to start any of them, and pyarrow
+        # (with numpy and their threads) would cost every `scrapy crawl` 0.1 s and more.
+        from civitai_spider.dataset.webdataset import export_webdataset  # noqa: PLC0415
+
         try:
             run = export_webdataset(
                 items,

@@ -19,7 +19,6 @@ from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
 from civitai_spider.checks import check_number
-from civitai_spider.dataset.manifest import update_manifest
 from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
 
 if TYPE_CHECKING:
@@ -62,6 +61,10 @@ class Command(ScrapyCommand):
             output = output_store(self.settings, opts.output, MANIFEST_FOLDER)
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
+        # Here, not at the top: Scrapy imports every command to start any of them, and pyarrow
+        # (with numpy and their threads) would cost every `scrapy crawl` 0.1 s and more.
+        from civitai_spider.dataset.manifest import update_manifest  # noqa: PLC0415
+
         try:
             run = update_manifest(
                 items,

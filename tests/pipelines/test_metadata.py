@@ -217,10 +217,15 @@ def test_read_only_store_fails_the_item_cleanly(tmp_path: Path, monkeypatch: pyt
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
     pipe = MetadataPipeline.from_crawler(crawler)
 
-    def read_only(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    real_open = os.open
 
-    monkeypatch.setattr(local_files.tempfile, "mkstemp", read_only)
+    def read_only(path: str, *args: Any, **kwargs: Any) -> Any:
+        # Every new file of the store is created under a temporary name first.
+        if local_files.TEMPORARY_PREFIX in str(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(local_files.os, "open", read_only)
     with pytest.raises(DropImage) as failure:
         asyncio.run(pipe.process_item(saved_item(make_record())))
     _assert_failed_cleanly(tmp_path, failure, "metadata not saved: OSError: Read-only file system")
