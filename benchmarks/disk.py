@@ -101,7 +101,9 @@ def raw(series: list[DiskSeries]) -> list[dict[str, object]]:
         {
             "kind": measured.kind,
             "images": measured.images,
-            "whole_process_images_per_second": {crawler: measured.median(crawler) for crawler in measured.runs},
+            "whole_process_images_per_second": {
+                crawler: measured.median(crawler) for crawler in measured.runs
+            },
             "ratio_to_bare": measured.ratio("bare"),
             "ratio_to_stock": measured.ratio("stock"),
             "steady_ratio_to_bare": measured.ratio("bare", whole=False),

