@@ -1,22 +1,27 @@
-"""What a usable answer of Civitai's ``/api/v1/images`` looks like.
+"""Civitai's API as a client sees it: its addresses, what a usable page is, what an error says.
 
-Shared by the spider (which reads pages) and the retry middleware (which retries a
-page that is not one: Civitai's edge sometimes answers an HTML error page with
-status 200).
+Shared by the spider (which reads pages), the retry middleware (which retries a page that
+is not one: Civitai's edge sometimes answers an HTML error page with status 200) and the
+API key middleware (which sends the key to the API's origin only).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from scrapy.http import Response, TextResponse
 
-#: ``Request.meta`` key marking a request for an API page (not an image).
+#: ``Request.meta`` key marking a request to the API (a page, ``/me``, ``/models/<id>``): it
+#: carries the API key, to the API's origin only.
+API_META_KEY = "civitai_api"
+#: ``Request.meta`` key marking a request for an API page (checked as one, retried if it is not).
 API_PAGE_META_KEY = "civitai_api_page"
-#: The download slot of API pages (the spider gives it ``CIVITAI_API_CONCURRENCY`` places).
+#: The download slot of API requests (the spider gives it ``CIVITAI_API_CONCURRENCY`` places).
 API_DOWNLOAD_SLOT = "civitai-api"
+#: Status of the API's answer to a country where Civitai blocks its API (``REGION_BLOCKED``).
+REGION_BLOCKED_STATUS = 451
 
 
 def page_problem(response: Response) -> str | None:
@@ -33,6 +38,15 @@ def page_problem(response: Response) -> str | None:
     return None
 
 
+def endpoint_url(api_url: str, path: str) -> str:
+    """The address of another API endpoint beside the images one: ``me``, ``models/123``.
+
+    ``https://civitai.red/api/v1/images`` -> ``https://civitai.red/api/v1/me``: the same
+    origin, so the key goes where the images' key goes and nowhere else.
+    """
+    return urljoin(urlsplit(api_url)._replace(query="", fragment="").geturl(), path)
+
+
 def server_error_message(response: Response, limit: int = 300) -> str:
     """The ``error`` text of an API error answer, or the start of its body."""
     body = response.body[: 64 * 1024]
@@ -41,11 +55,38 @@ def server_error_message(response: Response, limit: int = 300) -> str:
     except ValueError:
         text = body.decode("utf-8", "replace").strip()
     else:
-        text = payload.get("error", payload) if isinstance(payload, dict) else payload
-        if not isinstance(text, str):
-            text = json.dumps(text, ensure_ascii=False)
+        text = _error_text(payload.get("error", payload) if isinstance(payload, dict) else payload)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_text(error: Any) -> str:
+    """An ``error`` value as one readable text: a string, or the messages of zod's issues.
+
+    A 400 of the images endpoint is ``{"error": <ZodError>}`` (src/pages/api/v1/images/index.ts);
+    zod 4 serialises it as ``{"name": "ZodError", "message": "<the issues as JSON text>"}``,
+    zod 3 as ``{"issues": [...], "name": "ZodError"}``. Either way each issue has a ``path``
+    and a ``message``: ``limit: Too big: expected number to be <=200``.
+    """
+    if isinstance(error, str):
+        return error
+    issues = error.get("issues") if isinstance(error, dict) else None
+    if issues is None and isinstance(error, dict) and isinstance(error.get("message"), str):
+        try:
+            issues = json.loads(error["message"])
+        except ValueError:
+            return error["message"]
+    if isinstance(issues, list) and issues and all(isinstance(issue, dict) for issue in issues):
+        return "; ".join(_issue_text(issue) for issue in issues)
+    return json.dumps(error, ensure_ascii=False)
+
+
+def _issue_text(issue: dict[str, Any]) -> str:
+    path = issue.get("path")
+    where = ".".join(str(part) for part in path) if isinstance(path, list) and path else ""
+    message = issue.get("message")
+    message = message if isinstance(message, str) else json.dumps(issue, ensure_ascii=False)
+    return f"{where}: {message}" if where else message
 
 
 def _content_type(response: Response) -> str:

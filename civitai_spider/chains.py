@@ -4,10 +4,12 @@ The API lists images as a chain of pages, each naming the next one's cursor, so 
 walked one page at a time. The spider argument ``split`` cuts a crawl into several chains
 that are walked at once: one per combination of the split values. They are disjoint (every
 image has one browsing level, one base model and one type) and together list what the
-unsplit query lists.
+unsplit query lists. A model's crawl (``model_id``) is one chain per version of the model
+(times the split values): those may overlap, as an image can use two versions.
 
 A :class:`Chain` is where one walk stands: the URL of its next page, its page count, the
-cursors it followed (a cursor given twice is a loop) and, with ``stop_after_seen``, how many
+cursors it followed (a cursor given twice is a loop), whether its last page was full (an empty
+page after a full one is asked again) and, with ``stop_after_seen``, how many
 already-downloaded images it met in a row. The spider keeps chains in memory (and in the
 JOBDIR state); a shared crawl keeps them in Redis (:mod:`civitai_spider.shared.crawl`).
 """
@@ -21,8 +23,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 #: What ``split`` may name, and the API parameter each one splits.
 SPLITS = {"browsing_level": "browsingLevel", "base_models": "baseModels", "media": "type"}
-#: nsfw -> the browsing levels it stands for (PG=1, PG13=2, R=4, X=8, XXX=16).
-NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 31}
+#: nsfw -> the browsing levels the server gives it (PG=1, PG13=2, R=4, X=8, XXX=16), as
+#: src/pages/api/v1/images/index.ts maps it: the deprecated names through nsfwLevelMapDeprecated,
+#: true to nsfwBrowsingLevelsFlag (R, X, XXX and Blocked, which is then stripped: 28, no PG),
+#: false to nothing, which the endpoint then reads as PG only.
+NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 28}
+#: The API parameter of a model version: a model's crawl has a chain per version.
+MODEL_VERSION_PARAMETER = "modelVersionId"
 #: The one chain of a crawl without ``split``.
 WHOLE_QUERY = "all"
 
@@ -45,20 +52,31 @@ def parse_split(value: Any) -> tuple[str, ...]:
     return names
 
 
-def split_query(query: dict[str, str], split: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """Chain name -> its API query: one per combination of the split values, in a fixed order.
+def split_query(
+    query: dict[str, str], split: tuple[str, ...], model_versions: tuple[int, ...] = ()
+) -> dict[str, dict[str, str]]:
+    """Chain name -> its API query: one per combination of the model versions (a model's
+    crawl) and the split values, in a fixed order.
 
     ``ValueError`` when a split has nothing to split (``base_models`` without ``base_models=``).
     """
-    if not split:
+    if not split and not model_versions:
         return {WHOLE_QUERY: dict(query)}
+    names = [SPLITS[name] for name in split]
     values = [_split_values(query, name) for name in split]
+    if model_versions:
+        names.insert(0, MODEL_VERSION_PARAMETER)
+        values.insert(0, [str(version) for version in model_versions])
     chains: dict[str, dict[str, str]] = {}
     for combination in itertools.product(*values):
         chain_query = dict(query)
         if "browsing_level" in split:
             chain_query.pop("nsfw", None)  # browsingLevel overrides it anyway
-        parameters = dict(zip((SPLITS[name] for name in split), combination, strict=True))
+        if model_versions:
+            # With modelVersionId the server lists from its search index, which knows no
+            # modelId; the version is what selects the images.
+            chain_query.pop("modelId", None)
+        parameters = dict(zip(names, combination, strict=True))
         chain_query.update(parameters)
         chains["&".join(f"{name}={value}" for name, value in parameters.items())] = chain_query
     return chains
@@ -67,7 +85,7 @@ def split_query(query: dict[str, str], split: tuple[str, ...]) -> dict[str, dict
 def _split_values(query: dict[str, str], name: str) -> list[str]:
     if name == "browsing_level":
         mask = int(query["browsingLevel"]) if "browsingLevel" in query else _nsfw_mask(query)
-        return [str(bit) for bit in (1 << shift for shift in range(6)) if mask & bit]
+        return [str(bit) for bit in (1 << shift for shift in range(5)) if mask & bit]
     if name == "base_models":
         if "baseModels" not in query:
             raise ValueError("split=base_models needs base_models=... (comma-separated names) to split")
@@ -90,6 +108,9 @@ class Chain:
     #: Pages fetched and handed on.
     pages: int = 0
     cursors_seen: set[str] = field(default_factory=set)
+    #: Whether the last page held ``limit`` items: an empty page without a cursor after it is
+    #: not taken for the end at once (the spider asks again, CIVITAI_EMPTY_PAGE_RETRIES).
+    last_page_full: bool = False
     #: Already-downloaded images in a row (``stop_after_seen``).
     seen_streak: int = 0
     #: Why it ended: END_OF_LISTING, MAX_PAGES, CAUGHT_UP or CURSOR_LOOP; ``None`` while live.

@@ -64,10 +64,14 @@ class CivitaiImage:
     images: list[dict[str, Any]] = field(default_factory=list)
     #: The saved file's name inside ``IMAGES_STORE`` (``<id>.jpg``, ``<id>.png``, ``<id>.mp4``...).
     image_file: str | None = None
+    #: The cursor chain that listed it (:mod:`civitai_spider.chains`); ``None`` in a shared crawl.
+    #: An id listed again by the same chain is a sign of a moving ranking (``duplicate``), by
+    #: another chain an image under two model versions (``other_chain``).
+    chain: str | None = None
 
     @classmethod
-    def from_api(cls, record: Any) -> CivitaiImage:
-        """Build an item from one element of the API's ``items`` list.
+    def from_api(cls, record: Any, chain: str | None = None) -> CivitaiImage:
+        """Build an item from one element of the API's ``items`` list (listed by ``chain``).
 
         Raises :class:`InvalidApiItem` when the record has no usable id or URL.
         Junk in the other fields is replaced by a neutral value instead.
@@ -100,6 +104,7 @@ class CivitaiImage:
             meta=meta,
             api_item=record,
             image_urls=[url],
+            chain=chain,
         )
 
     @property

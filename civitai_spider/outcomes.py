@@ -6,8 +6,8 @@ reason (``civitai/dropped/<reason>``) or failed (``civitai/failed``); their sum 
 ``civitai/items_seen``. The counting itself is done by
 :class:`civitai_spider.extensions.outcome_stats.OutcomeStats` from Scrapy's item signals.
 
-A crawl ends with a finish reason (the ``finish_reason`` stat); those in
-:data:`FAILED_FINISH_REASONS` make ``scrapy crawl`` exit with status 1.
+A crawl ends with a finish reason (the ``finish_reason`` stat); :data:`EXIT_STATUSES` says
+which ones make ``scrapy crawl`` exit with a status other than 0.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ DROPPED_PREFIX = "civitai/dropped/"
 
 #: The drop reason used for items whose image could not be downloaded or saved.
 FAILED_REASON = "failed"
+#: The drop reason of an id listed twice by one chain: the sign that its ranking moved.
+DUPLICATE_REASON = "duplicate"
 
 #: Finish reason: an API page failed for good (after its retries, or a 400).
 API_ERROR = "api_error"
@@ -32,12 +34,26 @@ API_ERROR = "api_error"
 CURSOR_LOOP = "cursor_loop"
 #: Finish reason: Redis stayed out of reach for CIVITAI_REDIS_TIMEOUT seconds (a shared crawl).
 REDIS_ERROR = "redis_error"
+#: Finish reason: the API answered 451, it refuses requests from this country.
+REGION_BLOCKED = "region_blocked"
+#: Finish reason: ``GET /api/v1/me`` refused CIVITAI_API_KEY (401 or 403) before any page.
+API_KEY_REFUSED = "api_key_refused"
+#: Finish reason: ``GET /api/v1/models/<model_id>`` says there is no such model, before any page.
+MODEL_NOT_FOUND = "model_not_found"
 #: Scrapy's finish reason for a graceful stop (one Ctrl-C, SIGTERM, a Scrapyd cancel): with
 #: JOBDIR, a pause that the next run resumes. Every other reason ends the job.
 SHUTDOWN = "shutdown"
-#: Finish reasons of a crawl that could not do its work: ``scrapy crawl`` exits with status 1.
-#: Any other end (``finished``, ``caught_up``, ``closespider_*``, ``shutdown``) exits with 0.
-FAILED_FINISH_REASONS = frozenset({API_ERROR, CURSOR_LOOP, REDIS_ERROR})
+#: Finish reason -> exit status of ``scrapy crawl``: 1 for a crawl that could not do its work,
+#: 2 for a setting or an argument the API refused (as for one refused before the crawl). Any
+#: other end (``finished``, ``caught_up``, ``closespider_*``, ``shutdown``) exits with 0.
+EXIT_STATUSES = {
+    API_ERROR: 1,
+    CURSOR_LOOP: 1,
+    REDIS_ERROR: 1,
+    REGION_BLOCKED: 1,
+    API_KEY_REFUSED: 2,
+    MODEL_NOT_FOUND: 2,
+}
 
 
 def saved_key(media: str) -> str:

@@ -72,6 +72,14 @@ CIVITAI_MAX_IMAGE_PIXELS = 89_478_485
 CIVITAI_RETRY_BASE_DELAY = 1.0
 CIVITAI_RETRY_MAX_DELAY = 60.0
 
+# An empty API page without a cursor right after a full page is not taken for the end at once:
+# the server can answer one and then the real page (a filtered-out page, a database timeout,
+# civitai/civitai#1800). It is asked again this many times, waiting CIVITAI_EMPTY_PAGE_DELAY
+# seconds before the first try and twice as long before each next one (10, 20, 40 s); a chain
+# that then gets items goes on. 0: an empty page ends its chain at once.
+CIVITAI_EMPTY_PAGE_RETRIES = 3
+CIVITAI_EMPTY_PAGE_DELAY = 10.0
+
 # Which redirects of an image download are followed: "https" (to an https:// address, any
 # host), "any" or "none". A refused redirect fails the image with the reason logged.
 CIVITAI_IMAGE_REDIRECTS = "https"

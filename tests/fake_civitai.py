@@ -6,6 +6,23 @@ host. Both record every request (header names lower-cased, repeated headers join
 ", ") and inject faults per path, or per API page (by cursor). The real API's behaviour is
 described in ``../shared/docs/civitai-api.md`` (the shared docs folder beside the repository).
 
+What the fake models is read from the server's source (civitai/civitai at ebed661, August
+2026), cited beside each behaviour:
+
+- ``/api/v1/images`` on its two query paths. The search index (the default) pages with
+  offset cursors in three styles. The older database path, which ``imageId``, or ``modelId``
+  without ``modelVersionId``, takes, has a bare id as cursor (a JSON number), loses the row
+  it pops at each page boundary, lists newest first whatever the metric sort, answers 400
+  to ``sort=Random``, 404 to an unknown username, and an empty page on a statement timeout.
+- The endpoint's zod schema (400 bodies as zod v4 serialises them), the 429 of deep
+  ``page=``, the browsing levels that ``nsfw`` and ``browsingLevel`` stand for, and API keys
+  (``api_keys``: an unknown key is served as anonymous, PG only).
+- ``/api/v1/me`` and ``/api/v1/models/{id}`` (``add_model``).
+
+Keys of an item that start with "_" are the fake's own and never served: ``_versions`` (the
+model versions the index lists the image under) and ``_hidden`` (the image takes its place
+in the paging but is filtered out of the page, as the server's hidden exclusions are).
+
     with FakeCivitai() as server:
         item = server.add_image_item(images.jpeg_rgb())
         server.inject(server.api_url, Fault.status(503, retry_after="1"))
@@ -14,9 +31,11 @@ described in ``../shared/docs/civitai-api.md`` (the shared docs folder beside th
 from __future__ import annotations
 
 import collections
+import copy
 import http
 import http.server
 import json
+import math
 import re
 import socket
 import struct
@@ -24,47 +43,58 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 API_PATH = "/api/v1/images"
+ME_PATH = "/api/v1/me"
+MODELS_PATH = "/api/v1/models/"  # followed by the model id
 CDN_KEY = "xG1nkqKTMzGDvpLrqFT7WA"  # the account segment of Civitai media URLs
 CURSOR_EPOCH_MS = 1733858354000
 CHOICES = {
     "sort": {"Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random"},
     "period": {"AllTime", "Year", "Month", "Week", "Day"},
-    "nsfw": {"None", "Soft", "Mature", "X", "true", "false"},
+    "nsfw": {"None", "Soft", "Mature", "X", "Blocked", "true", "false"},
     "type": {"image", "video", "audio"},
 }
 #: The browsing levels an image can have, one bit each: PG, PG13, R, X, XXX, Blocked.
 BROWSING_LEVELS = (1, 2, 4, 8, 16, 32)
-#: nsfw -> the browsing levels it stands for (PG=1, PG13=2, R=4, X=8, XXX=16; X means all of them).
-NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 31}
-INTEGER_PARAMETERS = ("modelId", "modelVersionId", "postId", "imageId", "userId", "browsingLevel", "page")
-KNOWN_BASE_MODELS = {
-    "SD 1.4",
-    "SD 1.5",
-    "SD 1.5 LCM",
-    "SD 1.5 Hyper",
-    "SD 2.0",
-    "SD 2.1",
-    "SDXL 1.0",
-    "SDXL Turbo",
-    "SDXL Lightning",
-    "SDXL Hyper",
-    "SD 3",
-    "SD 3.5",
-    "Pony",
-    "Illustrious",
-    "NoobAI",
-    "Flux.1 D",
-    "Flux.1 S",
-    "Hunyuan Video",
-    "Wan Video",
-    "Other",
-}
+PUBLIC_BROWSING_LEVEL = 1  # publicBrowsingLevelsFlag: what a query asks for without nsfw or browsingLevel
+BLOCKED_BROWSING_LEVEL = 32  # never selectable: onlySelectableLevels strips it
+#: nsfw -> the browsing levels it asks for (src/shared/constants/browsingLevel.constants.ts
+#: nsfwLevelMapDeprecated; "true" is nsfwBrowsingLevelsFlag, R|X|XXX|Blocked, shown here with
+#: Blocked stripped: no PG, no PG13). "false" counts as absent (images/index.ts line 64,
+#: `if (!value) return undefined`), and so PG only.
+NSFW_BROWSING_LEVELS = {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 28, "Blocked": 32}
+#: What zod's z.stringbool() takes, case-insensitively (booleanString, src/utils/zod-helpers.ts):
+#: withMeta=1 is true, nsfw=yes is nsfw=true, nsfw=off is nsfw=false.
+STRINGBOOL_TRUE = ("true", "1", "yes", "on", "y", "enabled")
+STRINGBOOL_FALSE = ("false", "0", "no", "off", "n", "disabled")
+#: The base models the server knows, in its order: the names of baseModelRecords in
+#: packages/civitai-shared/src/basemodel.constants.ts (line 2483). Any other is a 400.
+# fmt: off
+KNOWN_BASE_MODELS = (
+    "Anima", "AuraFlow", "Chroma", "CogVideoX", "Ernie", "Flux.1 S", "Flux.1 D", "Flux.1 Krea",
+    "Flux.1 Kontext", "Flux.2 D", "Flux.2 Klein 9B", "Flux.2 Klein 9B-base", "Flux.2 Klein 4B",
+    "Flux.2 Klein 4B-base", "Flux 3 Video", "Grok", "HappyHorse", "HiDream", "HiDream-O1", "Hunyuan 1",
+    "Hunyuan Video", "Ideogram 4.0", "Boogu", "Illustrious", "Imagen4", "Kolors", "Krea 2", "LTXV", "LTXV2",
+    "LTXV 2.3", "Lens", "Lumina", "MageFlow", "MAI", "Mochi", "Nano Banana", "NoobAI", "ODOR", "OpenAI",
+    "Upscaler", "Other", "PixArt a", "PixArt E", "Playground v2", "Pony", "Pony V7", "Qwen", "Qwen 2",
+    "Qwen 3", "Stable Cascade", "SD 1.4", "SD 1.5", "SD 1.5 LCM", "SD 1.5 Hyper", "SD 2.0", "SD 2.0 768",
+    "SD 2.1", "SD 2.1 768", "SD 2.1 Unclip", "SD 3", "SD 3.5", "SD 3.5 Large", "SD 3.5 Large Turbo",
+    "SD 3.5 Medium", "SDXL 0.9", "SDXL 1.0", "SDXL 1.0 LCM", "SDXL Lightning", "SDXL Hyper", "SDXL Turbo",
+    "SDXL Distilled", "Reve", "Seedream", "SVD", "SVD XT", "Sora 2", "Veo 3", "Wan Video",
+    "Wan Video 1.3B t2v", "Wan Video 14B t2v", "Wan Video 14B i2v 480p", "Wan Video 14B i2v 720p",
+    "Wan Video 2.2 TI2V-5B", "Wan Video 2.2 I2V-A14B", "Wan Video 2.2 T2V-A14B", "Wan Video 2.5 T2V",
+    "Wan Video 2.5 I2V", "Wan Image 2.7", "Wan Video 2.7", "ZImageTurbo", "ZImageBase", "Vidu Q1",
+    "MiniMax H3", "Kling", "Seedance", "ACE Audio", "PolyGen", "Tripo", "Hunyuan3D",
+)
+# fmt: on
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_]*")
+MAX_MODEL_ID = 2147483647  # Postgres int4, the bound of models/[id].ts's schema
+REGION_BLOCKED_ERROR = "Access to this service is not available in your region due to legal restrictions."
 # Leading bytes -> Content-Type: the CDN tells the truth that the `.jpeg` URLs do not.
 MAGIC_NUMBERS = [
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -77,6 +107,24 @@ MAGIC_NUMBERS = [
 ]
 CursorStyle = Literal["offset", "json", "hostile"]
 JSON_TYPE = "application/json; charset=utf-8"
+
+# The enums of imagesEndpointSchema in their source order, which zod's messages keep: MetricTimeframe
+# (packages/civitai-db-schema/src/enums.ts), ImageSort (src/server/common/enums.ts), MediaType.
+_ENUM_VALUES = {
+    "period": ("Day", "Week", "Month", "Year", "AllTime"),
+    "sort": ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random"),
+    "type": ("image", "video", "audio"),
+}
+_NSFW_NAMES = ("None", "Soft", "Mature", "X", "Blocked")  # NsfwLevelDeprecated
+_MAX_SAFE_INTEGER = 2**53 - 1
+# What JavaScript's String.prototype.trim() and Number() take as white space.
+_JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_JS_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_JS_INFINITY = re.compile(r"([+-]?)Infinity")
+_JS_RADIX_LITERAL = re.compile(r"0([xXoObB])([0-9a-fA-F]+)")
 
 
 def sniff_content_type(body: bytes) -> str:
@@ -176,13 +224,33 @@ class Fault:
         """Wait `seconds`, then answer normally (for timeout tests)."""
         return cls("slow", seconds=seconds)
 
+    @classmethod
+    def empty_page(cls) -> Fault:
+        """A 200 page with no items and no cursor, which is not the end: the older path answers
+        it on a statement timeout (image.service.ts lines 2123-2151), and a live feed once gave
+        one before the full page (civitai/civitai issue 1800). Inject it once with inject_page."""
+        return cls("replace", _json_response(200, {"items": [], "metadata": {}}))
 
-class _BadRequest(Exception):
-    """A query the API refuses: the message goes in `{"error": ...}`; status 400 unless given."""
+    @classmethod
+    def region_blocked(cls) -> Fault:
+        """451 with the exact body of src/server/middleware/api-region-block.middleware.ts
+        (JSON.stringify: no spaces), sent for /api/* from some countries."""
+        body = json.dumps({"error": REGION_BLOCKED_ERROR, "code": "REGION_BLOCKED"}, separators=(",", ":"))
+        return cls("replace", _Response(451, body.encode(), "application/json"))
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+
+class _ApiError(Exception):
+    """An API answer that is not the normal one: its status and its JSON body."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(status, body)
+        self.status, self.body = status, body
+
+
+def _service_error(status: int, code: str, message: str) -> _ApiError:
+    """An error thrown by the server's services, as images/index.ts's catch block sends it
+    (lines 225-239): `{"error": <message>, "code": <TRPC code>}` with the code's status."""
+    return _ApiError(status, {"error": message, "code": code})
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -227,10 +295,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             name = name.lower()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        recorded = RecordedRequest(role, self.command, path, query, raw_query, headers, time.monotonic())
         with fake._lock:
-            fake._requests.append(
-                RecordedRequest(role, self.command, path, query, raw_query, headers, time.monotonic())
-            )
+            fake._requests.append(recorded)
+        hook = fake.on_api_request
+        if role == "api" and hook is not None:
+            hook(recorded)  # outside the lock: the hook may change the items, add faults...
         fault = fake._next_fault(role, path, query)
         fake._stopping.wait(fake.api_delay if role == "api" else fake.cdn_delay)  # stop() cuts it short
         if fault and fault.kind == "reset":
@@ -246,7 +316,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # its body is not read, so the connection is unusable
             response = _json_response(405, {"error": "Method not allowed"})
         elif role == "api":
-            response = fake._api_response(path, raw_query)
+            response = fake._api_response(path, raw_query, headers)
         else:
             response = fake._cdn_response(path)
         if fault and fault.response:
@@ -281,6 +351,12 @@ class FakeCivitai:
     `strip_next_cursor` leaves only nextPage in the metadata; `ignore_flat_meta` nests meta on
     the older query path even with flatMeta=true. `delay` slows every
     answer of both servers, `cdn_delay` overrides it for the CDN (both are attributes too).
+
+    More attributes: `api_keys` (key -> username; empty, the default, leaves keys unmodelled:
+    every request gets what it asks for and /me takes any key), `older_path_row_limit` (a page
+    of the older path preceded by at least that many rows of its selection times out: empty,
+    no cursor; None, the default, never) and `on_api_request` (called with each API request,
+    before it is answered: a test can move items between pages, as a live ranking does).
     """
 
     def __init__(
@@ -297,7 +373,11 @@ class FakeCivitai:
         self.ignore_flat_meta = False
         self.api_delay = delay
         self.cdn_delay = delay if cdn_delay is None else cdn_delay
+        self.api_keys: dict[str, str] = {}
+        self.older_path_row_limit: int | None = None
+        self.on_api_request: Callable[[RecordedRequest], None] | None = None
         self.items: list[Any] = []  # served in this order; may be changed between requests
+        self._models: dict[int, dict[str, Any]] = {}  # by id: the bodies of /api/v1/models/{id}
         self._images: dict[str, tuple[bytes, str]] = {}  # CDN path -> (body, Content-Type)
         self._faults: dict[str, collections.deque[Fault]] = {}
         self._permanent_faults: dict[str, Fault] = {}
@@ -380,6 +460,7 @@ class FakeCivitai:
         id: int | None = None,
         name: str | None = None,
         content_type: str | None = None,
+        versions: list[int] | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Append a Civitai-shaped item whose url serves `body` (unless None) and return it.
@@ -387,6 +468,8 @@ class FakeCivitai:
         `name` is the uuid segment of the URL (default: made from the id); the URL always ends
         in `.jpeg`, as Civitai's do. Content-Type: `content_type`, else guessed from the bytes.
         `fields` replace top-level keys (stats=..., meta=None, type="video", url=...).
+        `versions` sets `_versions`, the model versions the image is listed under (default:
+        its modelVersionIds), which the served modelVersionIds need not show.
         """
         with self._lock:
             id = self._next_id if id is None else id
@@ -405,7 +488,7 @@ class FakeCivitai:
                 "type": "image",
                 "nsfw": False,
                 "browsingLevel": 1,
-                "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(1725066707 + id)),
+                "createdAt": _iso_time(1725066707 + id),
                 "postId": 6000000 + id,
                 "stats": {
                     "cryCount": 0,
@@ -430,8 +513,43 @@ class FakeCivitai:
                 "modelVersionIds": [788385],
             }
             item.update(fields)
+            if versions is not None:
+                item["_versions"] = list(versions)
             self.items.append(item)
             return item
+
+    def add_model(self, model_id: int, version_ids: list[int], name: str | None = None) -> dict[str, Any]:
+        """Register a model and return the body `GET /api/v1/models/{model_id}` answers.
+
+        Its versions keep the given order. On the older path, `modelId` selects the images
+        listed under one of them (their `_versions`, else their modelVersionIds); an unknown
+        model selects none. The body may be changed later (e.g. a version added).
+        """
+        model: dict[str, Any] = {
+            "id": model_id,
+            "name": f"Model {model_id}" if name is None else name,
+            "type": "Checkpoint",
+            "nsfw": False,
+            "creator": {"username": "alice"},
+            "tags": [],
+            "modelVersions": [
+                {
+                    "id": version_id,
+                    "modelId": model_id,
+                    "name": f"v{number}",
+                    "baseModel": "SDXL 1.0",
+                    "createdAt": _iso_time(1700000000 + version_id),
+                    "files": [],
+                    "images": [],
+                    # models/[id].ts: `${baseUrl}${createModelFileDownloadUrl(...)}`, the public host
+                    "downloadUrl": f"https://civitai.com/api/download/models/{version_id}",
+                }
+                for number, version_id in enumerate(version_ids, 1)
+            ],
+        }
+        with self._lock:
+            self._models[model_id] = model
+        return model
 
     def add_raw_item(self, obj: Any) -> Any:
         """Append any JSON value as an item (for junk tests); filters let it through."""
@@ -444,16 +562,18 @@ class FakeCivitai:
         with self._lock:
             self._faults.setdefault(_path_of(path_or_url), collections.deque()).extend(faults)
 
-    def inject_page(self, cursor: str | None, *faults: Fault) -> None:
+    def inject_page(self, cursor: str | int | None, *faults: Fault) -> None:
         """Queue faults for the API page asked for with `cursor` (None: the first page, which has none).
 
+        An older-path cursor is an image id: 1234 or "1234" (the query text is the key).
         They come before the faults queued with :meth:`inject` for the API path.
         """
+        key = None if cursor is None else str(cursor)
         with self._lock:
-            self._page_faults.setdefault(cursor, collections.deque()).extend(faults)
+            self._page_faults.setdefault(key, collections.deque()).extend(faults)
 
     def cursor_for(self, offset: int) -> str:
-        """The nextCursor leading to the page that starts at item `offset` (cursors hold offsets)."""
+        """The search index's nextCursor leading to the page that starts at item `offset`."""
         return self._encode_cursor(offset)
 
     def inject_always(self, path_or_url: str, fault: Fault) -> None:
@@ -491,7 +611,12 @@ class FakeCivitai:
             return list(self._requests)
 
     def api_requests(self) -> list[RecordedRequest]:
+        """Every request to the API host: image pages, /api/v1/me, /api/v1/models/{id}..."""
         return [request for request in self.requests if request.host == "api"]
+
+    def page_requests(self) -> list[RecordedRequest]:
+        """The requests for pages of /api/v1/images, in arrival order."""
+        return [request for request in self.api_requests() if request.path == API_PATH]
 
     def cdn_requests(self) -> list[RecordedRequest]:
         return [request for request in self.requests if request.host == "cdn"]
@@ -507,59 +632,173 @@ class FakeCivitai:
             return _Response(404, b"Not Found", "text/plain; charset=utf-8")
         return _Response(200, entry[0], entry[1], (("Cache-Control", "public, max-age=31536000"),))
 
-    def _api_response(self, path: str, raw_query: str) -> _Response:
-        if path != API_PATH:
-            return _json_response(404, {"error": "Not found"})
+    def _api_response(self, path: str, raw_query: str, headers: dict[str, str]) -> _Response:
         try:
-            return _json_response(200, self._page(raw_query))
-        except _BadRequest as error:
-            return _json_response(error.status, {"error": str(error)})
+            if path == API_PATH:
+                return _json_response(200, self._page(raw_query, headers))
+            if path == ME_PATH:
+                return _json_response(200, self._me(raw_query, headers))
+            model_id = path.removeprefix(MODELS_PATH)
+            if path.startswith(MODELS_PATH) and model_id and "/" not in model_id:
+                return _json_response(200, self._model(model_id))
+        except _ApiError as error:
+            return _json_response(error.status, error.body)
+        return _json_response(404, {"error": "Not found"})
 
-    def _page(self, raw_query: str) -> dict[str, Any]:
+    def _session_user(self, raw_query: str, headers: dict[str, str]) -> str | None:
+        """The username an API key logs in as; None for an anonymous request.
+
+        The key is the Authorization header's second word, else `?token=`
+        (src/server/auth/get-server-auth-session.ts); an unknown key is no session, not an
+        error (src/server/auth/bearer-token.ts lines 26, 36). With `api_keys` empty any key
+        logs in, as "tester".
+        """
+        if "authorization" in headers:
+            words = headers["authorization"].split(" ")
+            token = words[1] if len(words) > 1 else ""
+        else:  # URLSearchParams.get: the first one, even if empty
+            pairs = parse_qsl(raw_query, keep_blank_values=True)
+            token = next((value for name, value in pairs if name == "token"), "")
+        key = token.strip()
+        if not key:
+            return None
+        with self._lock:
+            return self.api_keys.get(key) if self.api_keys else "tester"
+
+    def _me(self, raw_query: str, headers: dict[str, str]) -> dict[str, Any]:
+        """src/pages/api/v1/me.ts behind AuthedEndpoint (src/server/utils/endpoint-helpers.ts):
+        401 without a session, the cheap way for a client to tell that its key is bad."""
+        username = self._session_user(raw_query, headers)
+        if username is None:
+            raise _ApiError(401, {"error": "Unauthorized"})
+        with self._lock:
+            usernames = list(dict.fromkeys(self.api_keys.values())) or [username]
+        return {
+            "id": usernames.index(username) + 1,
+            "username": username,
+            "tier": "free",
+            "status": "active",
+            "isMember": False,
+            "subscriptions": [],
+        }
+
+    def _model(self, text: str) -> dict[str, Any]:
+        """src/pages/api/v1/models/[id].ts: 400 with z.prettifyError's text for an id its schema
+        refuses, 404 for an unknown model, else the body registered with add_model."""
+        problems = _model_id_problems(text)
+        if problems:
+            raise _ApiError(400, {"error": "\n".join(f"✖ {problem}\n  → at id" for problem in problems)})
+        model_id = int(_js_number(text))
+        with self._lock:
+            model = copy.deepcopy(self._models.get(model_id))
+        if model is None:
+            raise _ApiError(404, {"error": f"No model with id {model_id}"})
+        return model
+
+    def _page(self, raw_query: str, headers: dict[str, str]) -> dict[str, Any]:
+        """src/pages/api/v1/images/index.ts: the schema, the paging guard, the browsing level,
+        then one of the two query paths (image-search.service.ts runImageSearch)."""
         pairs = parse_qsl(raw_query, keep_blank_values=True)
-        query = dict(pairs)
+        query = _parse_images_query(pairs)
+        # Lines 124-133: only `page` without a cursor is offset paging, and it stops at 1000 items.
+        if query.page and not query.cursor and query.page * query.limit > 1000:
+            raise _ApiError(429, {"error": "You've requested too many pages, please use cursors instead"})
+        level = _selectable_level(query)
+        if self.api_keys and self._session_user(raw_query, headers) is None:
+            level = PUBLIC_BROWSING_LEVEL  # a bad key is anonymous, and anonymous is PG only
         with self._lock:
             items = list(self.items)
-        limit, numbers, base_models = _validate(query, items)
-        page = numbers["page"]
+        if query.older_path:
+            return self._older_path_page(query, level, items, pairs)
+        return self._search_page(query, level, items, pairs)
 
-        levels = _browsing_levels(query, numbers)
-        tags = {int(tag) for tag in query.get("tags", "").split(",") if tag.strip()}
-
-        def wanted(item: Any) -> bool:
-            if not isinstance(item, dict):
-                return True  # junk is served as is, whatever the filters
-            version = numbers["modelVersionId"]
-            level, kind = item.get("browsingLevel"), item.get("type")
-            return all(
-                (
-                    not query.get("username") or item.get("username") == query["username"],
-                    numbers["userId"] is None or item.get("userId") == numbers["userId"],
-                    numbers["postId"] is None or item.get("postId") == numbers["postId"],
-                    numbers["imageId"] is None or item.get("id") == numbers["imageId"],
-                    version is None or version in (item.get("modelVersionIds") or []),
-                    not base_models or item.get("baseModel") in base_models,
-                    # Junk levels and types are served as they are, like any junk.
-                    "type" not in query or kind not in CHOICES["type"] or kind == query["type"],
-                    type(level) is not int or level not in BROWSING_LEVELS or bool(level & levels),
-                    not tags or bool(tags & _tag_ids(item)),
-                )
-            )
-
-        selected = [item for item in items if wanted(item)]
-        if "cursor" in query:
-            offset = self._decode_cursor(query["cursor"])
+    def _search_page(
+        self, query: _ImagesQuery, level: int, items: list[Any], pairs: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """The search-index path: offset cursors; what is filtered after paging leaves holes."""
+        selected = [item for item in items if _wanted(item, query, level, older_path=False)]
+        if query.cursor is not None:
+            offset = self._decode_cursor(query.cursor)
         else:
-            offset = max(page - 1, 0) * limit if page else 0
-        flat = query.get("flatMeta") == "true" and not self.ignore_flat_meta
-        served = [_as_served(item, query, numbers, flat) for item in selected[offset : offset + limit]]
+            offset = max(query.page - 1, 0) * query.limit if query.page else 0
+        page = selected[offset : offset + query.limit]
+        # Hidden items hold their place, then leave the page: short (or empty) pages with a cursor.
+        served = [_as_served(item, query, self._nested(query)) for item in page if not _hidden(item)]
+        next_cursor: str | None = None
         if self.cursor_loop:
-            next_cursor = query.get("cursor") or self._encode_cursor(offset + limit)
-        elif limit and offset + limit < len(selected):
-            next_cursor = self._encode_cursor(offset + limit)
-        else:
+            next_cursor = query.cursor or self._encode_cursor(offset + query.limit)
+        elif query.limit and offset + query.limit < len(selected):
+            next_cursor = self._encode_cursor(offset + query.limit)
+        return self._answer(served, next_cursor, pairs)
+
+    def _older_path_page(
+        self, query: _ImagesQuery, level: int, items: list[Any], pairs: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """The older database path: getAllImages (src/server/services/image.service.ts, line 1405)."""
+        if query.username and not query.user_id:  # line 1566: a user looked up by name
+            if not any(isinstance(item, dict) and item.get("username") == query.username for item in items):
+                raise _service_error(404, "NOT_FOUND", "User not found")
+        if query.sort == "Random":  # lines 1758-1760: Random is for collections only
+            raise _service_error(400, "BAD_REQUEST", "Random sort requires a collectionId")
+        versions: list[Any] | None = None
+        if query.model_id:  # line 1671: the images whose resources are versions of the model
+            with self._lock:
+                model = self._models.get(query.model_id)
+                versions = [version.get("id") for version in model["modelVersions"]] if model else []
+        rows = [
+            item
+            for item in items
+            # A database row has an integer id: junk items live in the search index only.
+            if isinstance(item, dict)
+            and type(item.get("id")) is int
+            and _wanted(item, query, level, older_path=True)
+            and (versions is None or any(version in versions for version in _listed_versions(item)))
+        ]
+        # Lines 1853-1888: the metric sorts are commented out; Oldest is id ASC, the rest id DESC.
+        ascending = query.sort == "Oldest"
+        rows.sort(key=lambda row: row["id"], reverse=not ascending)
+        start = 0
+        cursor = _id_cursor(query.cursor) if query.cursor else None  # getCursor skips an empty one
+        if cursor is not None:  # pagination-helpers.ts getCursor: `id < cursor` DESC, `id >= cursor` ASC
+            start = next(
+                (
+                    index
+                    for index, row in enumerate(rows)
+                    if (row["id"] >= cursor if ascending else row["id"] < cursor)
+                ),
+                len(rows),
+            )
+        elif query.page:
+            start = max(query.page - 1, 0) * query.limit
+        if self.older_path_row_limit is not None and start >= self.older_path_row_limit:
+            # The statement timeout of a deep page (lines 2123-2151): an empty page, no cursor.
+            return {"items": [], "metadata": {}}
+        page = rows[start : start + query.limit + 1]  # LIMIT limit + 1 (line 2080)
+        # Lines 2162-2164: the extra row is popped and its id becomes the cursor: under id DESC
+        # the next page asks `id < cursor` and that row is never served.
+        next_cursor: int | None = page.pop()["id"] if len(page) > query.limit else None
+        if self.cursor_loop and cursor is not None:
+            next_cursor = cursor
+        # Filtered after the pop (line 2253), like the hidden exclusions: short pages keep a cursor.
+        served = [_as_served(item, query, self._nested(query)) for item in page if not _hidden(item)]
+        return self._answer(served, next_cursor, pairs)
+
+    def _nested(self, query: _ImagesQuery) -> bool:
+        """Whether meta comes nested, {"id": ..., "meta": {...}}: image-search.service.ts line 247,
+        `flatMeta !== undefined ? flatMeta : !useLegacyMethod` (ignore_flat_meta: nested anyway)."""
+        if query.older_path and self.ignore_flat_meta:
+            return True
+        return not query.flat_meta if query.flat_meta is not None else query.older_path
+
+    def _answer(
+        self, served: list[Any], next_cursor: str | int | None, pairs: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """The page with its metadata: nextCursor (a string, or the older path's number) and nextPage."""
+        if next_cursor is None:
             return {"items": served, "metadata": {}}  # the end: the keys are absent, not null
-        next_query = urlencode([pair for pair in pairs if pair[0] != "cursor"] + [("cursor", next_cursor)])
+        next_query = urlencode(
+            [pair for pair in pairs if pair[0] != "cursor"] + [("cursor", str(next_cursor))]
+        )
         scheme, _, netloc = (self.next_page_host or urlsplit(self.api_url).netloc).rpartition("://")
         next_page = urlunsplit((scheme or "http", netloc, API_PATH, next_query, ""))
         if self.strip_next_cursor:  # some answers carry only nextPage
@@ -574,7 +813,11 @@ class FakeCivitai:
         return f"{offset}|{CURSOR_EPOCH_MS + offset}"
 
     def _decode_cursor(self, cursor: str) -> int:
-        """The offset in `cursor`, which must be exactly one this server made (else 400)."""
+        """The offset in `cursor`, which must be exactly one this server made (else 400).
+
+        The real index restarts at the first page on a cursor it cannot read; the fake refuses
+        it, so that a test catches a client that mangled its cursor.
+        """
         offset: Any = -1
         if cursor.startswith("bdx:"):
             try:
@@ -584,49 +827,139 @@ class FakeCivitai:
         elif match := re.fullmatch(r"(\d+)\|(\d+)", cursor):
             offset = int(match[1])
         if not isinstance(offset, int) or offset < 0 or self._encode_cursor(offset) != cursor:
-            raise _BadRequest(f"cursor: Invalid cursor {cursor!r}")
+            raise _service_error(400, "BAD_REQUEST", f"cursor: Invalid cursor {cursor!r}")
         return offset
 
 
-def _validate(query: dict[str, str], items: list[Any]) -> tuple[int, dict[str, int | None], list[str]]:
-    """(limit, integer parameters, base models) of a query, or _BadRequest as the API would answer."""
+@dataclass(frozen=True)
+class _ImagesQuery:
+    """A query of /api/v1/images as its schema parsed it (zero ids count as absent, as there)."""
 
-    def integer(name: str, default: int | None) -> int | None:
-        try:
-            return int(query[name]) if name in query else default
-        except ValueError:
-            raise _BadRequest(f"{name}: Expected number, received string") from None
+    limit: int
+    page: int | None
+    post_id: int | None
+    model_id: int | None
+    model_version_id: int | None
+    image_id: int | None
+    username: str | None
+    user_id: int | None
+    sort: str
+    nsfw: int | None  # the browsing levels nsfw asks for; None when absent or false
+    browsing_level: int | None
+    tags: frozenset[float]
+    cursor: str | None
+    type: str | None
+    base_models: tuple[str, ...]
+    with_meta: bool
+    flat_meta: bool | None
+    with_tags: bool
 
-    limit = integer("limit", 100)
-    if limit is None or not 0 <= limit <= 200:
-        raise _BadRequest("limit: Number must be between 0 and 200")
-    numbers = {name: integer(name, None) for name in INTEGER_PARAMETERS}
-    for name, allowed in CHOICES.items():
-        if name in query and query[name] not in allowed:
-            raise _BadRequest(f"{name}: Invalid enum value. Expected {' | '.join(sorted(allowed))}")
-    if not USERNAME_PATTERN.fullmatch(query.get("username", "")):
-        raise _BadRequest("username: Invalid username")
-    if not all(tag.strip().isdigit() for tag in query.get("tags", "").split(",") if tag):
-        raise _BadRequest("tags: Expected number")
-    base_models = [name.strip() for name in query.get("baseModels", "").split(",") if name.strip()]
-    known = KNOWN_BASE_MODELS | {
-        item["baseModel"]
-        for item in items
-        if isinstance(item, dict) and isinstance(item.get("baseModel"), str)
-    }
-    for name in base_models:
-        if name not in known:  # the models the tests' items use count as known
-            raise _BadRequest(f"baseModels: Invalid enum value '{name}'")
-    if numbers["page"] is not None and numbers["page"] * limit > 1000:
-        raise _BadRequest("Too many pages: use cursors instead", status=429)
-    return limit, numbers, base_models
+    @property
+    def older_path(self) -> bool:
+        """imageId, or modelId without modelVersionId: image-search.service.ts line 141."""
+        return bool(self.image_id) or (bool(self.model_id) and not self.model_version_id)
 
 
-def _browsing_levels(query: dict[str, str], numbers: dict[str, int | None]) -> int:
-    """The browsingLevel bitmask a query asks for: browsingLevel, else from nsfw, else PG only."""
-    if numbers["browsingLevel"] is not None:
-        return numbers["browsingLevel"]
-    return NSFW_BROWSING_LEVELS.get(query.get("nsfw", "None"), 1)
+_Issues = list[dict[str, Any]]
+_Parser = Callable[[str | list[str], list[str | int], _Issues], Any]
+
+
+def _parse_images_query(pairs: list[tuple[str, str]]) -> _ImagesQuery:
+    """The query as imagesEndpointSchema (images/index.ts line 49) parses it, or its 400.
+
+    The body of a 400 is `{"error": <the ZodError>}` (line 118); zod v4 serialises a ZodError
+    as its name and message, which is JSON.stringify(issues, null, 2). Next.js hands a
+    repeated parameter over as an array, which most fields refuse.
+    """
+    values: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values.setdefault(name, []).append(value)
+    issues: _Issues = []
+    parsed: dict[str, Any] = {}
+    for name, parse in _IMAGES_SCHEMA:  # zod checks the fields in the schema's order
+        if name in values:
+            given = values[name]
+            parsed[name] = parse(given[0] if len(given) == 1 else given, [name], issues)
+    if issues:
+        message = json.dumps(issues, indent=2, ensure_ascii=False)
+        raise _ApiError(400, {"error": {"name": "ZodError", "message": message}})
+
+    def integer(name: str) -> int | None:
+        number = parsed.get(name)
+        if number is None:
+            return None
+        if not number.is_integer():  # the schema lets it through; what follows is not modelled
+            raise _ApiError(400, {"error": f"{name}={number}: the fake does not model fractional numbers"})
+        return int(number)
+
+    limit = integer("limit")
+    level = parsed.get("browsingLevel")
+    return _ImagesQuery(
+        limit=100 if limit is None else limit,  # constants.galleryFilterDefaults.limit
+        page=integer("page"),
+        post_id=integer("postId"),
+        model_id=integer("modelId"),
+        model_version_id=integer("modelVersionId"),
+        image_id=integer("imageId"),
+        username=parsed.get("username"),
+        user_id=integer("userId"),
+        sort=parsed.get("sort", "Most Reactions"),
+        nsfw=parsed.get("nsfw"),
+        browsing_level=None if level is None else _to_int32(level),  # used in bitwise operations
+        tags=frozenset(parsed.get("tags", ())),
+        cursor=parsed.get("cursor"),
+        type=parsed.get("type"),
+        base_models=tuple(parsed.get("baseModels", ())),
+        with_meta=parsed.get("withMeta", False),
+        flat_meta=parsed.get("flatMeta"),
+        with_tags=parsed.get("withTags", False),
+    )
+
+
+def _selectable_level(query: _ImagesQuery) -> int:
+    """The browsing levels a query is served: `browsingLevel ?? nsfw ?? publicBrowsingLevelsFlag`
+    (images/index.ts line 163), then without Blocked (onlySelectableLevels) and PG if nothing
+    is left (getAllImages, image.service.ts lines 1500-1507): browsingLevel=32 serves PG."""
+    level = query.browsing_level
+    if level is None:
+        level = query.nsfw if query.nsfw is not None else PUBLIC_BROWSING_LEVEL
+    return level & ~BLOCKED_BROWSING_LEVEL or PUBLIC_BROWSING_LEVEL
+
+
+def _wanted(item: Any, query: _ImagesQuery, level: int, older_path: bool) -> bool:
+    """Whether an item passes the query's filters (junk items pass: they are served as they are)."""
+    if not isinstance(item, dict):
+        return True
+    item_level, kind = item.get("browsingLevel"), item.get("type")
+    # getAllImages looks the user up by name only without userId (image.service.ts line 1566).
+    username = None if older_path and query.user_id else query.username
+    version = query.model_version_id
+    return all(
+        (
+            not username or item.get("username") == username,
+            not query.user_id or item.get("userId") == query.user_id,
+            not query.post_id or item.get("postId") == query.post_id,
+            not query.image_id or item.get("id") == query.image_id,
+            not version or version in _listed_versions(item),
+            not query.base_models or item.get("baseModel") in query.base_models,
+            # Junk levels and types are served as they are, like any junk.
+            query.type is None or kind not in CHOICES["type"] or kind == query.type,
+            type(item_level) is not int or item_level not in BROWSING_LEVELS or bool(item_level & level),
+            not query.tags or bool(query.tags & _tag_ids(item)),
+        )
+    )
+
+
+def _listed_versions(item: dict[str, Any]) -> list[Any]:
+    """The model versions an image is listed under: postedToId, modelVersionIds or
+    modelVersionIdsManual in the index (image.service.ts lines 3473-3482), so `_versions`,
+    else the served modelVersionIds (which lists auto-detected resources only)."""
+    versions = item["_versions"] if "_versions" in item else item.get("modelVersionIds")
+    return versions if isinstance(versions, list) else []
+
+
+def _hidden(item: Any) -> bool:
+    return isinstance(item, dict) and bool(item.get("_hidden"))
 
 
 def _tag_ids(item: dict[str, Any]) -> set[Any]:
@@ -634,27 +967,289 @@ def _tag_ids(item: dict[str, Any]) -> set[Any]:
     return {tag.get("id") for tag in tags if isinstance(tag, dict)} if isinstance(tags, list) else set()
 
 
-def _as_served(item: Any, query: dict[str, str], numbers: dict[str, int | None], flat: bool) -> Any:
-    """An item as the API answers it: meta and tags only when asked for, meta flat or nested."""
+def _as_served(item: Any, query: _ImagesQuery, nested: bool) -> Any:
+    """An item as the API answers it: no private keys, meta and tags only when asked for."""
     if not isinstance(item, dict):
         return item
-    served = dict(item)
-    if query.get("withTags") != "true":
+    served = {key: value for key, value in item.items() if not str(key).startswith("_")}
+    if not query.with_tags:
         served.pop("tags", None)
     if "meta" not in served:
         return served
-    if query.get("withMeta") != "true":  # the real default: no meta unless asked for
+    if not query.with_meta:  # the real default: no meta unless asked for
         served["meta"] = None
-    elif not flat and _older_query_path(numbers):
+    elif nested:
         served["meta"] = {"id": item.get("id"), "meta": item["meta"]}
     return served
 
 
-def _older_query_path(numbers: dict[str, int | None]) -> bool:
-    """Whether the real server answers this query from its database rather than its search index."""
-    return numbers["imageId"] is not None or (
-        numbers["modelId"] is not None and numbers["modelVersionId"] is None
-    )
+def _id_cursor(cursor: str) -> int:
+    """The id in an older-path cursor, read as parseCursor does (pagination-helpers.ts ~115-158):
+    errors are 400s thrown by the service."""
+    values = cursor.split("|")
+    if len(values) != 1:  # e.g. an offset cursor of the search index
+        message = f"Invalid cursor: expected 1 value(s) for this sort, received {len(values)}"
+        raise _service_error(400, "BAD_REQUEST", message)
+    if "-" in cursor:  # read as a date, which no id compares with
+        raise _service_error(400, "BAD_REQUEST", f'Invalid cursor: unparseable date value "{cursor}"')
+    match = re.match(f"[{_JS_WHITESPACE}]*\\+?([0-9]+)", cursor)  # parseInt(value, 10): leading digits
+    if match is None:
+        raise _service_error(400, "BAD_REQUEST", f'Invalid cursor: unparseable numeric value "{cursor}"')
+    return int(match[1])
+
+
+# zod v4's issues, as JSON.stringify writes them: the keys in zod's order.
+
+
+def _type_issue(path: list[str | int], expected: str, received: str) -> dict[str, Any]:
+    """invalid_type; zod adds `received` for NaN and ±Infinity and calls Infinity a number."""
+    issue: dict[str, Any] = {"expected": expected, "code": "invalid_type"}
+    if received in ("NaN", "Infinity"):
+        issue["received"] = received
+    issue["path"] = path
+    word = "number" if received == "Infinity" else received
+    issue["message"] = f"Invalid input: expected {expected}, received {word}"
+    return issue
+
+
+def _value_issue(
+    path: list[str | int], values: tuple[str, ...], expected: str | None = None
+) -> dict[str, Any]:
+    issue: dict[str, Any] = {"code": "invalid_value"}
+    if expected:
+        issue["expected"] = expected
+    issue.update(values=list(values), path=path)
+    issue["message"] = "Invalid option: expected one of " + "|".join(f'"{value}"' for value in values)
+    return issue
+
+
+def _union_issue(path: list[str | int], errors: list[_Issues]) -> dict[str, Any]:
+    return {"code": "invalid_union", "errors": errors, "path": path, "message": "Invalid input"}
+
+
+def _boolean_string_issue(path: list[str | int], received: str) -> dict[str, Any]:
+    """booleanString(): z.boolean().or(z.stringbool()).or(z.number()...), refusing a string or an array."""
+    if received == "string":
+        stringbool = _value_issue([], STRINGBOOL_TRUE + STRINGBOOL_FALSE, expected="stringbool")
+    else:
+        stringbool = _type_issue([], "string", received)
+    booleans = _union_issue([], [[_type_issue([], "boolean", received)], [stringbool]])
+    return _union_issue(path, [[booleans], [_type_issue([], "number", received)]])
+
+
+def _received(value: str | list[str]) -> str:
+    return "array" if isinstance(value, list) else "string"
+
+
+def _bound_issue(path: list[str | int], too: Literal["small", "big"], bound: int) -> dict[str, Any]:
+    """zod 4's issue for a number out of its range, its keys in zod's order."""
+    key, sign = ("minimum", ">=") if too == "small" else ("maximum", "<=")
+    return {
+        "origin": "number",
+        "code": f"too_{too}",
+        key: bound,
+        "inclusive": True,
+        "path": path,
+        "message": f"Too {too}: expected number to be {sign}{bound}",
+    }
+
+
+def _numeric_string(minimum: int | None = None, maximum: int | None = None) -> _Parser:
+    """numericString (src/utils/zod-helpers.ts stringToNumber): Number(value), then z.number()."""
+
+    def parse(value: str | list[str], path: list[str | int], issues: _Issues) -> float | None:
+        if isinstance(value, list):
+            issues.append(_type_issue(path, "number", "array"))
+            return None
+        number = _js_number(value)
+        if math.isnan(number):  # the preprocess's own issue, which stops the pipe
+            message = f"'{value}' cannot be converted to a number"
+            issues.append(dict(message=message, code="custom", path=path))
+        elif math.isinf(number):
+            issues.append(_type_issue(path, "number", "Infinity"))
+        elif minimum is not None and number < minimum:
+            issues.append(_bound_issue(path, "small", minimum))
+        elif maximum is not None and number > maximum:
+            issues.append(_bound_issue(path, "big", maximum))
+        else:
+            return number
+        return None
+
+    return parse
+
+
+def _coerced_number(value: str | list[str], path: list[str | int], issues: _Issues) -> float | None:
+    """z.coerce.number(): Number(value); an array of two values is NaN."""
+    number = _js_number(value) if isinstance(value, str) else math.nan
+    if math.isnan(number) or math.isinf(number):
+        issues.append(_type_issue(path, "number", "NaN" if math.isnan(number) else "Infinity"))
+        return None
+    return number
+
+
+def _enum(values: tuple[str, ...]) -> _Parser:
+    def parse(value: str | list[str], path: list[str | int], issues: _Issues) -> str | None:
+        if isinstance(value, str) and value in values:
+            return value
+        issues.append(_value_issue(path, values))
+        return None
+
+    return parse
+
+
+def _username(value: str | list[str], path: list[str | int], issues: _Issues) -> str | None:
+    """usernameSchema (src/shared/zod/username.schema.ts): the regex, then trim()."""
+    if isinstance(value, list):
+        issues.append(_type_issue(path, "string", "array"))
+    elif not USERNAME_PATTERN.fullmatch(value):
+        message = 'The "username" field can only contain letters, numbers, and _.'
+        pattern = "/^[A-Za-z0-9_]*$/"
+        issues.append(
+            dict(
+                origin="string",
+                code="invalid_format",
+                format="regex",
+                pattern=pattern,
+                path=path,
+                message=message,
+            )
+        )
+    else:
+        return value
+    return None
+
+
+def _stringbool(value: str) -> bool | None:
+    lowered = value.lower()
+    return True if lowered in STRINGBOOL_TRUE else False if lowered in STRINGBOOL_FALSE else None
+
+
+def _boolean(value: str | list[str], path: list[str | int], issues: _Issues) -> bool | None:
+    flag = _stringbool(value) if isinstance(value, str) else None
+    if flag is None:
+        issues.append(_boolean_string_issue(path, _received(value)))
+    return flag
+
+
+def _nsfw(value: str | list[str], path: list[str | int], issues: _Issues) -> int | None:
+    """z.union([z.enum(NsfwLevelDeprecated), booleanString()]), mapped to levels (index.ts 60-69)."""
+    if isinstance(value, str):
+        if value in _NSFW_NAMES:
+            return NSFW_BROWSING_LEVELS[value]
+        flag = _stringbool(value)
+        if flag is not None:
+            return NSFW_BROWSING_LEVELS["true"] if flag else None  # false: as if absent
+    enum_issue = _value_issue([], _NSFW_NAMES)
+    issues.append(_union_issue(path, [[enum_issue], [_boolean_string_issue([], _received(value))]]))
+    return None
+
+
+def _tags(value: str | list[str], path: list[str | int], issues: _Issues) -> list[float]:
+    """commaDelimitedNumberArray: split on "," and trim (an array as it is), Number() each."""
+    texts = value if isinstance(value, list) else [text.strip(_JS_WHITESPACE) for text in value.split(",")]
+    numbers = []
+    for index, text in enumerate(texts):
+        number = _js_number(text)
+        if math.isnan(number) or math.isinf(number):
+            issues.append(_type_issue([*path, index], "number", "NaN" if math.isnan(number) else "Infinity"))
+        else:
+            numbers.append(number)
+    return numbers
+
+
+def _base_models(value: str | list[str], path: list[str | int], issues: _Issues) -> list[str]:
+    """commaDelimitedEnumArray(baseModels): split on "," and trim (an array as it is), each known."""
+    names = value if isinstance(value, list) else [name.strip(_JS_WHITESPACE) for name in value.split(",")]
+    for index, name in enumerate(names):
+        if name not in KNOWN_BASE_MODELS:
+            issues.append(_value_issue([*path, index], KNOWN_BASE_MODELS))
+    return names
+
+
+def _cursor(value: str | list[str], path: list[str | int], issues: _Issues) -> str | None:
+    """z.union([z.bigint(), z.number(), z.string(), z.date()]): any one string."""
+    if isinstance(value, str):
+        return value
+    kinds = ("bigint", "number", "string", "date")
+    issues.append(_union_issue(path, [[_type_issue([], kind, "array")] for kind in kinds]))
+    return None
+
+
+_IMAGES_SCHEMA: tuple[tuple[str, _Parser], ...] = (
+    ("limit", _numeric_string(0, 200)),
+    ("page", _numeric_string()),
+    ("postId", _numeric_string()),
+    ("modelId", _numeric_string()),
+    ("modelVersionId", _numeric_string()),
+    ("imageId", _numeric_string()),
+    ("username", _username),
+    ("userId", _numeric_string()),
+    ("period", _enum(_ENUM_VALUES["period"])),
+    ("sort", _enum(_ENUM_VALUES["sort"])),
+    ("nsfw", _nsfw),
+    ("browsingLevel", _coerced_number),
+    ("tags", _tags),
+    ("cursor", _cursor),
+    ("type", _enum(_ENUM_VALUES["type"])),
+    ("baseModels", _base_models),
+    ("withMeta", _boolean),
+    ("requiringMeta", _boolean),
+    ("flatMeta", _boolean),
+    ("withTags", _boolean),
+)
+
+
+def _model_id_problems(text: str) -> list[str]:
+    """The messages of models/[id].ts's `z.coerce.number().int().gt(0).lte(2147483647)`."""
+    number = _js_number(text)
+    if math.isnan(number):
+        return ["Invalid input: expected number, received NaN"]
+    if math.isinf(number):
+        return ["Invalid input: expected number, received number"]
+    if not number.is_integer():
+        return ["Invalid input: expected int, received number"]  # .int() stops the checks here
+    problems = []
+    if number > _MAX_SAFE_INTEGER:
+        problems.append(f"Too big: expected int to be <{_MAX_SAFE_INTEGER}")
+    elif number < -_MAX_SAFE_INTEGER:
+        problems.append(f"Too small: expected int to be >-{_MAX_SAFE_INTEGER}")
+    if number <= 0:
+        problems.append("Too small: expected number to be >0")
+    if number > MAX_MODEL_ID:
+        problems.append(f"Too big: expected number to be <={MAX_MODEL_ID}")
+    return problems
+
+
+def _js_number(text: str) -> float:
+    """JavaScript's Number(text), which the server's zod helpers apply to query values:
+    " 7 " is 7, "" is 0, "0x10" is 16, "1e2" is 100, "Infinity" is infinite, "1_0" is NaN."""
+    text = text.strip(_JS_WHITESPACE)
+    if not text:
+        return 0.0
+    if _JS_DECIMAL.fullmatch(text):
+        return float(text)
+    if match := _JS_INFINITY.fullmatch(text):
+        return -math.inf if match[1] == "-" else math.inf
+    if match := _JS_RADIX_LITERAL.fullmatch(text):
+        try:
+            return float(int(match[2], {"x": 16, "o": 8, "b": 2}[match[1].lower()]))
+        except ValueError:  # a digit beyond the base: 0b12
+            return math.nan
+        except OverflowError:
+            return math.inf
+    return math.nan
+
+
+def _to_int32(number: float) -> int:
+    """JavaScript's ToInt32, what a bitwise operator makes of a number."""
+    if not math.isfinite(number):
+        return 0
+    value = int(number) % 2**32
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _iso_time(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(seconds))
 
 
 def _cdn_path(name: str) -> str:

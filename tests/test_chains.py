@@ -20,7 +20,10 @@ def test_without_split_there_is_one_chain_the_query_as_given() -> None:
         ({"nsfw": "Soft"}, ["1", "2"]),
         ({}, ["1"]),  # the API lists PG only without nsfw or browsingLevel
         ({"browsingLevel": "12"}, ["4", "8"]),
-        ({"browsingLevel": "63"}, ["1", "2", "4", "8", "16", "32"]),
+        ({"browsingLevel": "31"}, ["1", "2", "4", "8", "16"]),
+        # nsfw=true is R, X and XXX to the server (nsfwBrowsingLevelsFlag less Blocked): no PG, no PG13.
+        ({"nsfw": "true"}, ["4", "8", "16"]),
+        ({"nsfw": "false"}, ["1"]),
     ],
 )
 def test_split_by_browsing_level_makes_one_chain_per_level(
@@ -47,6 +50,31 @@ def test_split_by_base_models_and_media_makes_every_combination() -> None:
 
 def test_split_by_media_of_one_type_is_one_chain() -> None:
     assert list(split_query(QUERY, ("media",))) == ["type=image"]
+
+
+def test_a_model_crawl_has_a_chain_per_version_without_model_id() -> None:
+    # modelVersionId goes through the search index, which knows no modelId.
+    query = {**QUERY, "modelId": "7", "nsfw": "Soft"}
+    assert split_query(query, (), (31, 30)) == {
+        "modelVersionId=31": {**QUERY, "nsfw": "Soft", "modelVersionId": "31"},
+        "modelVersionId=30": {**QUERY, "nsfw": "Soft", "modelVersionId": "30"},
+    }
+
+
+def test_a_model_crawl_splits_each_version() -> None:
+    query = {**QUERY, "modelId": "7", "nsfw": "Soft"}
+    chains = split_query(query, ("browsing_level",), (31, 30))
+    assert list(chains) == [
+        "modelVersionId=31&browsingLevel=1",
+        "modelVersionId=31&browsingLevel=2",
+        "modelVersionId=30&browsingLevel=1",
+        "modelVersionId=30&browsingLevel=2",
+    ]
+    assert chains["modelVersionId=30&browsingLevel=2"] == {
+        **QUERY,
+        "modelVersionId": "30",
+        "browsingLevel": "2",
+    }
 
 
 def test_split_by_base_models_needs_base_models() -> None:

@@ -118,16 +118,19 @@ def test_defaults_ask_for_meta_and_the_largest_pages(server: FakeCivitai, store:
     assert page.query["limit"] == "200" and page.query["withMeta"] == page.query["flatMeta"] == "true"
 
 
-def test_model_id_alone_keeps_every_prompt(server: FakeCivitai, store: Path) -> None:
-    # modelId without modelVersionId takes the server's older query path, which nests meta
-    # ({"id": ..., "meta": {...}}) unless the query says flatMeta=true.
+def test_model_id_goes_through_its_versions_and_keeps_every_prompt(server: FakeCivitai, store: Path) -> None:
+    # modelId alone would take the server's older query path; its versions take the search index
+    # (the losses of the older path: tests/test_crawl_server_paths.py).
+    server.add_model(12, [788385])  # the version the items are listed under
     items = add_items(server, 3)
 
     result = run_crawl(server, store, "model_id=12")
 
     assert result.returncode == 0, result.stderr
-    [page] = server.api_requests()
-    assert page.query["modelId"] == "12" and page.query["flatMeta"] == "true"
+    models, page = server.api_requests()
+    assert models.path == "/api/v1/models/12"
+    assert page.query["modelVersionId"] == "788385" and page.query["flatMeta"] == "true"
+    assert "modelId" not in page.query
     assert sorted(result.ids_recorded()) == [item["id"] for item in items]
     for item in items:
         assert (store / f"{item['id']}_pos-prompt.txt").read_text() == item["meta"]["prompt"]
@@ -136,21 +139,21 @@ def test_model_id_alone_keeps_every_prompt(server: FakeCivitai, store: Path) -> 
 
 
 def test_nested_meta_is_read_when_the_server_sends_it_anyway(server: FakeCivitai, store: Path) -> None:
-    server.ignore_flat_meta = True  # nested meta on the older path whatever the query says
-    nested = add_items(server, 2)
-    server.add_image_item(images.jpeg_rgb(), meta=None)  # served as {"id": ..., "meta": null}
+    server.ignore_flat_meta = True  # nested meta on the older path (image_id) whatever the query says
+    nested = add_items(server, 1)[0]
+    without = server.add_image_item(images.jpeg_rgb(), meta=None)  # served as {"id": ..., "meta": null}
 
-    result = run_crawl(server, store, "model_id=12")
+    result = run_crawl(server, store, f"image_id={nested['id']}")
+    empty = run_crawl(server, store, f"image_id={without['id']}")
 
-    assert result.returncode == 0, result.stderr
-    assert sorted(result.ids_recorded()) == [item["id"] for item in nested]
-    assert result.stats["civitai/dropped/no_meta"] == 1
-    for item in nested:
-        assert (store / f"{item['id']}_pos-prompt.txt").read_text() == item["meta"]["prompt"]
-        assert (store / f"{item['id']}_neg-prompt.txt").read_text() == item["meta"]["negativePrompt"]
-        # meta.json keeps the record exactly as received: nested.
-        record = json.loads((store / f"{item['id']}_meta.json").read_text())
-        assert record["meta"] == {"id": item["id"], "meta": item["meta"]}
+    assert result.returncode == empty.returncode == 0, result.stderr
+    assert result.ids_recorded() == [nested["id"]]
+    assert empty.stats["civitai/dropped/no_meta"] == 1
+    assert (store / f"{nested['id']}_pos-prompt.txt").read_text() == nested["meta"]["prompt"]
+    assert (store / f"{nested['id']}_neg-prompt.txt").read_text() == nested["meta"]["negativePrompt"]
+    # meta.json keeps the record exactly as received: nested.
+    record = json.loads((store / f"{nested['id']}_meta.json").read_text())
+    assert record["meta"] == {"id": nested["id"], "meta": nested["meta"]}
 
 
 def test_max_pages_stops_early(server: FakeCivitai, store: Path) -> None:
@@ -197,14 +200,14 @@ def test_stop_after_seen_stops_once_caught_up(server: FakeCivitai, store: Path) 
         ("limit=500", "1 to 200"),
         ("limit=ten", "1 to 200"),
         ("username=bad name", "letters, digits and _"),
-        ("model_id=-3", "positive integer"),
+        ("model_id=-3", "an integer from 1 to 2147483647"),
         ("user_id=bob", "positive integer"),
         ("image_id=0", "positive integer"),
         ("tags=landscape", "comma-separated tag ids"),
         ("tags=5133,-4", "comma-separated tag ids"),
         ("tags=,", "comma-separated tag ids"),
-        ("browsing_level=64", "1 to 63"),
-        ("browsing_level=0", "1 to 63"),
+        ("browsing_level=64", "1 to 31"),
+        ("browsing_level=0", "1 to 31"),
         ("media=gif", "'image', 'video', 'all'"),
         ("max_pages=0", "positive integer"),
         ("stop_after_seen=0", "positive integer"),
@@ -354,7 +357,8 @@ def test_api_bad_request_ends_with_the_server_message(server: FakeCivitai, store
 
     assert result.finish_reason == "api_error"
     assert len(server.api_requests()) == 1  # a 400 is not retried
-    assert "HTTP 400: baseModels: Invalid enum value 'NoSuchModel'" in result.stderr
+    # The server's zod issue: the parameter, its index and the names it knows (zod names not the bad one).
+    assert 'HTTP 400: baseModels.0: Invalid option: expected one of "Anima"|"AuraFlow"|' in result.stderr
 
 
 def test_image_retry_waits_without_blocking_other_downloads(server: FakeCivitai, store: Path) -> None:

@@ -227,8 +227,11 @@ STATS = (
     st.dictionaries(st.sampled_from(STAT_NAMES) | st.text(max_size=8), JSON_SCALARS, max_size=8) | JSON_VALUES
 )
 TYPES = st.sampled_from(["image", "video", "audio", "Image", "../../x", ""]) | JSON_VALUES
+# Any level but Blocked (32), which the server never serves: the crawl asks for all the others.
+LEVELS = JSON_VALUES.filter(lambda value: not (type(value) is int and value == 32))
 #: Replacement values per field.
 REPLACEMENTS: dict[str, st.SearchStrategy[Any]] = {
+    "browsingLevel": LEVELS,
     "id": IDS,
     "url": URLS,
     "meta": METAS,
@@ -358,7 +361,7 @@ def run_crawl_in(root: Path, server: FakeCivitai, store: Path, limit: int) -> Cr
     )
     process = subprocess.run(
         # Every type and every browsing level, so that the server filters out none of them.
-        crawl_command(server, store, f"limit={limit}", "media=all", "browsing_level=63"),
+        crawl_command(server, store, f"limit={limit}", "media=all", "browsing_level=31"),
         cwd=root,
         env=environment,
         capture_output=True,

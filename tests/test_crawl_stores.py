@@ -398,9 +398,22 @@ def test_kill_9_at_random_moments_with_a_bucket_and_redis_keeps_every_recorded_i
 
     result = run_crawl(slow_cdn, tmp_path / "logs", "limit=20", environment=_NO_METADATA, **settings)
     assert result.finish_reason == "finished"
+    check_recorded_ids_are_complete(s3_server, bucket, redis_ids(redis_url), items, body)
+    # An image whose workers were killed three times is given up (README, "When a worker dies"):
+    # in the error log with that reason, its id not recorded, so the next run saves it. With
+    # eight kills, some soon after start-up, whether one is depends on this machine's speed.
+    error_log = tmp_path / "logs" / "error_log.txt"
+    given_up = error_log.read_text().splitlines() if error_log.exists() else []
+    assert all("given up after 4 deliveries: the workers holding it stopped" in line for line in given_up)
+    assert {int(line.split("\t")[1]) for line in given_up} == {item["id"] for item in items} - redis_ids(
+        redis_url
+    )
+    if given_up:
+        again = run_crawl(slow_cdn, tmp_path / "logs", "limit=20", environment=_NO_METADATA, **settings)
+        assert again.finish_reason == "finished"
+        assert again.stats["civitai/saved"] == len(given_up)
     assert redis_ids(redis_url) == {item["id"] for item in items}
     check_recorded_ids_are_complete(s3_server, bucket, redis_ids(redis_url), items, body)
-    assert not (tmp_path / "logs" / "error_log.txt").exists()
 
 
 def test_ten_million_done_ids_in_redis_cost_the_crawl_no_memory(

@@ -1,7 +1,8 @@
 """The exit status of ``scrapy crawl civitai``, end to end: 1 when the crawl could not do its work.
 
-1 for the finish reasons in ``outcomes.FAILED_FINISH_REASONS`` (``api_error``, ``cursor_loop``,
-``redis_error``: ``tests/test_shared_crawl.py``);
+1 or 2 for the finish reasons in ``outcomes.EXIT_STATUSES`` (``api_error``, ``cursor_loop``,
+``redis_error``: ``tests/test_shared_crawl.py``; ``region_blocked``, ``api_key_refused``,
+``model_not_found``: ``tests/test_crawl_server_paths.py``);
 0 for any other end (a pause: ``tests/test_kill_and_resume.py``); 2 for a bad argument or setting
 (``tests/test_crawl_api.py``).
 """
@@ -23,7 +24,14 @@ def add_items(server: FakeCivitai, count: int) -> list[int]:
 
 
 def test_the_failing_finish_reasons() -> None:
-    assert outcomes.FAILED_FINISH_REASONS == {"api_error", "cursor_loop", "redis_error"}
+    assert outcomes.EXIT_STATUSES == {
+        "api_error": 1,
+        "cursor_loop": 1,
+        "redis_error": 1,
+        "region_blocked": 1,
+        "api_key_refused": 2,
+        "model_not_found": 2,
+    }
 
 
 def test_api_error_exits_with_1(server: FakeCivitai, store: Path) -> None:

@@ -497,7 +497,7 @@ def test_jobdir_pause_with_one_ctrl_c_then_resume_continues_where_it_stopped(
         text=True,
     )
     deadline = time.monotonic() + 30
-    while len(server.api_requests()) < 4:
+    while len(server.page_requests()) < 4:
         assert time.monotonic() < deadline and process.poll() is None, "the crawl did not get going"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)  # one Ctrl-C: Scrapy's graceful stop
@@ -505,7 +505,7 @@ def test_jobdir_pause_with_one_ctrl_c_then_resume_continues_where_it_stopped(
     paused = CrawlResult(process.returncode, stdout, stderr, store)
     assert paused.finish_reason == "shutdown", stderr
     assert paused.returncode == 0, stderr[-3000:]  # a pause is no failure
-    pages_before = len(server.api_requests())
+    pages_before = len(server.page_requests())
     assert 0 < len(paused.ids_recorded()) < len(items)
 
     server.clear_requests()
@@ -514,9 +514,9 @@ def test_jobdir_pause_with_one_ctrl_c_then_resume_continues_where_it_stopped(
 
     assert resumed.finish_reason == "finished", resumed.stderr
     assert "Resuming a paused job" in resumed.stderr
-    first_page = server.api_requests()[0]
+    first_page = server.page_requests()[0]
     assert "cursor" in first_page.query  # it went on from the saved cursor, not the first page
-    assert pages_before + len(server.api_requests()) <= 11  # ten pages, one maybe asked twice
+    assert pages_before + len(server.page_requests()) <= 11  # ten pages, one maybe asked twice
     recorded = resumed.ids_recorded()
     assert sorted(recorded) == sorted(item["id"] for item in items)  # every id, each once
     for path in jobdir.rglob("*"):  # the queue holds page requests: never with the key

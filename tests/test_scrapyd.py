@@ -30,7 +30,7 @@ import pytest
 
 from tests import images
 from tests.conftest import FAST_SETTINGS, REPOSITORY, run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.fake_civitai import ME_PATH, FakeCivitai
 from tests.servers import SeaweedS3Server, bucket_objects, redis_ids
 
 PROJECT = "civitai_spider"  # the project name of scrapy.cfg's [deploy] section
@@ -279,11 +279,15 @@ def test_scheduled_crawl_saves_what_scrapy_crawl_saves(
     assert sorted(json.loads(line)["id"] for line in scrapyd.job_items(job).splitlines()) == sorted(expected)
 
     # Every page asked with the job's arguments, and with the key from Scrapyd's environment.
-    api_requests = server.api_requests()
-    assert len(api_requests) == 2
-    for request in api_requests:
+    pages = server.page_requests()
+    assert len(pages) == 2
+    for request in pages:
         assert request.query["sort"] == "Newest" and request.query["limit"] == "3"
-        assert request.headers["authorization"] == f"Bearer {ENVIRONMENT_KEY}"
+    # The key's check (/api/v1/me) came first, and the key was on every API request.
+    assert server.api_requests()[0].path == ME_PATH
+    assert all(
+        request.headers["authorization"] == f"Bearer {ENVIRONMENT_KEY}" for request in server.api_requests()
+    )
     assert all("authorization" not in request.headers for request in server.cdn_requests())
 
     # The key appears in no log, feed or file; no progress bar is drawn where nothing is a terminal.
@@ -316,8 +320,9 @@ def test_api_failure_shows_in_the_finish_reason_and_a_setting_key_stays_out_of_t
 
     log = scrapyd.job_log(job)
     assert "'finish_reason': 'api_error'" in log, log
-    assert "HTTP 400: baseModels: Invalid enum value 'NoSuchModel'" in log, log
-    [request] = server.api_requests()
+    # The server's zod issue: the parameter, its index and the names it knows (zod names not the bad one).
+    assert 'HTTP 400: baseModels.0: Invalid option: expected one of "Anima"|"AuraFlow"|' in log, log
+    [request] = server.page_requests()
     # The setting wins over the environment.
     assert request.headers["authorization"] == f"Bearer {SETTING_KEY}"
     assert SETTING_KEY not in log and ENVIRONMENT_KEY not in log

@@ -14,7 +14,7 @@ import pytest
 
 from tests import images
 from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.fake_civitai import ME_PATH, FakeCivitai, Fault
 
 API_KEY = "civitai-secret-key-9d41e07c"
 
@@ -53,10 +53,12 @@ def test_api_key_reaches_the_api_only_and_never_any_output(
 
     assert result.returncode == 0, result.stderr
     assert result.finish_reason == "finished", result.stderr
-    # The key was used: every API page request carried it...
-    pages = server.api_requests()
-    assert len(pages) == 4 + 2  # four pages, one of them failing twice
-    assert all(request.headers.get("authorization") == f"Bearer {API_KEY}" for request in pages)
+    # The key was used: its check (/api/v1/me) and every API page request carried it...
+    assert [request.path for request in server.api_requests()].count(ME_PATH) == 1
+    assert len(server.page_requests()) == 4 + 2  # four pages, one of them failing twice
+    assert all(
+        request.headers.get("authorization") == f"Bearer {API_KEY}" for request in server.api_requests()
+    )
     # ...and nothing else did, not even the image redirected to the API host.
     assert server.cdn_requests()
     assert all("authorization" not in request.headers for request in server.cdn_requests())

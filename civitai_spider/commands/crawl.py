@@ -5,10 +5,10 @@ Stock ``scrapy crawl`` builds the spider and the components inside the running e
 loop, where a bad value surfaces as an asyncio traceback. Checking here first turns it
 into one ``error:`` line and exit status 2, like any other command-line mistake.
 
-Stock ``scrapy crawl`` also exits with 0 however the crawl ended; here a finish reason in
-:data:`civitai_spider.outcomes.FAILED_FINISH_REASONS` (``api_error``, ``cursor_loop``,
-``redis_error``)
-gives exit status 1, for scripts and schedulers to see.
+Stock ``scrapy crawl`` also exits with 0 however the crawl ended; here the finish reasons of
+:data:`civitai_spider.outcomes.EXIT_STATUSES` give their status (1 for ``api_error``,
+``cursor_loop``, ``redis_error``, ``region_blocked``; 2 for ``api_key_refused`` and
+``model_not_found``), for scripts and schedulers to see.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from scrapy.exceptions import UsageError
 from scrapy.utils.conf import build_component_list
 from scrapy.utils.misc import load_object
 
-from civitai_spider.outcomes import FAILED_FINISH_REASONS
+from civitai_spider.outcomes import EXIT_STATUSES
 
 if TYPE_CHECKING:
     import argparse
@@ -43,8 +43,8 @@ class Command(ScrapyCrawlCommand):
             except ValueError as error:
                 raise UsageError(str(error), print_help=False) from None
         super().run(args, opts)
-        if self.exitcode == 0 and self.finish_reason in FAILED_FINISH_REASONS:
-            self.exitcode = 1
+        if self.exitcode == 0 and self.finish_reason in EXIT_STATUSES:
+            self.exitcode = EXIT_STATUSES[self.finish_reason]
 
     def _create_crawler(self, spidercls: type[Spider] | str) -> Crawler:
         # Where Scrapy's crawl command builds its one crawler and connects its own handlers.

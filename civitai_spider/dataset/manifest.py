@@ -191,11 +191,16 @@ def row_of(image_id: int, record: dict[str, Any], size: int | None) -> tuple[Any
         _text(meta.get("sampler")),
         _number(meta.get("cfgScale")),
         _integer(meta.get("clipSkip", meta.get("Clip skip")), _INT32),
-        _text(meta.get("Model", meta.get("model"))),
+        _model_name(meta.get("Model", meta.get("model"))),
         model_hash,
         _resources(meta.get("resources")),
         _json(meta if meta else raw_meta),
     )
+
+
+def _model_name(value: Any) -> str | None:
+    # Usually the checkpoint's name; some records carry an object there instead (its name, if any).
+    return _text(value.get("name") if isinstance(value, dict) else value)
 
 
 def _text(value: Any) -> str | None:

@@ -3,15 +3,16 @@
 The header is added last before the network (this middleware sits at 950) and removed
 as soon as the answer or error comes back, so the copies that retries and redirects make,
 the HTTP cache and a ``JOBDIR`` queue never hold it. Only API page requests to the API's
-own origin carry it: never an image download (even one redirected to the API host), never
-a request to another origin (the image CDN, a redirect target).
+own origin carry it (pages, and the ``/me`` and ``/models/<id>`` asked before a crawl): never
+an image download (even one redirected to the API host), never a request to another origin
+(the image CDN, a redirect target).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from civitai_spider.api import API_PAGE_META_KEY, origin
+from civitai_spider.api import API_META_KEY, origin
 
 if TYPE_CHECKING:
     from typing import Self
@@ -33,11 +34,7 @@ class ApiKeyMiddleware:
         return cls(settings.get("CIVITAI_API_KEY") or "", settings.get("CIVITAI_API_URL"))
 
     def process_request(self, request: Request) -> None:
-        if (
-            self._authorization
-            and request.meta.get(API_PAGE_META_KEY)
-            and origin(request.url) == self._api_origin
-        ):
+        if self._authorization and request.meta.get(API_META_KEY) and origin(request.url) == self._api_origin:
             request.headers[_HEADER] = self._authorization
         else:
             request.headers.pop(_HEADER, None)

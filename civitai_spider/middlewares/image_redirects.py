@@ -9,7 +9,7 @@ in the log and in ``error_log.txt``, and is tried again next run.
   CDN is https; a redirect down to plain http is how a downloaded file could be swapped on the way.
 - ``any``: follow every redirect. ``none``: follow none.
 
-API pages are not concerned (their redirects carry no key off the API host: see api_key.py).
+API requests are not concerned (their redirects carry no key off the API host: see api_key.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from scrapy.exceptions import IgnoreRequest
 
-from civitai_spider.api import API_PAGE_META_KEY
+from civitai_spider.api import API_META_KEY
 
 if TYPE_CHECKING:
     from typing import Self
@@ -52,7 +52,7 @@ class ImageRedirectPolicyMiddleware:
     def process_response(self, request: Request, response: Response) -> Response:
         if (
             response.status not in _REDIRECT_STATUSES
-            or request.meta.get(API_PAGE_META_KEY)
+            or request.meta.get(API_META_KEY)
             or b"Location" not in response.headers
         ):
             return response

@@ -1,6 +1,7 @@
 """Drop images downloaded by an earlier run (the id store) or already seen in this one.
 
-The API repeats items across pages (offset cursors under metric sorts), and two copies
+The API repeats items across pages (offset cursors under metric sorts: ``duplicate``), a
+model's crawl lists an image under each version it uses (``other_chain``), and two copies
 may be in flight at once: an id is claimed here, before any download.
 
 The id store is asked once per API page for all its ids
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from itemadapter import ItemAdapter
 
 from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
-from civitai_spider.outcomes import FAILED_REASON, DropImage
+from civitai_spider.outcomes import DUPLICATE_REASON, FAILED_REASON, DropImage
 from civitai_spider.stores import id_store_class, log_directory, stores_of
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ class AlreadyDownloadedPipeline:
         self.crawler = crawler
         self.stores = stores_of(crawler)
         self.error_log = log_directory(crawler.settings) / ERROR_LOG_NAME
-        self.seen_this_run: set[int] = set()
+        #: Ids claimed in this run -> the chain that listed them first.
+        self.seen_this_run: dict[int, str | None] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -46,8 +48,8 @@ class AlreadyDownloadedPipeline:
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
-        image_id = adapter["id"]
-        self._drop_if_seen(image_id)
+        image_id, chain = adapter["id"], adapter.get("chain")
+        self._drop_if_seen(image_id, chain)
         try:
             [recorded] = await self.stores.ids.contains([image_id])
         except OSError as error:
@@ -60,10 +62,14 @@ class AlreadyDownloadedPipeline:
             # Not claimed: a repeat of it is "already downloaded" again, as the store says.
             raise DropImage("already_downloaded", f"image {image_id}: already downloaded")
         # Another copy may have been claimed while the store answered.
-        self._drop_if_seen(image_id)
-        self.seen_this_run.add(image_id)
+        self._drop_if_seen(image_id, chain)
+        self.seen_this_run[image_id] = chain
         return item
 
-    def _drop_if_seen(self, image_id: int) -> None:
-        if image_id in self.seen_this_run:
-            raise DropImage("duplicate", f"image {image_id}: listed again by the API")
+    def _drop_if_seen(self, image_id: int, chain: str | None) -> None:
+        if image_id not in self.seen_this_run:
+            return
+        first = self.seen_this_run[image_id]
+        if first is not None and chain is not None and first != chain:
+            raise DropImage("other_chain", f"image {image_id}: listed by chain {first} already")
+        raise DropImage(DUPLICATE_REASON, f"image {image_id}: listed again by the API")

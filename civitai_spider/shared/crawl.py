@@ -24,7 +24,7 @@ arguments and API URL, and ``R`` the walk's number::
     P:crawl:D                   HASH definition (JSON), run (R)
     P:crawl:D:R:state           HASH status (running, done), started, finished, chains (their order)
     P:crawl:D:R:chains          HASH chain -> JSON {pages, url, end}
-    P:crawl:D:R:pages           STREAM one message per live chain: chain, step, url, streak
+    P:crawl:D:R:pages           STREAM one message per live chain: chain, step, url, streak, full
     P:crawl:D:R:images          STREAM one message per image to save: record (the API's JSON)
     P:crawl:D:R:stats           HASH crawl-wide counts (items_seen, saved, dropped/<reason>...)
     P:crawl:D:R:workers         HASH worker -> JSON heartbeat
@@ -86,7 +86,8 @@ redis.call('XGROUP', 'CREATE', prefix .. 'pages', 'workers', '$', 'MKSTREAM')
 redis.call('XGROUP', 'CREATE', prefix .. 'images', 'workers', '$', 'MKSTREAM')
 for i = 6, #ARGV, 2 do
   redis.call('HSET', prefix .. 'chains', ARGV[i], cjson.encode({pages = 0, url = ARGV[i + 1]}))
-  redis.call('XADD', prefix .. 'pages', '*', 'chain', ARGV[i], 'step', 0, 'url', ARGV[i + 1], 'streak', 0)
+  redis.call('XADD', prefix .. 'pages', '*', 'chain', ARGV[i], 'step', 0, 'url', ARGV[i + 1], 'streak', 0,
+             'full', 0)
 end
 return {run, 1}
 """
@@ -101,8 +102,8 @@ if ending == '' and ARGV[5] ~= '' and redis.call('SADD', KEYS[5], ARGV[2] .. '\\
   ending = 'cursor_loop'
 end
 local queued, duplicates = 0, 0
-for i = 0, tonumber(ARGV[9]) - 1 do
-  local at = 10 + 3 * i
+for i = 0, tonumber(ARGV[10]) - 1 do
+  local at = 11 + 3 * i
   if redis.call('SETBIT', KEYS[tonumber(ARGV[at])], tonumber(ARGV[at + 1]), 1) == 0 then
     redis.call('XADD', KEYS[3], '*', 'record', ARGV[at + 2])
     queued = queued + 1
@@ -114,7 +115,8 @@ for i = 7, #KEYS do redis.call('SADD', KEYS[6], KEYS[i]) end
 chain.pages = chain.pages + 1
 if ending == '' then
   chain.url = ARGV[4]
-  redis.call('XADD', KEYS[2], '*', 'chain', ARGV[2], 'step', chain.pages, 'url', ARGV[4], 'streak', ARGV[7])
+  redis.call('XADD', KEYS[2], '*', 'chain', ARGV[2], 'step', chain.pages, 'url', ARGV[4], 'streak', ARGV[7],
+             'full', ARGV[9])
 else
   chain.url = nil
   chain['end'] = ending
@@ -163,6 +165,8 @@ class PageMessage:
     streak: int
     #: Times it was delivered (1 unless it was taken over from a worker that stopped).
     deliveries: int = 1
+    #: Whether the chain's page before it held ``limit`` items (an empty answer is asked again).
+    after_full: bool = False
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,7 @@ class SharedCrawl:
                 fields["url"],
                 int(fields.get("streak") or 0),
                 deliveries,
+                fields.get("full") == "1",
             )
             for message_id, fields, deliveries in messages
         ]
@@ -369,13 +374,15 @@ class SharedCrawl:
         cursor_key: str | None,
         end: str | None,
         streak: int,
+        full: bool,
         counts: Mapping[str, int],
         images: Sequence[tuple[int, str]],
     ) -> HandOn:
         """Queue ``images`` (id, record JSON) and the chain's next page, acknowledge ``page``: at once.
 
         ``next_url`` is the next page (``None`` with ``end``, the way the chain ends);
-        ``cursor_key`` what the loop check remembers of it; ``counts`` the page's stats.
+        ``cursor_key`` what the loop check remembers of it; ``full`` whether ``page`` held
+        ``limit`` items; ``counts`` the page's stats.
         """
         chunk_keys: dict[int, int] = {}
         keys = [self.key(name) for name in ("chains", "pages", "images", "stats", "cursors", "queued-chunks")]
@@ -388,6 +395,7 @@ class SharedCrawl:
             end or "",
             streak,
             json.dumps(dict(counts)),
+            int(full),
             len(images),
         ]
         for image_id, record in images:

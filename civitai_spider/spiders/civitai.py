@@ -15,12 +15,14 @@ chains stopped; a job that ended any other way walks again from the first page.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 import scrapy
@@ -33,7 +35,10 @@ from twisted.python.failure import Failure
 from civitai_spider import outcomes
 from civitai_spider.api import (
     API_DOWNLOAD_SLOT,
+    API_META_KEY,
     API_PAGE_META_KEY,
+    REGION_BLOCKED_STATUS,
+    endpoint_url,
     origin,
     page_problem,
     server_error_message,
@@ -49,6 +54,7 @@ from civitai_spider.chains import (
     parse_split,
     split_query,
 )
+from civitai_spider.checks import check_number
 from civitai_spider.items import CivitaiImage, InvalidApiItem
 from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.outcomes import DropImage
@@ -75,6 +81,10 @@ _POSITIVE_SETTINGS: dict[str, int | float] = {
     "CIVITAI_REDIS_CLAIM_AFTER": 1.0,
     "CIVITAI_REDIS_TIMEOUT": 1.0,
 }
+#: Stat: times an empty page without a cursor after a full page was asked again.
+EMPTY_PAGE_RETRIES_STAT = f"{outcomes.STATS_PREFIX}empty_page_retries"
+#: Tries of ``/api/v1/me`` beyond the first: it only checks the key, a crawl does not wait long on it.
+_KEY_CHECK_RETRIES = 2
 
 SORTS = ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random")
 PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
@@ -85,8 +95,12 @@ _USERNAME = re.compile(r"[A-Za-z0-9_]+")
 MEDIA_TYPES = {"image": ("image",), "video": ("video",), "all": ("image", "video")}
 #: Item types the spider knows; any other is dropped as ``unknown_type``.
 _KNOWN_TYPES = ("image", "video", "audio")
-#: The API's browsingLevel bitmask: PG=1, PG13=2, R=4, X=8, XXX=16, Blocked=32.
-MAX_BROWSING_LEVEL = 63
+#: The API's browsingLevel bitmask: PG=1, PG13=2, R=4, X=8, XXX=16; its Blocked bit (32) the
+#: server strips from every query (onlySelectableLevels), so a level with it asks for less.
+MAX_BROWSING_LEVEL = 31
+_BLOCKED_LEVEL = 32
+#: Model ids are Postgres int4: the models endpoint refuses larger ones.
+MAX_MODEL_ID = 2**31 - 1
 _ARGUMENTS = (
     "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
     "model_id", "model_version_id", "post_id", "image_id", "tags", "base_models",
@@ -102,6 +116,10 @@ _INTEGER_PARAMETERS = (
 )
 
 
+class _Interrupted(Exception):
+    """The crawl began to close while a page was being asked again: leave its chain as it is."""
+
+
 class CivitaiSpider(scrapy.Spider):
     """Spider arguments (``-a name=value``) map to the API's query parameters."""
 
@@ -112,7 +130,11 @@ class CivitaiSpider(scrapy.Spider):
         arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
         self.query, self.max_pages, self.stop_after_seen = parse_arguments(arguments)
-        self.chain_queries = split_query(self.query, _split_of(arguments))
+        self.split = _split_of(arguments)
+        #: The model whose versions are listed before the crawl (``model_id`` alone), else None.
+        self.model_id = model_to_list(self.query)
+        #: Chain name -> its API query; a model's crawl knows its chains once its versions are listed.
+        self.chain_queries = {} if self.model_id else split_query(self.query, self.split)
         self.media_types = MEDIA_TYPES[arguments.get("media", "image")]
         if "browsing_level" in arguments and "nsfw" in arguments:
             logger.info("browsing_level=%s overrides nsfw=%s", arguments["browsing_level"], arguments["nsfw"])
@@ -144,6 +166,16 @@ class CivitaiSpider(scrapy.Spider):
                 raise ValueError(
                     f"{name}={settings.get(name)!r} is not valid: allowed is a number >= {minimum}"
                 )
+        check_number(
+            settings, "CIVITAI_EMPTY_PAGE_RETRIES", allowed="an integer >= 0", valid=lambda n: n >= 0
+        )
+        check_number(
+            settings,
+            "CIVITAI_EMPTY_PAGE_DELAY",
+            allowed="a number of seconds >= 0",
+            valid=lambda n: n >= 0,
+            kind=float,
+        )
 
     @classmethod
     def update_settings(cls, settings: BaseSettings) -> None:
@@ -162,12 +194,21 @@ class CivitaiSpider(scrapy.Spider):
         settings = self.crawler.settings
         self.api_url: str = settings.get("CIVITAI_API_URL")
         self.api_concurrency = settings.getint("CIVITAI_API_CONCURRENCY")
+        self.empty_page_retries = settings.getint("CIVITAI_EMPTY_PAGE_RETRIES")
+        self.empty_page_delay = settings.getfloat("CIVITAI_EMPTY_PAGE_DELAY")
         self.thresholds = Thresholds.build(settings)
+        self._error_log = log_directory(settings) / ERROR_LOG_NAME
+        self._error_log.parent.mkdir(parents=True, exist_ok=True)
+        # Before the first await: from then on the engine sends what its scheduler holds.
+        stale_requests = self._drop_stale_requests()
+        if settings.get("CIVITAI_API_KEY"):
+            await self._check_api_key()
+        if self.model_id:
+            versions = await self._model_versions(self.model_id)
+            self.chain_queries = split_query(self.query, self.split, versions)
         if settings.getbool("CIVITAI_WITH_TAGS"):
             for query in (self.query, *self.chain_queries.values()):
                 query["withTags"] = "true"
-        self._error_log = log_directory(settings) / ERROR_LOG_NAME
-        self._error_log.parent.mkdir(parents=True, exist_ok=True)
         first_pages = {
             name: f"{self.api_url}?{urlencode(query)}" for name, query in self.chain_queries.items()
         }
@@ -183,10 +224,98 @@ class CivitaiSpider(scrapy.Spider):
             async for element in self.worker.work(self, first_pages):
                 yield element
             return
-        self.chains = self._chains_to_walk(first_pages)
+        self.chains = self._chains_to_walk(first_pages, stale_requests)
         self._waiting_pages.extend(self._chain_request(chain) for chain in self.chains.values() if chain.live)
         for request in self._send_pages():
             yield request
+
+    # --- before the first page: the key, the model's versions -------------------------------
+
+    async def _check_api_key(self) -> None:
+        """End the crawl (``api_key_refused``) if ``/api/v1/me`` refuses CIVITAI_API_KEY.
+
+        The images endpoint serves a key it does not accept (invalid, expired, revoked) as
+        anonymous, PG only, without an error (src/server/auth/bearer-token.ts): a crawl would
+        "work" and save the wrong images. ``/api/v1/me`` answers 401 to such a key.
+        """
+        url = endpoint_url(self.api_url, "me")
+        try:
+            response = await self._api_get(url, max_retry_times=_KEY_CHECK_RETRIES)
+        except Exception as error:  # the download's own errors, after its retries
+            self._warn_key_unchecked(url, outcomes.describe_error(error))
+            return
+        if response.status in (401, 403):
+            logger.error(
+                "CIVITAI_API_KEY is not accepted by the API: %s answered HTTP %d (%s). The images "
+                "API serves such a key as anonymous (PG images only), so the crawl stops here: "
+                "check the key, or make a new one in your Civitai account settings",
+                url,
+                response.status,
+                server_error_message(response),
+            )
+            raise CloseSpider(outcomes.API_KEY_REFUSED)
+        if response.status == REGION_BLOCKED_STATUS:
+            self._stop_for_api_error(f"HTTP 451: {server_error_message(response)}", url, response.status)
+        user = _json_object(response)
+        if response.status != 200 or user is None:
+            self._warn_key_unchecked(url, f"HTTP {response.status}: {server_error_message(response)}")
+            return
+        username = user.get("username")
+        logger.info("CIVITAI_API_KEY is accepted (user %s)", username if isinstance(username, str) else "?")
+
+    def _warn_key_unchecked(self, url: str, reason: str) -> None:
+        logger.warning(
+            "Could not check CIVITAI_API_KEY with %s (%s): crawling on. A key the API does not "
+            "accept would give PG images only",
+            url,
+            reason,
+        )
+
+    async def _model_versions(self, model_id: int) -> tuple[int, ...]:
+        """The ids of ``model_id``'s versions, from ``/api/v1/models/<id>``; ends the crawl if none."""
+        url = endpoint_url(self.api_url, f"models/{model_id}")
+        try:
+            response = await self._api_get(url)
+        except Exception as error:  # the download's own errors, after its retries
+            self._stop_for_api_error(outcomes.describe_error(error), url)
+        if response.status == 404:
+            logger.error(
+                "model_id=%d: the API has no such model (%s answered HTTP 404: %s)",
+                model_id,
+                url,
+                server_error_message(response),
+            )
+            raise CloseSpider(outcomes.MODEL_NOT_FOUND)
+        if response.status != 200:
+            reason = f"HTTP {response.status}: {server_error_message(response)}"
+            self._stop_for_api_error(reason, url, response.status)
+        versions = _version_ids(_json_object(response))
+        if versions is None:
+            self._stop_for_api_error("the answer has no list of modelVersions with their ids", url)
+        if not versions:
+            logger.warning("Model %d lists no published version: there is nothing to crawl", model_id)
+            raise CloseSpider("finished")
+        logger.info(
+            "Model %d has %d version(s): one chain per version (modelVersionId %s)",
+            model_id,
+            len(versions),
+            ", ".join(map(str, versions)),
+        )
+        return versions
+
+    async def _api_get(self, url: str, **meta: Any) -> Response:
+        """GET an API address through Scrapy's downloader (retries, the key, the API's slot)."""
+        request = scrapy.Request(
+            url,
+            meta={
+                API_META_KEY: True,
+                "download_slot": API_DOWNLOAD_SLOT,
+                "give_up_log_level": "DEBUG",
+                **meta,
+            },
+            dont_filter=True,
+        )
+        return await self.crawler.engine.download_async(request)
 
     def _shared_crawl(self, settings: BaseSettings) -> SharedCrawl:
         # What makes two workers' crawls the same crawl: the same API and spider arguments.
@@ -206,7 +335,20 @@ class CivitaiSpider(scrapy.Spider):
             claim_after=settings.getfloat("CIVITAI_REDIS_CLAIM_AFTER"),
         )
 
-    def _chains_to_walk(self, first_pages: dict[str, str]) -> dict[str, Chain]:
+    def _drop_stale_requests(self) -> int:
+        """Take the page requests a last run left queued in JOBDIR out of the scheduler; how many.
+
+        Where each chain stands is in the job state; the page requests a pause left queued say
+        the same (or less: a request waiting for its turn is not queued). An end that did not
+        wait for the last page (CLOSESPIDER_ITEMCOUNT...) may have left requests queued too: no
+        place to start a new walk from either.
+        """
+        if getattr(self, "state", None) is None:  # set by Scrapy's SpiderState with JOBDIR
+            return 0
+        scheduler = self.crawler.engine.scheduler
+        return _drop_queued_requests(scheduler) if scheduler is not None else 0
+
+    def _chains_to_walk(self, first_pages: dict[str, str], dropped: int) -> dict[str, Chain]:
         """The chains of this run: a paused job's where it stopped (JOBDIR), else new ones."""
         fresh = {name: Chain(name, url) for name, url in first_pages.items()}
         job_state = getattr(self, "state", None)  # set by Scrapy's SpiderState with JOBDIR
@@ -214,12 +356,6 @@ class CivitaiSpider(scrapy.Spider):
             return fresh
         last_end = job_state.get(_LAST_END_KEY)
         saved = job_state.get(_CHAINS_KEY)
-        # Where each chain stands is in the job state; the page requests a pause left queued
-        # say the same (or less: a request waiting for its turn is not queued) and are dropped.
-        # An end that did not wait for the last page (CLOSESPIDER_ITEMCOUNT...) may have left
-        # requests queued too: no place to start a new walk from either.
-        scheduler = self.crawler.engine.scheduler
-        dropped = _drop_queued_requests(scheduler) if scheduler is not None else 0
         if (
             last_end == outcomes.SHUTDOWN
             and isinstance(saved, dict)
@@ -249,6 +385,8 @@ class CivitaiSpider(scrapy.Spider):
             # the extensions are, and the handlers are called in that order.
             job_state[_LAST_END_KEY] = reason
 
+    # --- pages ------------------------------------------------------------------------------
+
     def _chain_request(self, chain: Chain) -> scrapy.Request:
         assert chain.next_url is not None
         return self._api_request(chain.next_url, self.parse_page, {_CHAIN_META_KEY: chain.name})
@@ -264,12 +402,7 @@ class CivitaiSpider(scrapy.Spider):
             errback=self.api_failed,
             # A page that used up its retries is reported by api_failed or parse_page, as one
             # ERROR with the reason; Scrapy's "Gave up retrying" would be a second one.
-            meta={
-                API_PAGE_META_KEY: True,
-                "download_slot": API_DOWNLOAD_SLOT,
-                "give_up_log_level": "DEBUG",
-                **meta,
-            },
+            meta={**_page_meta(), **meta},
             # Cursor loops are detected below, with a clear reason; the dupefilter
             # would end them silently.
             dont_filter=True,
@@ -284,16 +417,21 @@ class CivitaiSpider(scrapy.Spider):
             yield self._waiting_pages.popleft()
 
     async def parse_page(self, response: Response) -> AsyncIterator[scrapy.Request | CivitaiImage]:
-        self._pages_in_flight -= 1
-        records, metadata = self._page_of(response)
         chain = self.chains[response.meta[_CHAIN_META_KEY]]
+        try:
+            records, metadata = await self._settled_page(response, chain.name, chain.last_page_full)
+        except _Interrupted:
+            return  # the chain stays at this page: a paused job asks it again
+        finally:
+            self._pages_in_flight -= 1
         chain.pages += 1
-        items, counts = self._items_of(records)
+        chain.last_page_full = len(records) >= self._limit(chain.name)
+        items, counts = self._items_of(records, chain.name)
         self._count(counts)
         caught_up = False
         if self.stop_after_seen is not None:
             chain.seen_streak, caught_up = await self._seen_streak(chain.seen_streak, items, chain.name)
-        chain.end, following = self._next_of(chain.name, chain.pages, metadata, len(records), caught_up)
+        chain.end, following = self._next_of(chain.name, chain.pages, metadata, caught_up)
         if following is not None:
             url, seen_key = following
             if seen_key in chain.cursors_seen:
@@ -316,11 +454,14 @@ class CivitaiSpider(scrapy.Spider):
         assert self.worker is not None
         page: PageMessage = response.meta[_PAGE_MESSAGE_META_KEY]
         try:
-            records, metadata = self._page_of(response)
+            records, metadata = await self._settled_page(response, page.chain, page.after_full)
+        except _Interrupted:
+            self.worker.page_done(page)  # unacknowledged: taken over later, asked again then
+            return
         except CloseSpider:
             self.worker.page_done(page)  # unacknowledged: another worker takes it over later
             raise
-        items, counts = self._items_of(records)
+        items, counts = self._items_of(records, page.chain)
         new = self._passing(items, counts)
         # Only work that is real goes into the queue: not what an earlier walk saved.
         try:
@@ -333,13 +474,14 @@ class CivitaiSpider(scrapy.Spider):
         queue = [item for item, seen in zip(new, recorded, strict=True) if not seen]
         streak, caught_up = self._streak_after(page.streak, recorded, page.chain)
         pages = page.step + 1
-        end, following = self._next_of(page.chain, pages, metadata, len(records), caught_up)
+        end, following = self._next_of(page.chain, pages, metadata, caught_up)
         result = await self.worker.hand_on(
             page,
             next_url=following[0] if following else None,
             cursor_key=following[1] if following else None,
             end=end,
             streak=streak,
+            full=len(records) >= self._limit(page.chain),
             counts=counts,
             images=[(item.id, json.dumps(item.api_item)) for item in queue],
         )
@@ -352,7 +494,85 @@ class CivitaiSpider(scrapy.Spider):
         elif result.end and len(self.chain_queries) > 1:
             logger.info("Chain %s ended (%s) after %d page(s)", page.chain, result.end, pages)
 
+    async def _settled_page(
+        self, response: Response, chain: str, after_full: bool
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The records and metadata of a page, once an empty page is no longer in doubt.
+
+        An empty page without a next one, right after a full page, is not proof of the end:
+        the server filters after it computes the cursor (a page whose hits were all filtered
+        out loses it, image.service.ts getAllImagesIndex), a database timeout answers an empty
+        page without a cursor (getAllImages), and a live report (civitai/civitai#1800) shows a
+        cursor answering an empty page, then a full one minutes later. Such a page is asked
+        again, CIVITAI_EMPTY_PAGE_RETRIES times, waiting CIVITAI_EMPTY_PAGE_DELAY seconds and
+        twice as long each time; a full answer goes on as if the empty one had not come.
+        Raises :class:`_Interrupted` when the crawl closes meanwhile.
+        """
+        records, metadata = self._page_of(response)
+        retries = 0
+        while after_full and not records and not _names_a_next_page(metadata):
+            if retries == self.empty_page_retries:
+                logger.warning(
+                    "%s%s was empty without a cursor right after a full page, %s: the chain ends "
+                    "there, maybe before the listing does",
+                    response.url,
+                    _in_chain(chain),
+                    f"still after {retries} more tries" if retries else "CIVITAI_EMPTY_PAGE_RETRIES=0",
+                )
+                break
+            retries += 1
+            delay = self.empty_page_delay * 2 ** (retries - 1)
+            logger.warning(
+                "%s%s came back empty without a cursor right after a full page: asking again in "
+                "%g s (%d of %d)",
+                response.url,
+                _in_chain(chain),
+                delay,
+                retries,
+                self.empty_page_retries,
+            )
+            self.crawler.stats.inc_value(EMPTY_PAGE_RETRIES_STAT)
+            await self._wait(delay)
+            try:
+                response = await self._api_get(response.url, **_page_meta())
+            except Exception as error:  # the download's own errors, after its retries
+                self._stop_for_api_error(outcomes.describe_error(error), response.url)
+            records, metadata = self._page_of(response)
+        if retries and (records or _names_a_next_page(metadata)):
+            logger.info(
+                "%s%s answered %d item(s) when asked again (%d of %d): going on",
+                response.url,
+                _in_chain(chain),
+                len(records),
+                retries,
+                self.empty_page_retries,
+            )
+        return records, metadata
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep, unless the crawl starts closing meanwhile (then :class:`_Interrupted`)."""
+        deadline = time.monotonic() + seconds
+        while not self._closing():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.2))
+        raise _Interrupted
+
+    def _closing(self) -> bool:
+        engine = self.crawler.engine
+        # Scrapy has no public "closing" flag: a graceful stop clears engine.running, a
+        # close_spider (CLOSESPIDER_*, the end of the chains) sets the engine slot's closing.
+        slot = getattr(engine, "_slot", None)
+        return engine is None or not engine.running or (slot is not None and slot.closing is not None)
+
+    def _limit(self, chain: str) -> int:
+        return int(self.chain_queries[chain]["limit"])
+
     def _page_of(self, response: Response) -> tuple[list[Any], dict[str, Any]]:
+        if not 200 <= response.status < 300:  # a page asked again answers without HttpError
+            reason = f"HTTP {response.status}: {server_error_message(response)}"
+            self._stop_for_api_error(reason, response.url, response.status)
         problem = page_problem(response)
         if problem is not None:
             # The retry middleware already retried this page; give up loudly.
@@ -361,13 +581,13 @@ class CivitaiSpider(scrapy.Spider):
         metadata = payload.get("metadata")
         return payload["items"], metadata if isinstance(metadata, dict) else {}
 
-    def _items_of(self, records: list[Any]) -> tuple[list[CivitaiImage], Counter[str]]:
+    def _items_of(self, records: list[Any], chain: str) -> tuple[list[CivitaiImage], Counter[str]]:
         """The items of a page's records, and the page's counts (``items_seen``, ``dropped/<reason>``)."""
         counts: Counter[str] = Counter(items_seen=len(records))
         items = []
         for record in records:
             try:
-                item = CivitaiImage.from_api(record)
+                item = CivitaiImage.from_api(record, chain=chain)
             except InvalidApiItem as error:
                 self._reject(error.reason, str(error), record)
                 counts[f"dropped/{error.reason}"] += 1
@@ -437,7 +657,7 @@ class CivitaiSpider(scrapy.Spider):
         )
 
     def _next_of(
-        self, chain: str, pages: int, metadata: dict[str, Any], item_count: int, caught_up: bool
+        self, chain: str, pages: int, metadata: dict[str, Any], caught_up: bool
     ) -> tuple[str | None, tuple[str, str] | None]:
         """How a chain goes on after page ``pages``: (its end, ``None``) or (``None``, (url, loop key))."""
         if caught_up:
@@ -445,8 +665,7 @@ class CivitaiSpider(scrapy.Spider):
         if self.max_pages is not None and pages >= self.max_pages:
             logger.info("Stopping%s after max_pages=%d page(s)", _in_chain(chain), self.max_pages)
             return MAX_PAGES, None
-        cursor = metadata.get("nextCursor")
-        cursor = "" if cursor is None else str(cursor)
+        cursor = _cursor_text(metadata.get("nextCursor"))
         next_page = metadata.get("nextPage")
         if cursor:
             query = {**self.chain_queries[chain], "cursor": cursor}
@@ -458,14 +677,6 @@ class CivitaiSpider(scrapy.Spider):
                 )
                 return END_OF_LISTING, None
             return None, (next_page, next_page)
-        if item_count == 0 and pages > 1:
-            # Civitai's older query path answers an empty page without a cursor when
-            # its database query times out, so this end may not be the real one.
-            logger.warning(
-                "Page %d%s was empty with no cursor: the listing may have ended early",
-                pages,
-                _in_chain(chain),
-            )
         return END_OF_LISTING, None
 
     def _log_cursor_loop(self, seen_key: str, chain: str) -> None:
@@ -492,21 +703,22 @@ class CivitaiSpider(scrapy.Spider):
         if page is not None and self.worker is not None:
             self.worker.page_done(page)  # unacknowledged: another worker takes it over later
         self._pages_in_flight -= 1
+        status = None
         if failure.check(HttpError):
             response = failure.value.response
-            reason = f"HTTP {response.status}: {server_error_message(response)}"
+            status = response.status
+            reason = f"HTTP {status}: {server_error_message(response)}"
         else:
             reason = outcomes.describe_error(failure.value)
-        _log_api_error(reason, request.url)
         # CloseSpider raised from an errback would make Scrapy log the download error as a
         # second ERROR ("Error downloading"). Close as CloseSpider would: what is in flight
         # finishes, nothing new starts.
-        deferred_from_coro(self.crawler.engine.close_spider_async(reason=outcomes.API_ERROR))
+        finish_reason = _log_api_error(reason, request.url, status)
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason=finish_reason))
 
-    def _stop_for_api_error(self, reason: str, url: str) -> None:
-        # From a callback, CloseSpider closes the spider without a log line of Scrapy's.
-        _log_api_error(reason, url)
-        raise CloseSpider(outcomes.API_ERROR)
+    def _stop_for_api_error(self, reason: str, url: str, status: int | None = None) -> NoReturn:
+        # From a callback (or start()), CloseSpider closes the spider without a log line of Scrapy's.
+        raise CloseSpider(_log_api_error(reason, url, status))
 
     def _reject(self, reason: str, message: str, record: Any) -> None:
         logger.warning("Skipped an API item: %s", message)
@@ -523,8 +735,80 @@ def _split_of(arguments: Mapping[str, Any]) -> tuple[str, ...]:
     return parse_split(arguments["split"]) if arguments.get("split") is not None else ()
 
 
-def _log_api_error(reason: str, url: str) -> None:
+def _log_api_error(reason: str, url: str, status: int | None) -> str:
+    """Log why an API request failed for good (one ERROR line); the finish reason it gives."""
+    if status == REGION_BLOCKED_STATUS:
+        logger.error(
+            "The API refuses requests from this country, stopping the crawl: %s. Civitai blocks "
+            "its API in some regions; crawl from a machine elsewhere (%s)",
+            reason,
+            url,
+        )
+        return outcomes.REGION_BLOCKED
     logger.error("The API request failed, stopping the crawl: %s (%s)", reason, url)
+    return outcomes.API_ERROR
+
+
+def _page_meta() -> dict[str, Any]:
+    """``Request.meta`` of an API page request."""
+    return {
+        API_META_KEY: True,
+        API_PAGE_META_KEY: True,
+        "download_slot": API_DOWNLOAD_SLOT,
+        "give_up_log_level": "DEBUG",
+    }
+
+
+def _names_a_next_page(metadata: dict[str, Any]) -> bool:
+    next_page = metadata.get("nextPage")
+    return bool(_cursor_text(metadata.get("nextCursor"))) or (isinstance(next_page, str) and bool(next_page))
+
+
+def _cursor_text(cursor: Any) -> str:
+    """``nextCursor`` as the text to send back: a string as it is, a number (the older database
+    path's cursor is an image id) in digits; anything else is no cursor."""
+    if isinstance(cursor, str):
+        return cursor
+    if type(cursor) is int:
+        return str(cursor)
+    if cursor is not None:
+        logger.warning("The API's nextCursor %r is neither text nor an integer: ignored", cursor)
+    return ""
+
+
+def _json_object(response: Response) -> dict[str, Any] | None:
+    """The JSON object of an answer (``None`` when it is not one)."""
+    try:
+        payload = json.loads(response.body)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _version_ids(model: dict[str, Any] | None) -> tuple[int, ...] | None:
+    """The version ids in a ``/api/v1/models/<id>`` answer, in its order, once each (``None``:
+    not such an answer)."""
+    versions = model.get("modelVersions") if model is not None else None
+    if not isinstance(versions, list):
+        return None
+    ids = [version.get("id") if isinstance(version, dict) else None for version in versions]
+    if not all(type(version_id) is int and version_id > 0 for version_id in ids):
+        return None
+    return tuple(dict.fromkeys(ids))
+
+
+def model_to_list(query: Mapping[str, str]) -> int | None:
+    """The model whose versions a crawl of ``query`` lists first, else ``None``.
+
+    ``modelId`` alone is answered from the server's older database path (image-search.service.ts
+    runImageSearch: ``imageId``, or ``modelId`` without ``modelVersionId``), which skips one image
+    at every page boundary (getAllImages pops the row it takes as the cursor and then asks
+    ``id < cursor``), ignores metric sorts, refuses ``sort=Random`` and ends with an empty page
+    when its query times out. With ``imageId`` (one image) there is nothing to lose.
+    """
+    if "modelId" in query and "modelVersionId" not in query and "imageId" not in query:
+        return int(query["modelId"])
+    return None
 
 
 def _drop_queued_requests(scheduler: BaseScheduler) -> int:
@@ -551,8 +835,7 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
         query["type"] = media  # without it videos take room in every page of an image crawl
     if arguments.get("browsing_level") is not None:
         # The API lets browsingLevel override nsfw; sending only one keeps the query honest.
-        level = _integer(arguments, "browsing_level", None, maximum=MAX_BROWSING_LEVEL)
-        query["browsingLevel"] = str(level)
+        query["browsingLevel"] = str(_browsing_level(arguments["browsing_level"]))
     elif arguments.get("nsfw") is not None:
         query["nsfw"] = _choice(arguments, "nsfw", None, NSFW_LEVELS)
     username = arguments.get("username")
@@ -562,7 +845,8 @@ def parse_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, str], int |
         query["username"] = str(username)
     for argument, parameter in _INTEGER_PARAMETERS:
         if arguments.get(argument) is not None:
-            query[parameter] = str(_integer(arguments, argument, None))
+            maximum = MAX_MODEL_ID if argument == "model_id" else None
+            query[parameter] = str(_integer(arguments, argument, None, maximum=maximum))
     tags = arguments.get("tags")
     if tags is not None:
         ids = [tag.strip() for tag in str(tags).split(",") if tag.strip()]
@@ -600,6 +884,23 @@ def _check_argument_names(arguments: Mapping[str, Any]) -> None:
     for name in arguments:
         if name not in _ARGUMENTS and not name.startswith("_"):
             raise ValueError(f"unknown spider argument {name!r}: allowed are {', '.join(_ARGUMENTS)}")
+
+
+def _browsing_level(value: Any) -> int:
+    allowed = "allowed is 1 to 31, a sum of PG=1, PG13=2, R=4, X=8, XXX=16"
+    try:
+        level = int(str(value), 10)
+    except ValueError:
+        level = 0
+    if level & _BLOCKED_LEVEL and level < 2 * _BLOCKED_LEVEL:
+        # The server strips Blocked (onlySelectableLevels) and serves what is left, or PG.
+        raise ValueError(
+            f"browsing_level={value!r} is not valid: it has the Blocked level (32), which the API "
+            f"never serves (it strips it, and 32 alone comes back as PG); {allowed}"
+        )
+    if not 1 <= level <= MAX_BROWSING_LEVEL:
+        raise ValueError(f"browsing_level={value!r} is not valid: {allowed}")
+    return level
 
 
 def _choice(arguments: Mapping[str, Any], name: str, default: str | None, allowed: tuple[str, ...]) -> str:

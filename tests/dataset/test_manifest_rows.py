@@ -171,6 +171,8 @@ META_JUNK = [
     ("prompt", ["a", "b"], "prompt"),
     ("negativePrompt", 0, "negative_prompt"),
     ("Model", None, "model"),
+    ("Model", {"id": 3}, "model"),
+    ("Model", {"name": 12}, "model"),
     ("Model hash", 123, "model_hash"),
     ("resources", "add-detail-xl", "resources"),
 ]
@@ -185,6 +187,14 @@ def test_junk_in_meta_becomes_null_and_meta_json_keeps_it(key: str, junk: Any, c
     assert values[column] is None
     kept = json.loads(values["meta_json"])[key]
     assert kept == junk or (isinstance(junk, float) and math.isinf(junk) and math.isinf(kept))
+
+
+def test_a_model_given_as_an_object_gives_its_name() -> None:
+    # Some records carry meta.Model as an object (../shared/docs/civitai-api.md, point 7).
+    model = {"name": "ponyDiffusionV6XL", "hash": "67ab2fd8ec"}
+    values = row({**RECORD, "meta": {**RECORD["meta"], "Model": model}})
+    assert values["model"] == "ponyDiffusionV6XL"
+    assert json.loads(values["meta_json"])["Model"] == model
 
 
 def test_junk_stats_become_null_and_missing_stats_too() -> None:

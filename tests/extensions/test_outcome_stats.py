@@ -10,7 +10,7 @@ from scrapy.exceptions import DropItem
 from twisted.python.failure import Failure
 
 from civitai_spider import outcomes
-from civitai_spider.extensions.outcome_stats import OutcomeStats
+from civitai_spider.extensions.outcome_stats import OutcomeStats, summary
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.spiders.civitai import CivitaiSpider
@@ -100,3 +100,38 @@ def test_every_outcome_lands_in_one_bucket(crawler: Any) -> None:
     assert values.pop("civitai/saved/image") == 1  # a part of civitai/saved, not a bucket of its own
     assert sum(values.values()) == 4
     assert values == {outcomes.SAVED: 1, "civitai/dropped/duplicate": 1, outcomes.FAILED: 2}
+
+
+def test_the_summary_line_adds_up_the_outcomes() -> None:
+    stats = {
+        "civitai/items_seen": 1290,
+        "civitai/saved": 1210,
+        "civitai/saved/image": 1200,
+        "civitai/saved/video": 10,
+        "civitai/dropped/below_threshold": 20,
+        "civitai/dropped/other_chain": 50,
+        "civitai/failed": 2,
+    }
+    assert summary(stats, "finished") == (
+        "Crawl ended (finished): 1,210 saved (1,200 images, 10 videos), 70 dropped "
+        "(other_chain 50, below_threshold 20), 2 failed, of 1,290 listed"
+    )
+
+
+def test_the_summary_line_tells_what_images_listed_twice_mean() -> None:
+    line = summary({"civitai/items_seen": 9, "civitai/saved": 2, "civitai/dropped/duplicate": 7}, "shutdown")
+    assert line.startswith(
+        "Crawl ended (shutdown): 2 saved, 7 dropped (duplicate 7), 0 failed, of 9 listed; "
+    )
+    assert "7 came twice in one chain: the listing moved" in line
+    assert "skipped without a trace" in line
+    assert "came twice" not in summary({"civitai/dropped/other_chain": 7}, "finished")
+
+
+def test_the_summary_is_logged_when_the_spider_closes(caplog: pytest.LogCaptureFixture) -> None:
+    crawler = project_crawler(EXTENSIONS_BASE={}, EXTENSIONS={OutcomeStats: 100})
+    crawler.spider = CivitaiSpider.from_crawler(crawler)
+    send(crawler, signals.item_scraped, item=item(1))
+    with caplog.at_level("INFO"):
+        send(crawler, signals.spider_closed, reason="finished")
+    assert "Crawl ended (finished): 1 saved (1 image), 0 dropped, 0 failed, of 0 listed" in caplog.text

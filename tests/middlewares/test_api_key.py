@@ -9,7 +9,7 @@ from scrapy import Request
 from scrapy.http import Response
 from twisted.internet.error import ConnectionRefusedError
 
-from civitai_spider.api import API_PAGE_META_KEY
+from civitai_spider.api import API_META_KEY
 from civitai_spider.middlewares.api_key import ApiKeyMiddleware
 from tests.conftest import project_crawler
 
@@ -25,7 +25,7 @@ def middleware(api_key: str = "s3cret-key", api_url: str = API_URL, **settings: 
 
 def page_request(url: str, **headers: str) -> Request:
     """A request the spider makes for an API page (images are never marked so)."""
-    return Request(url, headers=headers, meta={API_PAGE_META_KEY: True})
+    return Request(url, headers=headers, meta={API_META_KEY: True})
 
 
 def sent_header(mw: ApiKeyMiddleware, url: str, **headers: str) -> bytes | None:

@@ -7,7 +7,7 @@ from scrapy import Request
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 
-from civitai_spider.api import API_PAGE_META_KEY
+from civitai_spider.api import API_META_KEY
 from civitai_spider.middlewares.image_redirects import ImageRedirectPolicyMiddleware
 from tests.conftest import project_crawler
 
@@ -54,7 +54,7 @@ def test_every_redirect_status_is_judged(status: int) -> None:
 
 def test_api_pages_and_other_answers_pass_untouched() -> None:
     mw = middleware("none")
-    page = Request("https://civitai.com/api/v1/images", meta={API_PAGE_META_KEY: True})
+    page = Request("https://civitai.com/api/v1/images", meta={API_META_KEY: True})
     moved = redirect("https://civitai.com/api/v1/images?cursor=2")
     assert mw.process_response(page, moved) is moved
     ok = Response(IMAGE_URL, status=200)

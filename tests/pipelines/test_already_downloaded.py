@@ -18,8 +18,9 @@ from civitai_spider.pipelines.already_downloaded import AlreadyDownloadedPipelin
 from tests.conftest import project_crawler
 
 
-def make_item(image_id: int) -> CivitaiImage:
-    return CivitaiImage.from_api({"id": image_id, "url": f"https://image.civitai.com/k/{image_id}.jpeg"})
+def make_item(image_id: int, chain: str | None = None) -> CivitaiImage:
+    url = f"https://image.civitai.com/k/{image_id}.jpeg"
+    return CivitaiImage.from_api({"id": image_id, "url": url}, chain=chain)
 
 
 def opened_pipeline(store: Path, **settings: Any) -> AlreadyDownloadedPipeline:
@@ -66,6 +67,15 @@ def test_second_copy_in_one_run_is_a_duplicate(tmp_path: Path) -> None:
     assert process(pipe, first) is first
     assert dropped_reason(pipe, make_item(5)) == "duplicate"
     assert process(pipe, make_item(6)) is not None
+
+
+def test_a_copy_from_another_chain_is_told_apart_from_a_duplicate(tmp_path: Path) -> None:
+    # A model's crawl lists an image under each version it uses: not a sign of a moving ranking.
+    pipe = opened_pipeline(tmp_path)
+    assert process(pipe, make_item(5, chain="modelVersionId=1")) is not None
+    assert dropped_reason(pipe, make_item(5, chain="modelVersionId=2")) == "other_chain"
+    assert dropped_reason(pipe, make_item(5, chain="modelVersionId=1")) == "duplicate"
+    assert dropped_reason(pipe, make_item(5)) == "duplicate"  # a shared crawl's item: no chain
 
 
 def test_ids_compare_as_integers(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ async def hand_on(
         "cursor_key": None if next_url is None else next_url.rsplit("=", 1)[1],
         "end": None if next_url is not None else "end",
         "streak": 0,
+        "full": False,
         "counts": {"items_seen": len(images)},
         **more,
     }
@@ -101,6 +102,21 @@ def test_a_hand_on_queues_new_images_once_and_the_chains_next_page(redis_url: st
     assert [json.loads(image.record)["id"] for image in images] == [1, 2, 3, 2**33 + 5]
     counted = stats(redis_url, crawl_digest(DEFINITION))
     assert counted == {"items_seen": 6, "queued": 4, "dropped/duplicate": 2, "pages": 2}
+
+
+def test_the_next_page_says_whether_the_page_before_it_was_full(redis_url: str) -> None:
+    # An empty page after a full one is asked again (the spider): the worker that takes the
+    # next page must know, whichever worker handed the full one on.
+    async def work(view: SharedCrawl) -> Any:
+        await view.join(FIRST_PAGES)
+        a, b = await view.take_pages(2)
+        await hand_on(view, a, images=[1], next_url="http://x/?cursor=a1", full=True)
+        await hand_on(view, b, images=[2], next_url="http://x/?cursor=b1", full=False)
+        return a, b, await view.take_pages(2)
+
+    a, b, following = run(redis_url, work)
+    assert (a.after_full, b.after_full) == (False, False)  # a chain's first page follows none
+    assert {page.chain: page.after_full for page in following} == {"a": True, "b": False}
 
 
 def test_a_page_taken_over_is_handed_on_once_so_the_chain_never_forks(redis_url: str) -> None:

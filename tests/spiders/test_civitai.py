@@ -13,10 +13,10 @@ import scrapy
 from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 
-from civitai_spider.api import API_PAGE_META_KEY
+from civitai_spider.api import API_META_KEY, API_PAGE_META_KEY
 from civitai_spider.chains import Chain
 from civitai_spider.items import CivitaiImage
-from civitai_spider.spiders.civitai import CivitaiSpider, parse_arguments
+from civitai_spider.spiders.civitai import CivitaiSpider, model_to_list, parse_arguments
 from civitai_spider.stores import stores_of
 from tests.conftest import project_crawler
 
@@ -83,7 +83,7 @@ def test_media_all_sends_no_type() -> None:
     assert "type" not in parse_arguments({"media": "all"})[0]
 
 
-@pytest.mark.parametrize("level", ["1", "28", "63"])
+@pytest.mark.parametrize("level", ["1", "28", "31"])
 def test_browsing_level_is_sent_instead_of_nsfw(level: str) -> None:
     query = parse_arguments({"browsing_level": level, "nsfw": "None"})[0]
     assert query["browsingLevel"] == level and "nsfw" not in query
@@ -109,8 +109,8 @@ def test_limit_bounds_are_allowed(limit: str) -> None:
         ({"username": "a b"}, "username", "'a b'", "letters, digits and _"),
         ({"username": "../x"}, "username", "'../x'", "letters, digits and _"),
         ({"username": ""}, "username", "''", "letters, digits and _"),
-        ({"model_id": "-1"}, "model_id", "'-1'", "positive integer"),
-        ({"model_id": "x"}, "model_id", "'x'", "positive integer"),
+        ({"model_id": "-1"}, "model_id", "'-1'", "an integer from 1 to 2147483647"),
+        ({"model_id": "x"}, "model_id", "'x'", "an integer from 1 to 2147483647"),
         ({"model_version_id": "1.5"}, "model_version_id", "'1.5'", "positive integer"),
         ({"post_id": "0"}, "post_id", "'0'", "positive integer"),
         ({"max_pages": "0"}, "max_pages", "'0'", "positive integer"),
@@ -124,9 +124,12 @@ def test_limit_bounds_are_allowed(limit: str) -> None:
         ({"tags": "1,0"}, "tags", "'1,0'", "comma-separated tag ids"),
         ({"tags": "1;2"}, "tags", "'1;2'", "comma-separated tag ids"),
         ({"tags": ""}, "tags", "''", "comma-separated tag ids"),
-        ({"browsing_level": "0"}, "browsing_level", "'0'", "an integer from 1 to 63"),
-        ({"browsing_level": "64"}, "browsing_level", "'64'", "an integer from 1 to 63"),
-        ({"browsing_level": "X"}, "browsing_level", "'X'", "an integer from 1 to 63"),
+        ({"browsing_level": "0"}, "browsing_level", "'0'", "1 to 31, a sum of PG=1"),
+        ({"browsing_level": "64"}, "browsing_level", "'64'", "1 to 31, a sum of PG=1"),
+        ({"browsing_level": "X"}, "browsing_level", "'X'", "1 to 31, a sum of PG=1"),
+        ({"browsing_level": "32"}, "browsing_level", "'32'", "the Blocked level (32), which the API never"),
+        ({"browsing_level": "63"}, "browsing_level", "'63'", "the Blocked level (32), which the API never"),
+        ({"model_id": "2147483648"}, "model_id", "'2147483648'", "an integer from 1 to 2147483647"),
         ({"media": "images"}, "media", "'images'", "'image', 'video', 'all'"),
         ({"media": "audio"}, "media", "'audio'", "'image', 'video', 'all'"),
         ({"base_models": ""}, "base_models", "''", "comma-separated"),
@@ -373,7 +376,7 @@ def test_start_requests_the_first_page(tmp_path: Path) -> None:
         "sort": ["Newest"],
         "nsfw": ["Soft"],
     }
-    assert request.meta[API_PAGE_META_KEY] is True
+    assert request.meta[API_PAGE_META_KEY] is True and request.meta[API_META_KEY] is True
     assert request.dont_filter is True
     assert request.callback == spider.parse_page
     assert request.errback == spider.api_failed
@@ -394,7 +397,7 @@ def test_next_page_request_comes_first_with_the_cursor_encoded(tmp_path: Path, c
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == API_URL
     expected = {**DEFAULT_QUERY, "limit": "2", "username": "bolero537", "cursor": cursor}
     assert query_of(first.url) == {name: [value] for name, value in expected.items()}
-    assert first.meta[API_PAGE_META_KEY] is True
+    assert first.meta[API_PAGE_META_KEY] is True and first.meta[API_META_KEY] is True
     assert first.dont_filter is True
     assert first.callback == spider.parse_page
 
@@ -403,6 +406,30 @@ def test_numeric_cursor_is_used_as_text(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
     first = parsed(spider, page([], {"nextCursor": 400}))[0]
     assert query_of(first.url)["cursor"] == ["400"]
+
+
+@pytest.mark.parametrize("cursor", [True, 1.5, {"offset": 2}, ["a"]], ids=repr)
+def test_a_cursor_that_is_neither_text_nor_an_integer_is_no_cursor(tmp_path: Path, cursor: Any) -> None:
+    spider = started_spider(tmp_path)
+    assert [type(result) for result in parsed(spider, page([record(1)], {"nextCursor": cursor}))] == [
+        CivitaiImage
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "model"),
+    [
+        ({"model_id": "7"}, 7),
+        ({"model_id": "7", "model_version_id": "70"}, None),  # the search index already
+        ({"model_id": "7", "image_id": "700"}, None),  # one image: nothing to lose
+        ({}, None),
+    ],
+)
+def test_only_a_model_alone_has_its_versions_listed(arguments: dict[str, str], model: int | None) -> None:
+    assert model_to_list(parse_arguments(arguments)[0]) == model
+    spider = CivitaiSpider(**arguments)
+    assert spider.model_id == model
+    assert spider.chain_queries == ({} if model else {"all": spider.query})
 
 
 def test_items_are_yielded_in_order(tmp_path: Path) -> None:
@@ -536,7 +563,7 @@ def test_empty_page_yields_nothing(tmp_path: Path) -> None:
 
 def test_page_that_is_not_a_page_stops_the_crawl(tmp_path: Path) -> None:
     spider = started_spider(tmp_path)
-    request = scrapy.Request(API_URL, meta={API_PAGE_META_KEY: True})
+    request = scrapy.Request(API_URL, meta={API_PAGE_META_KEY: True, "civitai_chain": "all"})
     html = TextResponse(API_URL, body=b"<html>busy</html>", encoding="utf-8", request=request)
     with pytest.raises(CloseSpider) as caught:
         parsed(spider, html)
