@@ -305,16 +305,7 @@ class CivitaiSpider(scrapy.Spider):
 
     async def _api_get(self, url: str, **meta: Any) -> Response:
         """GET an API address through Scrapy's downloader (retries, the key, the API's slot)."""
-        request = scrapy.Request(
-            url,
-            meta={
-                API_META_KEY: True,
-                "download_slot": API_DOWNLOAD_SLOT,
-                "give_up_log_level": "DEBUG",
-                **meta,
-            },
-            dont_filter=True,
-        )
+        request = scrapy.Request(url, meta={**_api_meta(), **meta}, dont_filter=True)
         return await self.crawler.engine.download_async(request)
 
     def _shared_crawl(self, settings: BaseSettings) -> SharedCrawl:
@@ -749,14 +740,14 @@ def _log_api_error(reason: str, url: str, status: int | None) -> str:
     return outcomes.API_ERROR
 
 
+def _api_meta() -> dict[str, Any]:
+    """``Request.meta`` of any API request: the key, the API's slot, one ERROR line of ours."""
+    return {API_META_KEY: True, "download_slot": API_DOWNLOAD_SLOT, "give_up_log_level": "DEBUG"}
+
+
 def _page_meta() -> dict[str, Any]:
     """``Request.meta`` of an API page request."""
-    return {
-        API_META_KEY: True,
-        API_PAGE_META_KEY: True,
-        "download_slot": API_DOWNLOAD_SLOT,
-        "give_up_log_level": "DEBUG",
-    }
+    return {**_api_meta(), API_PAGE_META_KEY: True}
 
 
 def _names_a_next_page(metadata: dict[str, Any]) -> bool:
@@ -888,10 +879,7 @@ def _check_argument_names(arguments: Mapping[str, Any]) -> None:
 
 def _browsing_level(value: Any) -> int:
     allowed = "allowed is 1 to 31, a sum of PG=1, PG13=2, R=4, X=8, XXX=16"
-    try:
-        level = int(str(value), 10)
-    except ValueError:
-        level = 0
+    level = _whole_number(value)
     if level & _BLOCKED_LEVEL and level < 2 * _BLOCKED_LEVEL:
         # The server strips Blocked (onlySelectableLevels) and serves what is left, or PG.
         raise ValueError(
@@ -913,11 +901,16 @@ def _choice(arguments: Mapping[str, Any], name: str, default: str | None, allowe
 
 def _integer(arguments: Mapping[str, Any], name: str, default: int | None, maximum: int | None = None) -> int:
     value = arguments.get(name, default)
-    try:
-        number = int(str(value), 10)
-    except ValueError:
-        number = 0
+    number = _whole_number(value)
     if number < 1 or (maximum is not None and number > maximum):
         allowed = f"an integer from 1 to {maximum}" if maximum else "a positive integer"
         raise ValueError(f"{name}={value!r} is not valid: allowed is {allowed}")
     return number
+
+
+def _whole_number(value: Any) -> int:
+    """``value`` as a base-10 integer, 0 when it is not one (every caller refuses 0)."""
+    try:
+        return int(str(value), 10)
+    except ValueError:
+        return 0
