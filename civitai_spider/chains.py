@@ -11,7 +11,8 @@ A :class:`Chain` is where one walk stands: the URL of its next page, its page co
 cursors it followed (a cursor given twice is a loop), whether its last page was full (an empty
 page after a full one is asked again) and, with ``stop_after_seen``, how many
 already-downloaded images it met in a row. The spider keeps chains in memory (and in the
-JOBDIR state); a shared crawl keeps them in Redis (:mod:`civitai_spider.shared.crawl`).
+JOBDIR state); a shared crawl keeps them in Redis (:mod:`civitai_spider.shared.crawl`). A
+paused job's chains stand before their oldest page with items not done (:class:`ListedPage`).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class Chain:
     next_url: str | None
     #: Pages fetched and handed on.
     pages: int = 0
-    cursors_seen: set[str] = field(default_factory=set)
+    #: The cursors (or ``nextPage`` addresses) it followed -> the page each one led to.
+    cursors_seen: dict[str, int] = field(default_factory=dict)
     #: Whether the last page held ``limit`` items: an empty page without a cursor after it is
     #: not taken for the end at once (the spider asks again, CIVITAI_EMPTY_PAGE_RETRIES).
     last_page_full: bool = False
@@ -119,6 +121,29 @@ class Chain:
     @property
     def live(self) -> bool:
         return self.end is None
+
+    def rewind(self, page: int, listed: ListedPage) -> None:
+        """Stand again where the chain stood before ``page`` (``listed``): it is fetched next."""
+        self.next_url = listed.url
+        self.pages = page - 1
+        self.seen_streak = listed.seen_streak
+        self.last_page_full = listed.last_page_full
+        self.end = None
+        # The cursors of the pages after it are followed again: not a loop.
+        self.cursors_seen = {key: led_to for key, led_to in self.cursors_seen.items() if led_to <= page}
+
+
+@dataclass
+class ListedPage:
+    """A page whose items are not all through the pipelines yet, and where its chain stood
+    before it: a paused job (JOBDIR) rewinds the chain to its oldest such page, so that what
+    a stop left unsaved is listed again."""
+
+    url: str
+    seen_streak: int
+    last_page_full: bool
+    #: Its items not yet saved, dropped or failed.
+    pending: int
 
 
 def cursor_of(url: str | None) -> str | None:

@@ -68,6 +68,9 @@ class CivitaiImage:
     #: An id listed again by the same chain is a sign of a moving ranking (``duplicate``), by
     #: another chain an image under two model versions (``other_chain``).
     chain: str | None = None
+    #: The page of its chain that listed it (1 is the first); a paused job (JOBDIR) lists again
+    #: from the oldest page with an item not done.
+    page: int | None = None
 
     @classmethod
     def from_api(cls, record: Any, chain: str | None = None) -> CivitaiImage:

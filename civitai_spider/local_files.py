@@ -3,7 +3,9 @@
 A ``kill -9`` may land at any moment, so every image and metadata file is written under
 a temporary name in the same folder and renamed into place (a rename is atomic on POSIX
 file systems): a reader sees the whole file or nothing. The ID file and the two logs are
-append-only, one whole line per ``write()`` call.
+append-only, one whole line per ``write()`` call. A log line that cannot be written (the log
+folder is the store, and the store is full or gone read-only) goes to the crawl's log instead
+(:class:`LogFile`): a failing store is reported, never a traceback.
 
 Against a power cut, what the id store lists must be on disk first. The folder store
 writes without syncing each file and lets :func:`sync_file_system` flush a whole batch at
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import itertools
 import logging
@@ -207,6 +210,82 @@ def append_bytes(path: Path, data: bytes, *, sync: bool = False) -> None:
 def log_line(*fields: object) -> str:
     """A tab-separated log line starting with the local time, as the error logs use."""
     return "\t".join([time.strftime("%Y-%m-%d %H:%M:%S"), *(str(field) for field in fields)])
+
+
+class LogFile:
+    """An append-only log of :func:`log_line` lines (``error_log.txt``, the bomb log) whose
+    writes never fail their caller.
+
+    A line that cannot be written goes to the crawl's log instead, as a WARNING: the first
+    with the reason, the next ones as they are. Each line is still tried first: a disk that
+    was full may have room again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failing = False
+
+    def add(self, *fields: object) -> None:
+        line = log_line(*fields)
+        try:
+            append_line(self.path, line)
+        except OSError as error:
+            if self._failing:
+                logger.warning("%s: %s", self.path.name, line)
+            else:
+                self._failing = True
+                logger.warning(
+                    "Could not write %s (%s); its lines go to this log while it cannot be written: %s",
+                    self.path,
+                    describe_os_error(error),
+                    line,
+                )
+        else:
+            self._failing = False
+
+
+def describe_os_error(error: OSError) -> str:
+    """``Type: reason`` of a file system error, without the file's name (the caller says which)."""
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
+def prove_writable(folder: Path) -> None:
+    """Create ``folder`` (and its parents) and write, fsync and remove a temporary file in it.
+
+    The proof that a crawl's store can be written, before the first request: only a real
+    write tells a read-only mount, a full disk or a file system that refuses files (``/proc``)
+    from a folder the mode bits allow. An ``OSError`` naming ``folder`` if it cannot; the
+    folders made for the proof are removed again then, and the temporary file in any case.
+    """
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_a_temporary_file(folder)
+    except OSError:
+        for path in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _write_a_temporary_file(folder: Path) -> None:
+    temporary = None
+    try:
+        descriptor, temporary = _create_temporary(folder / "write-check")
+        try:
+            os.write(descriptor, b"civitai-spider write check\n")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        # Named by the folder: the temporary file's name would tell the user nothing.
+        raise OSError(error.errno, error.strerror, str(folder)) from None
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
 
 def remove_temporary_files(directory: Path) -> int:

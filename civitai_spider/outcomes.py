@@ -34,6 +34,8 @@ API_ERROR = "api_error"
 CURSOR_LOOP = "cursor_loop"
 #: Finish reason: Redis stayed out of reach for CIVITAI_REDIS_TIMEOUT seconds (a shared crawl).
 REDIS_ERROR = "redis_error"
+#: Finish reason: CIVITAI_MAX_STORE_FAILURES items in a row failed because a store did.
+STORE_ERROR = "store_error"
 #: Finish reason: the API answered 451, it refuses requests from this country.
 REGION_BLOCKED = "region_blocked"
 #: Finish reason: ``GET /api/v1/me`` refused CIVITAI_API_KEY (401 or 403) before any page.
@@ -43,17 +45,37 @@ MODEL_NOT_FOUND = "model_not_found"
 #: Scrapy's finish reason for a graceful stop (one Ctrl-C, SIGTERM, a Scrapyd cancel): with
 #: JOBDIR, a pause that the next run resumes. Every other reason ends the job.
 SHUTDOWN = "shutdown"
-#: Finish reason -> exit status of ``scrapy crawl``: 1 for a crawl that could not do its work,
-#: 2 for a setting or an argument the API refused (as for one refused before the crawl). Any
-#: other end (``finished``, ``caught_up``, ``closespider_*``, ``shutdown``) exits with 0.
+#: Scrapy's finish reason when ``start()`` raised: the crawl never got going.
+START_ERROR = "start_error"
+#: Scrapy's ``CLOSESPIDER_*`` limits, each its own finish reason.
+CLOSESPIDER_REASONS = tuple(
+    f"closespider_{limit}"
+    for limit in ("itemcount", "pagecount", "timeout", "errorcount", "timeout_no_item", "pagecount_no_item")
+)
+#: Finish reason -> exit status of ``scrapy crawl``: 0 for an end that did what was asked (the
+#: listing done, caught up, a limit, a pause), 1 for a crawl that could not do its work, 2 for
+#: a setting or an argument the API refused (as for one refused before the crawl).
 EXIT_STATUSES = {
+    "finished": 0,
+    "caught_up": 0,
+    SHUTDOWN: 0,
+    **dict.fromkeys(CLOSESPIDER_REASONS, 0),
     API_ERROR: 1,
     CURSOR_LOOP: 1,
     REDIS_ERROR: 1,
+    STORE_ERROR: 1,
     REGION_BLOCKED: 1,
+    START_ERROR: 1,
     API_KEY_REFUSED: 2,
     MODEL_NOT_FOUND: 2,
 }
+#: The exit status of a crawl stopped before it could close (Ctrl-C twice): a shell's for SIGINT.
+FORCED_STOP_STATUS = 130
+
+
+def exit_status(reason: str) -> int:
+    """The exit status of a crawl that ended with ``reason``; 1 for one nobody planned."""
+    return EXIT_STATUSES.get(reason, 1)
 
 
 def saved_key(media: str) -> str:

@@ -2,7 +2,8 @@
 
 Every project setting starts with ``CIVITAI_``; the Scrapy settings below are the
 defaults this project needs. Override any of them with ``-s NAME=VALUE`` (or
-``setting=NAME=VALUE`` on Scrapyd). The README has the same list as a table.
+``setting=NAME=VALUE`` on Scrapyd). The README has the same list as a table, and
+:mod:`civitai_spider.setting_rules` what each allows: a new setting goes in all three.
 """
 
 import os
@@ -106,6 +107,13 @@ CIVITAI_MAX_VIDEO_BYTES = 1024**3
 # Seconds a video download may take in all (DOWNLOAD_TIMEOUT, 120, is for images and pages:
 # a 500 MB video needs over 4 MB/s to arrive within it).
 CIVITAI_VIDEO_DOWNLOAD_TIMEOUT = 600
+# Consecutive items whose files could not be stored (disk full, read-only) after which the
+# crawl stops with the finish reason store_error (exit status 1), rather than fail every
+# further item the same way.
+CIVITAI_MAX_STORE_FAILURES = 10
+# With JOBDIR, start a new walk from page 1 instead of resuming a paused job; needed to change
+# a paused job's spider arguments (its chains were made from the old ones).
+CIVITAI_NEW_WALK = False
 
 # --- Scrapy ----------------------------------------------------------------------------
 # A folder (or file://folder), or an S3-compatible bucket: s3://bucket/prefix, with Scrapy's
@@ -137,6 +145,11 @@ SPIDER_MIDDLEWARES = {
     "civitai_spider.middlewares.id_lookup.IdLookupMiddleware": 100,
 }
 EXTENSIONS = {
+    # Says whether the crawl was told to stop; a stop starts no listed item (README, "Stops").
+    "civitai_spider.extensions.stop.Stop": 0,
+    # Scrapy's CLOSESPIDER_* limits, stopping as the other stops do.
+    "scrapy.extensions.closespider.CloseSpider": None,
+    "civitai_spider.extensions.close_spider.CloseSpider": 0,
     "civitai_spider.extensions.outcome_stats.OutcomeStats": 100,
     "civitai_spider.extensions.progress.ProgressBar": 200,
     "civitai_spider.extensions.gc_freeze.FreezeStartupObjects": 300,
@@ -145,6 +158,9 @@ EXTENSIONS = {
 }
 # One line per dropped or failed image, without the whole item.
 LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"
+# Scrapy's default, DEBUG, prints several lines per item (its request, its response, the
+# item): a crawl of thousands of images would bury its warnings. -L DEBUG when tracing one.
+LOG_LEVEL = "INFO"
 
 # Civitai answers 429/503 under load: retry more than Scrapy's default 2 times.
 RETRY_TIMES = 5

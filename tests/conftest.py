@@ -7,7 +7,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,39 @@ def run_crawl(
         timeout=timeout,
     )
     return CrawlResult(process.returncode, process.stdout, process.stderr, store)
+
+
+def start_crawl(
+    server: FakeCivitai, store: Path, log: Path, *arguments: str, **settings: str
+) -> subprocess.Popen[bytes]:
+    """Start ``scrapy crawl civitai`` in the background, its output into the file ``log`` (a
+    pipe that nobody reads meanwhile would fill and stall the crawl)."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            crawl_command(server, store, *arguments, **settings),
+            cwd=REPOSITORY,
+            env=crawl_environment(),
+            stdout=output,
+            stderr=output,
+        )
+
+
+def wait_for(
+    condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, timeout: float = 30
+) -> None:
+    """Wait until ``condition()`` holds while ``process`` runs; fail with its log if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+def finished_crawl(
+    process: subprocess.Popen[bytes], log: Path, store: Path, timeout: float = 60
+) -> CrawlResult:
+    """Wait for a crawl started by :func:`start_crawl`; its result."""
+    process.wait(timeout=timeout)
+    return CrawlResult(process.returncode, "", log.read_text(), store)
 
 
 @pytest.fixture

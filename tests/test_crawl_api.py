@@ -240,7 +240,8 @@ def test_bad_argument_is_one_clear_error_before_any_request(
         (
             "CIVITAI_REDIS_URL",
             "http://127.0.0.1/0",
-            "CIVITAI_REDIS_URL='http://127.0.0.1/0': allowed: redis://",
+            "CIVITAI_REDIS_URL='http://127.0.0.1/0' is not valid (scheme http://): allowed is empty, or an "
+            "absolute redis://",
         ),
         ("CIVITAI_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0: Redis does not"),
         ("CIVITAI_IMAGE_THREADS", "-2", "CIVITAI_IMAGE_THREADS"),
@@ -251,7 +252,11 @@ def test_bad_argument_is_one_clear_error_before_any_request(
             "two",
             "CIVITAI_VIDEOS_IN_FLIGHT='two' is not valid: allowed is an integer",
         ),
-        ("CIVITAI_JPEG_QUALITY", "high", "CIVITAI_JPEG_QUALITY='high' is not valid: allowed is 1 to 100"),
+        (
+            "CIVITAI_JPEG_QUALITY",
+            "high",
+            "CIVITAI_JPEG_QUALITY='high' is not valid: allowed is an integer from 1 to 100",
+        ),
         (
             "CIVITAI_RETRY_BASE_DELAY",
             "soon",

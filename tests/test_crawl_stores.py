@@ -263,9 +263,9 @@ def start_crawl(
         )
 
 
-def finish(process: subprocess.Popen[bytes], log: Path) -> CrawlResult:
-    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
-    return CrawlResult(0, "", log.read_text(), log.parent)
+def finish(process: subprocess.Popen[bytes], log: Path, returncode: int = 0) -> CrawlResult:
+    assert process.wait(timeout=120) == returncode, log.read_text()[-3000:]
+    return CrawlResult(returncode, "", log.read_text(), log.parent)
 
 
 def check_recorded_ids_are_complete(
@@ -322,7 +322,7 @@ def test_redis_restarted_mid_crawl_loses_no_recorded_id(
     check_recorded_ids_are_complete(s3_server, bucket, recorded, items, body)
 
 
-def test_a_bucket_gone_mid_crawl_fails_its_items_and_the_crawl_goes_on(
+def test_a_bucket_gone_mid_crawl_fails_its_items_then_ends_the_crawl(
     slow_cdn: FakeCivitai, redis_url: str, tmp_path: Path
 ) -> None:
     body = images.jpeg_rgb()
@@ -337,15 +337,18 @@ def test_a_bucket_gone_mid_crawl_fails_its_items_and_the_crawl_goes_on(
         process = start_crawl(slow_cdn, tmp_path / "logs" / "crawl.log", settings, {"AWS_MAX_ATTEMPTS": "2"})
         wait_until(lambda: len(redis_ids(redis_url)) >= 30)
         s3.kill()
-        result = finish(process, tmp_path / "logs" / "crawl.log")
+        result = finish(process, tmp_path / "logs" / "crawl.log", returncode=1)
         recorded = redis_ids(redis_url)
         failed_lines = (tmp_path / "logs" / "error_log.txt").read_text().splitlines()
 
-        assert result.finish_reason == "finished"
+        # CIVITAI_MAX_STORE_FAILURES (10) in a row end it; the two images in flight may fail after.
+        assert result.finish_reason == "store_error"
         stats = result.stats
-        assert stats["civitai/failed"] == len(failed_lines) > 0
+        assert 10 <= stats["civitai/failed"] == len(failed_lines) <= 10 + 2
         assert stats["civitai/saved"] == len(recorded) < len(items)
-        assert stats["civitai/saved"] + stats["civitai/failed"] == len(items)
+        [error] = [line for line in result.stderr.splitlines() if " ERROR: " in line]
+        assert "10 items in a row failed because s3://vanishing/civitai/ did" in error
+        assert "Traceback" not in result.stderr
         failed_ids = {int(line.split("\t")[1]) for line in failed_lines}
         assert not failed_ids & recorded, "a failed item's id was recorded"
         assert all(f"s3://{bucket}/civitai/" in line and "failed" in line for line in failed_lines)
@@ -356,8 +359,13 @@ def test_a_bucket_gone_mid_crawl_fails_its_items_and_the_crawl_goes_on(
 
         s3.start()  # the same data folder: what was stored before the kill is there
         check_recorded_ids_are_complete(s3, bucket, recorded, items, body)
+        # The same command goes on with what the stop left queued in the shared crawl (Redis)...
         rerun = run_crawl(slow_cdn, tmp_path / "logs", "limit=20", environment=_NO_METADATA, **settings)
-        assert rerun.stats["civitai/saved"] == len(failed_ids)
+        assert rerun.finish_reason == "finished"
+        assert rerun.stats["civitai/saved"] == len(items) - len(recorded) - len(failed_ids)
+        # ... and the next crawl stores exactly the failed ones.
+        again = run_crawl(slow_cdn, tmp_path / "logs", "limit=20", environment=_NO_METADATA, **settings)
+        assert again.stats["civitai/saved"] == len(failed_ids)
         assert redis_ids(redis_url) == {item["id"] for item in items}
         check_recorded_ids_are_complete(s3, bucket, redis_ids(redis_url), items, body)
 

@@ -7,12 +7,13 @@ in ``tests/test_kill_and_resume.py``.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests import images
-from tests.conftest import CrawlResult, run_crawl
+from tests.conftest import CrawlResult, finished_crawl, run_crawl, start_crawl, wait_for
 from tests.fake_civitai import FakeCivitai, Fault
 
 ITEM_COUNT = 12
@@ -102,3 +103,71 @@ def test_a_job_that_ended_early_run_again_walks_again_from_the_first_page(
     assert f"The last run of this job ended ({end}): starting a new walk from page 1" in again.stderr
     if end == "closespider_itemcount":
         assert "Dropped 1 page request(s) that the last run left queued in JOBDIR" in again.stderr
+
+
+def pause(server: FakeCivitai, store: Path, jobdir: str, *arguments: str) -> CrawlResult:
+    """Run a crawl of ``arguments`` in ``jobdir`` and pause it (one Ctrl-C) once images flow."""
+    server.cdn_delay = 0.5
+    log = store.parent / "paused.log"
+    process = start_crawl(server, store, log, *arguments, JOBDIR=jobdir)
+    wait_for(lambda: bool(server.cdn_requests()), process, log)
+    process.send_signal(signal.SIGINT)
+    paused = finished_crawl(process, log, store)
+    assert (paused.returncode, paused.finish_reason) == (0, "shutdown"), paused.stderr[-3000:]
+    server.cdn_delay = 0
+    server.clear_requests()
+    return paused
+
+
+@pytest.mark.usefixtures("items")
+@pytest.mark.parametrize(
+    ("arguments", "settings", "named"),
+    [
+        pytest.param((PAGE_SIZE, "sort=Oldest"), {}, "sort='Most Reactions', not sort='Oldest'", id="sort"),
+        pytest.param(
+            (PAGE_SIZE, "username=someone"), {}, "username unset, not username='someone'", id="added"
+        ),
+        pytest.param((), {}, "limit='3', not limit='200'", id="left-out"),
+        pytest.param((PAGE_SIZE,), {"CIVITAI_WITH_TAGS": "true"}, "CIVITAI_WITH_TAGS=False", id="setting"),
+    ],
+)
+def test_a_paused_job_resumed_with_other_arguments_exits_2_naming_the_difference(
+    server: FakeCivitai,
+    store: Path,
+    tmp_path: Path,
+    arguments: tuple[str, ...],
+    settings: dict[str, str],
+    named: str,
+) -> None:
+    jobdir = str(tmp_path / "job")
+    pause(server, store, jobdir, PAGE_SIZE)
+
+    other = run_crawl(server, store, *arguments, JOBDIR=jobdir, **settings)
+
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "Traceback" not in other.stderr
+    [error] = [line for line in other.stderr.splitlines() if "error:" in line]
+    assert "error: JOBDIR=" in error and named in error, error
+    assert "CIVITAI_NEW_WALK" in error
+    assert not server.requests
+
+    # The pause is still there: the same arguments resume it.
+    resumed = run_crawl(server, store, PAGE_SIZE, JOBDIR=jobdir)
+    assert (resumed.returncode, resumed.finish_reason) == (0, "finished"), resumed.stderr[-3000:]
+    assert "Resuming a paused job" in resumed.stderr
+    assert sorted(resumed.ids_recorded()) == sorted(item["id"] for item in server.items)
+
+
+@pytest.mark.usefixtures("items")
+def test_civitai_new_walk_starts_a_paused_job_over_with_other_arguments(
+    server: FakeCivitai, store: Path, tmp_path: Path
+) -> None:
+    jobdir = str(tmp_path / "job")
+    pause(server, store, jobdir, PAGE_SIZE)
+
+    other = run_crawl(server, store, PAGE_SIZE, "sort=Oldest", JOBDIR=jobdir, CIVITAI_NEW_WALK="true")
+
+    assert (other.returncode, other.finish_reason) == (0, "finished"), other.stderr[-3000:]
+    assert "CIVITAI_NEW_WALK: not resuming the paused job" in other.stderr
+    assert "cursor" not in server.page_requests()[0].query
+    assert sorted(other.ids_recorded()) == sorted(item["id"] for item in server.items)

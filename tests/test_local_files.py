@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -16,9 +17,11 @@ import pytest
 from civitai_spider.local_files import (
     FOREIGN_LEFTOVER_AGE,
     TEMPORARY_PREFIX,
+    LogFile,
     append_line,
     host_tag,
     log_line,
+    prove_writable,
     remove_temporary_files,
     sync_file_system,
     write_atomically,
@@ -125,6 +128,75 @@ def test_log_line_is_tab_separated_and_starts_with_a_timestamp() -> None:
     assert len(fields) == 4
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", fields[0])
     assert fields[1:] == ["123", "https://x/y.jpeg", "HTTP 404"]
+
+
+# --- LogFile: a log line is never lost, nor a traceback ---------------------------------------
+
+
+def test_a_log_file_appends_its_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = LogFile(tmp_path / "error_log.txt")
+    log.add(1, "https://x/1.jpeg", "HTTP 404")
+    log.add(2, "https://x/2.jpeg", "not an image")
+    lines = (tmp_path / "error_log.txt").read_text().splitlines()
+    assert [line.split("\t")[1:] for line in lines] == [
+        ["1", "https://x/1.jpeg", "HTTP 404"],
+        ["2", "https://x/2.jpeg", "not an image"],
+    ]
+    assert caplog.records == []
+
+
+def test_a_line_that_cannot_be_written_goes_to_the_log_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "gone").write_text("a file where the folder was")
+    log = LogFile(tmp_path / "gone" / "error_log.txt")
+    with caplog.at_level(logging.WARNING):
+        for image_id in (1, 2, 3):
+            log.add(image_id, f"https://x/{image_id}.jpeg", "no space")
+
+    first, *others = [record.getMessage() for record in caplog.records]
+    assert all(record.levelname == "WARNING" and record.exc_info is None for record in caplog.records)
+    assert first.startswith(f"Could not write {tmp_path / 'gone' / 'error_log.txt'} (NotADirectoryError: ")
+    assert first.endswith("\t1\thttps://x/1.jpeg\tno space")
+    assert [message.split("\t", 1)[1] for message in others] == [
+        "2\thttps://x/2.jpeg\tno space",
+        "3\thttps://x/3.jpeg\tno space",
+    ]
+    assert all(message.startswith("error_log.txt: ") for message in others)
+
+
+def test_a_log_file_that_can_be_written_again_gets_the_next_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "logs"
+    log = LogFile(folder / "error_log.txt")
+    with caplog.at_level(logging.WARNING):
+        log.add(1, "u", "lost to the log")
+        folder.mkdir()
+        log.add(2, "u", "written")
+    assert len(caplog.records) == 1
+    assert (folder / "error_log.txt").read_text().endswith("\t2\tu\twritten\n")
+
+
+# --- prove_writable ----------------------------------------------------------------------------
+
+
+def test_prove_writable_makes_the_folder_and_leaves_nothing_in_it(tmp_path: Path) -> None:
+    prove_writable(tmp_path / "a" / "b")
+    assert list((tmp_path / "a" / "b").iterdir()) == []
+
+
+def test_prove_writable_names_the_folder_not_its_temporary_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # Root writes whatever the mode bits say: a file system that takes no files instead.
+        folder = Path("/proc/self")
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+    with pytest.raises(OSError) as error:
+        prove_writable(folder)
+    assert error.value.filename == str(folder)
+    assert TEMPORARY_PREFIX not in str(error.value)
 
 
 # --- remove_temporary_files ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of :class:`CivitaiLogFormatter`: a dropped item is one line, without the item."""
+"""Tests of :class:`CivitaiLogFormatter`: an item is one line, without the item; a media download none."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import logging
 from typing import Any
 
 import pytest
+from scrapy import Request
 from scrapy.exceptions import DropItem
+from scrapy.http import Response
 from scrapy.utils.log import logformatter_adapter
 
+from civitai_spider.api import API_META_KEY
 from civitai_spider.items import CivitaiImage
 from civitai_spider.logformatter import CivitaiLogFormatter
 from civitai_spider.outcomes import DropImage
@@ -69,3 +72,38 @@ def test_logged_record_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
         logger.log(*logformatter_adapter(result))
     assert [record.getMessage() for record in caplog.records] == ["Dropped: image 77: listed again"]
     assert caplog.records[0].levelno == logging.DEBUG
+
+
+def test_a_media_download_has_no_crawled_line_and_an_api_page_has_scrapys() -> None:
+    crawler = project_crawler()
+    spider = CivitaiSpider.from_crawler(crawler)
+    image = Request("https://image.civitai.com/k/77.jpeg")
+    assert crawler.logformatter.crawled(image, Response(image.url), spider) is None
+    page = Request("https://civitai.com/api/v1/images?limit=200", meta={API_META_KEY: True})
+    result = crawler.logformatter.crawled(page, Response(page.url), spider)
+    assert result is not None
+    level, message, args = logformatter_adapter(result)
+    assert level == logging.DEBUG
+    assert message % args == f"Crawled (200) <GET {page.url}> (referer: None)"
+
+
+def test_a_saved_item_is_one_debug_line_without_the_item() -> None:
+    crawler = project_crawler()
+    spider = CivitaiSpider.from_crawler(crawler)
+    saved = item()
+    saved.image_file = "77.png"
+    page = Response("https://civitai.com/api/v1/images?limit=200")
+    result = crawler.logformatter.scraped(saved, page, spider)
+    assert result is not None
+    level, message, args = logformatter_adapter(result)
+    assert (level, message % args) == (logging.DEBUG, "Saved image 77 as 77.png")
+
+
+def test_another_item_keeps_scrapys_scraped_line() -> None:
+    crawler = project_crawler()
+    spider = CivitaiSpider.from_crawler(crawler)
+    result = crawler.logformatter.scraped({"name": "other"}, None, spider)
+    assert result is not None
+    _, message, args = logformatter_adapter(result)
+    text = message % args
+    assert text.startswith("Scraped from ") and text.endswith("{'name': 'other'}"), text

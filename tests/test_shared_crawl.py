@@ -356,3 +356,27 @@ def test_the_same_arguments_after_the_crawl_is_done_start_a_new_walk(
     assert {request.path for request in server.cdn_requests()} == {urlsplit(item["url"]).path for item in new}
     stats = shared_stats(redis_url, walk=2)
     assert (stats["dropped/already_downloaded"], stats["saved"], stats["items_seen"]) == (len(items), 5, 65)
+
+
+def test_a_worker_stopped_by_closespider_itemcount_leaves_what_it_did_not_start_queued(
+    server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path
+) -> None:
+    items = add_items(server, 500)
+    first = Workers(server, store, redis_url, tmp_path / "first", CLOSESPIDER_ITEMCOUNT="30")
+    first.start()
+    [stopped] = first.wait()
+
+    assert (stopped.returncode, stopped.finish_reason) == (0, "closespider_itemcount"), stopped.stderr[-3000:]
+    assert 30 <= stopped.stats["civitai/saved"] <= 30 + 32
+    assert len(server.cdn_requests()) == stopped.stats["civitai/saved"]  # nothing else started
+
+    # What it listed and did not start stays queued: the next worker does it, and nothing twice.
+    second = Workers(server, store, redis_url, tmp_path / "second")
+    second.start()
+    [finished] = second.wait()
+
+    assert (finished.returncode, finished.finish_reason) == (0, "finished"), finished.stderr[-3000:]
+    check_everything_saved_once(server, store, redis_url, items)
+    stats = shared_stats(redis_url)
+    assert stats["saved"] == len(items) and stats["items_seen"] == len(items)
+    check_counts_reconcile(stats)

@@ -18,9 +18,8 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
-from civitai_spider.checks import check_boolean
-from civitai_spider.dataset.stored import ProblemLog, output_uri, stored_items
-from civitai_spider.stores import file_store_at
+from civitai_spider.commands import check_command_settings, quiet_logging
+from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
 
 if TYPE_CHECKING:
     import argparse
@@ -44,21 +43,35 @@ class Command(ScrapyCommand):
     def short_desc(self) -> str:
         return "Write WebDataset tar shards of the stored images, with a Parquet index"
 
+    def long_desc(self) -> str:
+        return (
+            "Write WebDataset tar shards of the stored images and videos, each item as its media "
+            "file, its metadata (.json) and its caption (.txt), with a Parquet index of which id is "
+            "in which shard. It reads the store and the id store of the crawl's settings (give it "
+            "the same -s IMAGES_STORE=..., -s CIVITAI_REDIS_URL=...) and adds shards for the "
+            "recorded ids in none yet. See README.md, section Datasets."
+        )
+
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
+        # No help line may end with a colon: Scrapy's help formatter takes such a line for a
+        # section heading ("Options:") and underlines it.
         parser.add_argument(
-            "--format", default=FORMATS[0], help=f"the dataset's format: {', '.join(FORMATS)} (the default)"
+            "--format",
+            default=FORMATS[0],
+            help=f"the dataset's format, {' or '.join(FORMATS)} (the default)",
         )
         parser.add_argument(
             "--output",
             metavar="DIR",
-            help=f"folder or s3://bucket/prefix of the shards (default: {EXPORT_FOLDER} in IMAGES_STORE)",
+            help=f"folder or s3://bucket/prefix of the shards; by default the folder {EXPORT_FOLDER} "
+            "in IMAGES_STORE",
         )
         parser.add_argument(
             "--shard-size",
             metavar="N",
             default=str(DEFAULT_SHARD_SIZE),
-            help=f"items per shard (default: {DEFAULT_SHARD_SIZE})",
+            help=f"items per shard, {DEFAULT_SHARD_SIZE} by default",
         )
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
@@ -70,13 +83,13 @@ class Command(ScrapyCommand):
             message = f"--format {opts.format!r} is not valid: allowed is {' or '.join(FORMATS)}"
             raise UsageError(message, print_help=False)
         shard_size = _shard_size(opts.shard_size)
+        check_command_settings(self.settings)
+        quiet_logging(self.settings)
         configure_logging(self.settings)
         try:
-            check_boolean(self.settings, "CIVITAI_CAPTION_RAW")
             items = stored_items(self.settings)
-            uri = output_uri(self.settings, opts.output, EXPORT_FOLDER)
-            shards = file_store_at(self.settings, uri)
-            index = file_store_at(self.settings, f"{uri.rstrip('/')}/{INDEX_FOLDER}")
+            shards = output_store(self.settings, opts.output, EXPORT_FOLDER)
+            index = output_store(self.settings, opts.output, EXPORT_FOLDER, INDEX_FOLDER)
         except ValueError as error:
             raise UsageError(str(error), print_help=False) from None
         # Here, not at the top: Scrapy imports every command to start any of them, and pyarrow

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
+from civitai_spider.commands import check_command_settings
 from civitai_spider.stores import id_store_class
 from civitai_spider.stores.id_file import load_ids
 
@@ -47,6 +48,16 @@ class Command(ScrapyCommand):
     def short_desc(self) -> str:
         return "Copy the ids of an ID file into the id store, or the id store's ids into a file"
 
+    def long_desc(self) -> str:
+        return (
+            "Copy ids between a file and the crawl's id store. import FILE adds the ids of FILE (one "
+            "id per line, the format of the ID file) that the id store lacks; export FILE writes "
+            "every id of the id store to FILE, in id order. The id store is the crawl's, from the "
+            "same settings: Redis with -s CIVITAI_REDIS_URL=..., else the ID file (CIVITAI_ID_FILE, "
+            "in IMAGES_STORE, or in CIVITAI_LOG_DIR for a bucket). See README.md, section Moving "
+            "between id stores."
+        )
+
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         if len(args) != 2 or args[0] not in {"import", "export"}:
@@ -54,6 +65,7 @@ class Command(ScrapyCommand):
         action, path = args[0], Path(args[1])
         if action == "import" and not path.is_file():
             raise UsageError(f"{path}: no such file to import", print_help=False)
+        check_command_settings(self.settings)
         store_class = id_store_class(self.settings)
         try:
             store_class.check(self.settings)

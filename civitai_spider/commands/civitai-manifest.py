@@ -18,7 +18,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.utils.log import configure_logging
 
-from civitai_spider.checks import check_number
+from civitai_spider.commands import check_command_settings, quiet_logging
 from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
 
 if TYPE_CHECKING:
@@ -39,12 +39,23 @@ class Command(ScrapyCommand):
     def short_desc(self) -> str:
         return "Write a Parquet manifest of the stored images, one row per recorded id"
 
+    def long_desc(self) -> str:
+        return (
+            "Write a Parquet manifest of the stored images and videos, one row per recorded id, "
+            "with typed columns and the whole meta. It reads the store and the id store of the "
+            "crawl's settings (give it the same -s IMAGES_STORE=..., -s CIVITAI_REDIS_URL=...) and "
+            "adds a part file for the ids recorded since its last run. See README.md, section Datasets."
+        )
+
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
+        # No help line may end with a colon: Scrapy's help formatter takes such a line for a
+        # section heading ("Options:") and underlines it.
         parser.add_argument(
             "--output",
             metavar="DIR",
-            help=f"folder or s3://bucket/prefix of the manifest (default: {MANIFEST_FOLDER} in IMAGES_STORE)",
+            help=f"folder or s3://bucket/prefix of the manifest; by default the folder {MANIFEST_FOLDER} "
+            "in IMAGES_STORE",
         )
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
@@ -52,11 +63,10 @@ class Command(ScrapyCommand):
         if args:
             message = f"unexpected argument {args[0]!r}: civitai-manifest takes none"
             raise UsageError(message, print_help=False)
+        check_command_settings(self.settings)
+        quiet_logging(self.settings)
         configure_logging(self.settings)
         try:
-            check_number(
-                self.settings, "CIVITAI_MANIFEST_PART_ROWS", allowed="an integer >= 1", valid=lambda n: n >= 1
-            )
             items = stored_items(self.settings)
             output = output_store(self.settings, opts.output, MANIFEST_FOLDER)
         except ValueError as error:

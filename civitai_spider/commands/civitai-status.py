@@ -15,6 +15,7 @@ import redis
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
+from civitai_spider.commands import check_command_settings
 from civitai_spider.shared.status import as_json, as_text, crawl_statuses
 from civitai_spider.stores.redis_ids import RedisIds, safe_url
 
@@ -33,6 +34,13 @@ class Command(ScrapyCommand):
     def short_desc(self) -> str:
         return "Show the shared crawls in Redis: chains, images, workers, totals"
 
+    def long_desc(self) -> str:
+        return (
+            "Show where each shared crawl in Redis stands (-s CIVITAI_REDIS_URL=..., the crawl's "
+            "CIVITAI_REDIS_PREFIX): its chains, its images (queued, in flight, saved, failed, "
+            "dropped), its workers and the totals. It only reads. See README.md, section Many machines."
+        )
+
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -41,6 +49,7 @@ class Command(ScrapyCommand):
         assert self.settings is not None
         if args:
             raise UsageError(f"unexpected argument {args[0]!r}: civitai-status takes none", print_help=False)
+        check_command_settings(self.settings)
         url = str(self.settings.get("CIVITAI_REDIS_URL") or "")
         if not url:
             raise UsageError("CIVITAI_REDIS_URL is not set: a shared crawl lives in Redis", print_help=False)

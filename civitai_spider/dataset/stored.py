@@ -201,12 +201,34 @@ def _describe(error: OSError) -> str:
 
 def stored_items(settings: BaseSettings) -> StoredItems:
     """The complete items of the crawl ``settings`` describe; ``ValueError`` (one line) when its
-    store or id store cannot work (a bad ``IMAGES_STORE``, a bucket or Redis out of reach)."""
+    store or id store cannot work (a bad ``IMAGES_STORE`` or one that holds nothing, a bucket or
+    Redis out of reach)."""
     file_store, id_store = file_store_class(settings), id_store_class(settings)
-    file_store.check(settings)
+    file_store.check(settings, read_only=True)  # a store mounted read-only can be read back
     id_store.check(settings)
     files = file_store.build(settings)
+    try:
+        # Before the id store opens, which would make the ID file's folder.
+        _check_something_stored(files, settings)
+    except ValueError:
+        files.close()
+        raise
     return StoredItems(files, id_store.build(settings), threads=files.read_threads)
+
+
+def _check_something_stored(files: FileStore, settings: BaseSettings) -> None:
+    """``ValueError`` naming ``IMAGES_STORE`` when it holds no file: a mistyped one would give an
+    empty dataset, made in a new folder, instead of an error."""
+    uri = str(settings.get("IMAGES_STORE"))
+    try:
+        # The first file listed is enough: a folder reads a few entries, a bucket one page.
+        empty = next(iter(files.listing()), None) is None
+    except FileNotFoundError:
+        raise ValueError(f"IMAGES_STORE={uri!r}: no such folder") from None
+    except OSError as error:
+        raise ValueError(f"IMAGES_STORE={uri!r} cannot be listed: {_describe(error)}") from None
+    if empty:
+        raise ValueError(f"IMAGES_STORE={uri!r}: nothing is stored there")
 
 
 def output_uri(settings: BaseSettings, output: str | None, default: str) -> str:
@@ -215,9 +237,22 @@ def output_uri(settings: BaseSettings, output: str | None, default: str) -> str:
     return output or f"{str(settings.get('IMAGES_STORE')).rstrip('/')}/{default}"
 
 
-def output_store(settings: BaseSettings, output: str | None, default: str) -> FileStore:
-    """The file store at :func:`output_uri`; ``ValueError`` (one line) for a bad ``output``."""
-    return file_store_at(settings, output_uri(settings, output, default))
+def output_store(settings: BaseSettings, output: str | None, default: str, folder: str = "") -> FileStore:
+    """The file store at :func:`output_uri` (in its subfolder ``folder``, if any); ``ValueError``
+    (one line) when it cannot work, naming ``--output`` when ``output`` is where it is."""
+    uri = output_uri(settings, output, default)
+    if folder:
+        uri = f"{uri.rstrip('/')}/{folder}"
+    try:
+        return file_store_at(settings, uri)
+    except ValueError as error:
+        if output is None:
+            raise  # a folder of IMAGES_STORE: the message names it rightly
+        # The stores' messages name the setting they read, IMAGES_STORE, which file_store_at
+        # set to the output's location: the user gave that as --output.
+        message = str(error)
+        named = message.replace(f"IMAGES_STORE={uri!r}", f"--output {uri!r}")
+        raise ValueError(named if named != message else f"--output {output!r}: {message}") from None
 
 
 class ProblemLog:

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 
+#: tqdm's bar without a total, but always in saved/s: its own format turns a rate under 1/s
+#: into seconds per item ("2.67s/ saved").
+BAR_FORMAT = "{desc}: {n_fmt}{unit} [{elapsed}, {rate_noinv_fmt}{postfix}]"
+
+
 class ProgressBar:
     def __init__(self, crawler: Crawler):
         self.stats = crawler.stats
@@ -40,7 +45,13 @@ class ProgressBar:
         return cls(crawler)
 
     def spider_opened(self) -> None:
-        self._bar = tqdm(desc="Saving images and videos", unit=" saved", file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(
+            desc="Saving images and videos",
+            unit=" saved",
+            bar_format=BAR_FORMAT,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         # Keep Scrapy's own console handler (its LOG_LEVEL, format and filters) and only
         # route what it writes through tqdm. With LOG_FILE there is none: nothing to do.
         for handler in logging.getLogger().handlers:
@@ -53,14 +64,15 @@ class ProgressBar:
             return
         values = self.stats.get_stats()
         dropped = sum(count for key, count in values.items() if key.startswith(outcomes.DROPPED_PREFIX))
-        self._bar.set_postfix(
-            images=values.get(outcomes.saved_key("image"), 0),
-            videos=values.get(outcomes.saved_key("video"), 0),
-            metadata=values.get(outcomes.METADATA_FILES_SAVED, 0),
-            dropped=dropped,
-            failed=values.get(outcomes.FAILED, 0),
-            refresh=False,
-        )
+        # In this order: set_postfix() sorts the fields it gets as keyword arguments.
+        fields = {
+            "images": values.get(outcomes.saved_key("image"), 0),
+            "videos": values.get(outcomes.saved_key("video"), 0),
+            "metadata": values.get(outcomes.METADATA_FILES_SAVED, 0),
+            "dropped": dropped,
+            "failed": values.get(outcomes.FAILED, 0),
+        }
+        self._bar.set_postfix(fields, refresh=False)
         # tqdm redraws at most every 0.1 s and computes the rate from the saved count (both media).
         self._bar.update(values.get(outcomes.SAVED, 0) - self._bar.n)
 

@@ -26,9 +26,7 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
     from scrapy.http import Request, Response
-    from scrapy.settings import BaseSettings
 
-POLICIES = ("https", "any", "none")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -38,16 +36,7 @@ class ImageRedirectPolicyMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        cls.check_settings(crawler.settings)
         return cls(crawler.settings.get("CIVITAI_IMAGE_REDIRECTS"))
-
-    @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        policy = settings.get("CIVITAI_IMAGE_REDIRECTS")
-        if policy not in POLICIES:
-            raise ValueError(
-                f"CIVITAI_IMAGE_REDIRECTS={policy!r} is not valid: allowed is {', '.join(POLICIES)}"
-            )
 
     def process_response(self, request: Request, response: Response) -> Response:
         if (

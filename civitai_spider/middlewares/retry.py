@@ -24,7 +24,6 @@ from scrapy.utils.asyncio import sleep
 from scrapy.utils.response import response_status_message
 
 from civitai_spider.api import API_PAGE_META_KEY, page_problem
-from civitai_spider.checks import check_number
 
 if TYPE_CHECKING:
     from scrapy.http import Request, Response
@@ -36,16 +35,8 @@ logger = logging.getLogger(__name__)
 class BackoffRetryMiddleware(RetryMiddleware):
     def __init__(self, settings: BaseSettings):
         super().__init__(settings)
-        self.check_settings(settings)
         self.base_delay = settings.getfloat("CIVITAI_RETRY_BASE_DELAY")
         self.max_delay = settings.getfloat("CIVITAI_RETRY_MAX_DELAY")
-
-    @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        for name in ("CIVITAI_RETRY_BASE_DELAY", "CIVITAI_RETRY_MAX_DELAY"):
-            check_number(
-                settings, name, allowed="a number of seconds >= 0", valid=lambda n: n >= 0, kind=float
-            )
 
     async def process_response(self, request: Request, response: Response) -> Request | Response:
         if request.meta.get("dont_retry", False):

@@ -7,7 +7,8 @@ may be in flight at once: an id is claimed here, before any download.
 The id store is asked once per API page for all its ids
 (:class:`civitai_spider.middlewares.id_lookup.IdLookupMiddleware`), not once per item.
 If it cannot answer (Redis out of reach), the item fails with the reason and the crawl
-goes on.
+goes on, unless it is one of ``CIVITAI_MAX_STORE_FAILURES`` in a row
+(:mod:`civitai_spider.stores.failures`).
 """
 
 from __future__ import annotations
@@ -16,32 +17,27 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 
-from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
-from civitai_spider.outcomes import DUPLICATE_REASON, FAILED_REASON, DropImage
-from civitai_spider.stores import id_store_class, log_directory, stores_of
+from civitai_spider.outcomes import DUPLICATE_REASON, DropImage
+from civitai_spider.stores import stores_of
+from civitai_spider.stores.failures import StoreFailed
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
-    from scrapy.settings import BaseSettings
 
 
 class AlreadyDownloadedPipeline:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stores = stores_of(crawler)
-        self.error_log = log_directory(crawler.settings) / ERROR_LOG_NAME
+        self.error_log = self.stores.error_log
         #: Ids claimed in this run -> the chain that listed them first.
         self.seen_this_run: dict[int, str | None] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
-
-    @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        id_store_class(settings).check(settings)
 
     async def open_spider(self) -> None:
         await self.stores.open()
@@ -54,10 +50,9 @@ class AlreadyDownloadedPipeline:
             [recorded] = await self.stores.ids.contains([image_id])
         except OSError as error:
             reason = f"id store not reachable: {error}"
-            append_line(self.error_log, log_line(image_id, adapter["url"], reason))
-            raise DropImage(
-                FAILED_REASON, f"image {image_id} failed: {reason} <{adapter['url']}>", log_level="WARNING"
-            ) from None
+            self.error_log.add(image_id, adapter["url"], reason)
+            message = f"image {image_id} failed: {reason} <{adapter['url']}>"
+            raise StoreFailed(message, store=self.stores.ids.describe(), error=reason) from None
         if recorded:
             # Not claimed: a repeat of it is "already downloaded" again, as the store says.
             raise DropImage("already_downloaded", f"image {image_id}: already downloaded")

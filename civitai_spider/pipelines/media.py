@@ -14,7 +14,8 @@ has no notion of video. Here the bytes decide:
 Files are stored atomically, in the folder or the bucket ``IMAGES_STORE`` names
 (:mod:`civitai_spider.stores`); a failure is one log line plus one line in ``error_log.txt``
 instead of a traceback, then the item is dropped (its id is not recorded, so the next run
-tries again).
+tries again). A file the store could not take is a store failure
+(:mod:`civitai_spider.stores.failures`): many in a row end the crawl.
 
 At most ``CIVITAI_IMAGES_IN_FLIGHT`` images and ``CIVITAI_VIDEOS_IN_FLIGHT`` videos are
 between request and saved file at once, whatever the number of pages being processed:
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
 from PIL import Image
+from scrapy import signals
 from scrapy.exceptions import DownloadCancelledError
 from scrapy.http import Request
 from scrapy.http.request import NO_CALLBACK
@@ -41,13 +43,14 @@ from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
 from twisted.internet.defer import CancelledError
 
-from civitai_spider.checks import check_number
+from civitai_spider.extensions.stop import STOPPED_REASON, Stop, stop_of
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.items import media_of
-from civitai_spider.local_files import BOMB_LOG_NAME, ERROR_LOG_NAME, append_line, log_line
+from civitai_spider.local_files import describe_os_error
 from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
-from civitai_spider.stores import file_store_class, log_directory, stores_of
+from civitai_spider.stores import log_directory, stores_of
 from civitai_spider.stores.base import FileStore, StoreError
+from civitai_spider.stores.failures import StoreFailed
 from civitai_spider.video import VideoRejected, check_video
 
 if TYPE_CHECKING:
@@ -56,7 +59,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from scrapy.pipelines.media import FileInfo, FileInfoOrError, MediaPipeline
-    from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
@@ -71,18 +73,28 @@ class MediaFailed(FileException):
     """A file that could not be downloaded or stored; the message is the reason."""
 
 
+class _NotStarted(MediaFailed):
+    """The crawl began to stop before this file's download did: it is not started."""
+
+
+class MediaNotStored(MediaFailed):
+    """A file that came whole but that the store (``store``, described) could not take."""
+
+    def __init__(self, reason: str, *, store: str) -> None:
+        super().__init__(reason)
+        self.store = store
+
+
 class CivitaiMediaPipeline(ImagesPipeline):
     def __init__(self, store_uri: str | PathLike[str], *, crawler: Crawler):
         settings = crawler.settings
-        self.check_settings(settings)
         super().__init__(store_uri, crawler=crawler)
         self.stores = stores_of(crawler)
         self.files = self.stores.files
         self.max_pixels = settings.getint("CIVITAI_MAX_IMAGE_PIXELS")
         self.jpeg_quality = settings.getint("CIVITAI_JPEG_QUALITY")
         self.log_directory = log_directory(settings)
-        self.error_log = self.log_directory / ERROR_LOG_NAME
-        self.bomb_log = self.log_directory / BOMB_LOG_NAME
+        self.error_log, self.bomb_log = self.stores.error_log, self.stores.bomb_log
         threads = settings.getint("CIVITAI_IMAGE_THREADS", -1)
         if threads < 0:
             threads = (
@@ -95,6 +107,10 @@ class CivitaiMediaPipeline(ImagesPipeline):
             "image": asyncio.Semaphore(settings.getint("CIVITAI_IMAGES_IN_FLIGHT")),
             "video": asyncio.Semaphore(settings.getint("CIVITAI_VIDEOS_IN_FLIGHT")),
         }
+        #: id(item) -> the in-flight place an item past this pipeline holds until it is through.
+        self._places: dict[int, asyncio.Semaphore] = {}
+        for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
+            crawler.signals.connect(self._item_through, signal=signal)
         self.request_meta = {
             # A file that used up its retries is reported here, one WARNING with the reason;
             # Scrapy's own "Gave up retrying" would add an ERROR, the level of a broken crawl.
@@ -112,25 +128,6 @@ class CivitaiMediaPipeline(ImagesPipeline):
             },
         }
 
-    @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        # Last, after the cheap checks: it may ask the bucket whether it is there.
-        check_number(settings, "CIVITAI_JPEG_QUALITY", allowed="1 to 100", valid=lambda n: 1 <= n <= 100)
-        threads = "-1 (one per core), 0 (inline) or more"
-        check_number(settings, "CIVITAI_IMAGE_THREADS", allowed=threads, valid=lambda n: n >= -1)
-        for name in (
-            "CIVITAI_MAX_IMAGE_PIXELS",
-            "CIVITAI_IMAGES_IN_FLIGHT",
-            "CIVITAI_VIDEOS_IN_FLIGHT",
-            "CIVITAI_MAX_VIDEO_BYTES",
-        ):
-            check_number(settings, name, allowed="an integer >= 1", valid=lambda n: n >= 1)
-        seconds = "a number of seconds > 0"
-        check_number(
-            settings, "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", allowed=seconds, valid=lambda n: n > 0, kind=float
-        )
-        file_store_class(settings).check(settings)
-
     async def open_spider(self) -> None:
         super().open_spider()
         self.log_directory.mkdir(parents=True, exist_ok=True)
@@ -138,6 +135,9 @@ class CivitaiMediaPipeline(ImagesPipeline):
         # prepare_image() enforces CIVITAI_MAX_IMAGE_PIXELS itself, from the header and
         # before decoding; Pillow's own check would only add a process-wide warning.
         Image.MAX_IMAGE_PIXELS = None
+        # At DEBUG, Pillow's plugins log each chunk they read ("STREAM b'IHDR' 16 13", three
+        # lines and more per PNG): noise about Pillow's work, never about the crawl's.
+        logging.getLogger("PIL").setLevel(logging.INFO)
         # MediaPipeline logs every failure with a traceback, and Scrapy's download handler
         # a WARNING for a download over its size cap; ours are reported in one line by
         # item_completed() instead.
@@ -152,9 +152,19 @@ class CivitaiMediaPipeline(ImagesPipeline):
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
+        stop = stop_of(self.crawler)
+        self._unless_stopping(item, stop)
+        place = self.in_flight[media_of(item)]
+        await place.acquire()
         try:
-            async with self.in_flight[media_of(item)]:
-                item = await super().process_item(item)
+            item = await super().process_item(item)
+        except BaseException:
+            place.release()
+            raise
+        else:
+            # Held until the item is through every pipeline (its id recorded, or it failed):
+            # a stop then saves at most the places more, however long the commits take.
+            self._places[id(item)] = place
         finally:
             # MediaPipeline keeps each URL's result for the whole run. Files here are
             # named by id and the ID pipeline already drops repeated ids, so the cache
@@ -168,9 +178,26 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if adapter["image_file"] != own_name:
             # Another item with the same URL was downloading at the same moment and we
             # were handed its result: give this id its own copy.
-            await self.files.copy(adapter["image_file"], own_name)
+            try:
+                await self.files.copy(adapter["image_file"], own_name)
+            except OSError as error:
+                self._fail(item, _not_stored(self.files, own_name, error))
             adapter["image_file"] = own_name
         return item
+
+    def _item_through(self, item: Any) -> None:
+        place = self._places.pop(id(item), None)
+        if place is not None:
+            place.release()
+
+    @staticmethod
+    def _unless_stopping(item: Any, stop: Stop) -> None:
+        if stop.stopping:
+            # Not a failure: listed but not started. A paused job (JOBDIR) lists it again.
+            raise DropImage(
+                STOPPED_REASON,
+                f"{media_of(item)} {ItemAdapter(item)['id']}: not started, the crawl is stopping",
+            )
 
     def get_media_requests(self, item: Any, info: MediaPipeline.SpiderInfo) -> list[Request]:
         adapter = ItemAdapter(item)
@@ -180,6 +207,11 @@ class CivitaiMediaPipeline(ImagesPipeline):
     def media_to_download(
         self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None
     ) -> None:
+        # Checked here, the last moment before the download joins the engine's requests (nothing
+        # is awaited in between): a download started once a closing engine has let its last
+        # request go would never be waited for (a shared crawl's items come from no request).
+        if stop_of(self.crawler).stopping:
+            raise _NotStarted
         # Always download: the ID file, not the store's file dates, says what is done.
         return None
 
@@ -207,7 +239,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
                 _prepare_and_put_image, body, self.files, image_id, self.max_pixels, self.jpeg_quality
             )
             if not self.files.put_where_prepared:
-                await self.files.save({_file_name(image_id, prepared.extension): prepared.data})
+                await self._save(_file_name(image_id, prepared.extension), prepared.data)
         except ImageRejected as error:
             if error.size is not None:
                 self._log_bomb(image_id, url, error.size, "refused")
@@ -221,18 +253,22 @@ class CivitaiMediaPipeline(ImagesPipeline):
         try:
             extension = await run_in_thread(_check_and_put_video, body, self.files, video_id)
             if not self.files.put_where_prepared:
-                await self.files.save({_file_name(video_id, extension): body})
+                await self._save(_file_name(video_id, extension), body)
         except VideoRejected as error:
             raise MediaFailed(str(error)) from None
         self.inc_stats("kept")
         return extension
 
+    async def _save(self, name: str, data: bytes) -> None:
+        try:
+            await self.files.save({name: data})
+        except OSError as error:
+            raise _not_stored(self.files, name, error) from None
+
     def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> NoReturn:
         error = failure.value
         if isinstance(error, MediaFailed):
             raise error
-        if isinstance(error, StoreError):  # its message says what and where already
-            raise MediaFailed(str(error)) from None
         if isinstance(error, (DownloadCancelledError, CancelledError)) and _SIZE_CAP_META_KEY in request.meta:
             # Scrapy cancels a download over its download_maxsize: at once when the
             # Content-Length says so (the message has the size), else once that many came.
@@ -247,18 +283,23 @@ class CivitaiMediaPipeline(ImagesPipeline):
     ) -> Any:
         adapter = ItemAdapter(item)
         for ok, result in results:
+            if not ok and isinstance(result.value, _NotStarted):
+                self._unless_stopping(item, stop_of(self.crawler))
             if not ok:
-                reason = str(result.value) or type(result.value).__name__
-                url = adapter["url"]
-                append_line(self.error_log, log_line(adapter["id"], url, reason))
-                raise DropImage(
-                    FAILED_REASON,
-                    f"{media_of(item)} {adapter['id']} failed: {reason} <{url}>",
-                    log_level="WARNING",
-                )
+                self._fail(item, result.value)
         adapter["images"] = [result for _, result in results]
         adapter["image_file"] = adapter["images"][0]["path"]
         return item
+
+    def _fail(self, item: Any, error: BaseException) -> NoReturn:
+        """Drop ``item`` as failed: one WARNING line (the drop's) and one ``error_log.txt`` line."""
+        adapter = ItemAdapter(item)
+        reason, url = str(error) or type(error).__name__, adapter["url"]
+        self.error_log.add(adapter["id"], url, reason)
+        message = f"{media_of(item)} {adapter['id']} failed: {reason} <{url}>"
+        if isinstance(error, MediaNotStored):
+            raise StoreFailed(message, store=error.store, error=reason)
+        raise DropImage(FAILED_REASON, message, log_level="WARNING")
 
     async def _in_pillow_thread(self, function: Any, *args: Any) -> Any:
         if self.pillow is None:  # CIVITAI_IMAGE_THREADS=0: inline, for comparison only
@@ -271,7 +312,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
             "Image %s is %dx%d pixels, over CIVITAI_MAX_IMAGE_PIXELS: %s", image_id, width, height, outcome
         )
         self.crawler.stats.inc_value(f"civitai/decompression_bomb/{outcome}")
-        append_line(self.bomb_log, log_line(image_id, url, f"{width}x{height}", outcome))
+        self.bomb_log.add(image_id, url, f"{width}x{height}", outcome)
 
 
 def _prepare_and_put_image(
@@ -282,7 +323,7 @@ def _prepare_and_put_image(
     # id is recorded. A bucket's upload is awaited apart, in the store's own bounded pool.
     prepared = prepare_image(body, max_pixels=max_pixels, jpeg_quality=jpeg_quality)
     if files.put_where_prepared:
-        files.put(_file_name(image_id, prepared.extension), prepared.data)
+        _put(files, _file_name(image_id, prepared.extension), prepared.data)
     return prepared
 
 
@@ -291,8 +332,22 @@ def _check_and_put_video(body: bytes, files: FileStore, video_id: int) -> str:
     # reactor thread. The body itself is stored: the original bytes, no copy.
     extension = check_video(body)
     if files.put_where_prepared:
-        files.put(_file_name(video_id, extension), body)
+        _put(files, _file_name(video_id, extension), body)
     return extension
+
+
+def _put(files: FileStore, name: str, data: bytes) -> None:
+    try:
+        files.put(name, data)
+    except OSError as error:
+        raise _not_stored(files, name, error) from None
+
+
+def _not_stored(files: FileStore, name: str, error: OSError) -> MediaNotStored:
+    if isinstance(error, StoreError):  # its message says what and where already
+        return MediaNotStored(str(error), store=files.describe(""))
+    reason = f"could not write {files.describe(name)}: {describe_os_error(error)}"
+    return MediaNotStored(reason, store=files.describe(""))
 
 
 def _file_name(media_id: int, extension: str) -> str:

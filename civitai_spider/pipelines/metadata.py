@@ -8,7 +8,8 @@ Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-pr
 into the id store last, once every file is durably stored, so a recorded id always has every
 file. A store error (disk full, read-only folder, a bucket or Redis out of reach) fails the
 item like a failed download: one WARNING line, one ``error_log.txt`` line, the id not
-recorded (the next run tries again), the crawl goes on.
+recorded (the next run tries again), the crawl goes on, unless it is one of
+``CIVITAI_MAX_STORE_FAILURES`` in a row (:mod:`civitai_spider.stores.failures`).
 """
 
 from __future__ import annotations
@@ -18,29 +19,23 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from itemadapter import ItemAdapter
 
-from civitai_spider.checks import check_boolean
 from civitai_spider.dataset.captions import caption_of
-from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
-from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
-from civitai_spider.stores import log_directory, stores_of
-from civitai_spider.stores.base import StoreError
+from civitai_spider.outcomes import METADATA_FILES_SAVED
+from civitai_spider.stores import stores_of
+from civitai_spider.stores.failures import StoreFailed, describe_store_error
 from civitai_spider.stores.recorder import IdRecorder
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
-    from scrapy.settings import BaseSettings
-
-#: The switches this pipeline reads.
-_CAPTION_SETTINGS = ("CIVITAI_CAPTION_FILES", "CIVITAI_CAPTION_RAW")
 
 
 class MetadataPipeline:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stores = stores_of(crawler)
-        self.error_log = log_directory(crawler.settings) / ERROR_LOG_NAME
+        self.error_log = self.stores.error_log
         self.ids = IdRecorder(self.stores.files, self.stores.ids)
         self.captions = crawler.settings.getbool("CIVITAI_CAPTION_FILES")
         self.raw_captions = crawler.settings.getbool("CIVITAI_CAPTION_RAW")
@@ -48,11 +43,6 @@ class MetadataPipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
-
-    @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        for name in _CAPTION_SETTINGS:
-            check_boolean(settings, name)
 
     async def open_spider(self) -> None:
         await self.stores.open()
@@ -63,22 +53,23 @@ class MetadataPipeline:
         try:
             await self.stores.files.save(files)
         except OSError as error:
-            self._fail(adapter, f"metadata not saved: {_describe(error)}")
+            self._fail(
+                adapter, f"metadata not saved: {describe_store_error(error)}", self.stores.files.describe("")
+            )
         self.crawler.stats.inc_value(METADATA_FILES_SAVED, len(files))
         try:
             # The id store lists the id once the image and these files are durably stored.
             await self.ids.record(adapter["id"])
         except OSError as error:
-            self._fail(adapter, f"id not recorded: {_describe(error)}")
+            # The file store's commit or the id store's record: the reason says which.
+            self._fail(adapter, f"id not recorded: {describe_store_error(error)}", self.stores.ids.describe())
         return item
 
-    def _fail(self, adapter: ItemAdapter, reason: str) -> NoReturn:
+    def _fail(self, adapter: ItemAdapter, reason: str, store: str) -> NoReturn:
         url = adapter["url"]
-        try:
-            append_line(self.error_log, log_line(adapter["id"], url, reason))
-        except OSError:
-            pass  # the store itself is failing: the WARNING line below still says why
-        raise DropImage(FAILED_REASON, f"image {adapter['id']} failed: {reason} <{url}>", log_level="WARNING")
+        self.error_log.add(adapter["id"], url, reason)
+        message = f"image {adapter['id']} failed: {reason} <{url}>"
+        raise StoreFailed(message, store=store, error=reason)
 
 
 def metadata_files(
@@ -102,12 +93,6 @@ def _utf8(text: str) -> bytes:
     # JSON may carry a lone surrogate ("\ud800"), which has no UTF-8 form: it is written as
     # that escape instead (in meta.json, the very JSON escape it came as).
     return text.encode("utf-8", "backslashreplace")
-
-
-def _describe(error: OSError) -> str:
-    if isinstance(error, StoreError):  # its message says what and where already
-        return str(error)
-    return f"{type(error).__name__}: {error.strerror or error}"
 
 
 def _text(value: Any) -> str:

@@ -1,7 +1,8 @@
 """Drop images below the reaction thresholds, or without a prompt.
 
 Unlike the original script, a stat that is not listed is simply not checked: the
-filter is "every listed stat >= its minimum" (a missing stat counts as 0).
+filter is "every listed stat >= its minimum" (a missing stat counts as 0). What
+``CIVITAI_THRESHOLDS`` allows is checked before the crawl (:mod:`civitai_spider.setting_rules`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 
-from civitai_spider.items import STAT_NAMES
 from civitai_spider.outcomes import DropImage
 
 if TYPE_CHECKING:
@@ -28,10 +28,6 @@ class ReactionThresholdsPipeline:
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(Thresholds.build(crawler.settings))
 
-    @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        parse_thresholds(settings)
-
     def process_item(self, item: Any) -> Any:
         self.thresholds.check(item)
         return item
@@ -46,7 +42,9 @@ class Thresholds:
 
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
-        return cls(parse_thresholds(settings), settings.getbool("CIVITAI_REQUIRE_PROMPT"))
+        # getdict() also parses the JSON text given with -s on the command line.
+        minimums = settings.getdict("CIVITAI_THRESHOLDS")
+        return cls(minimums, settings.getbool("CIVITAI_REQUIRE_PROMPT"))
 
     def check(self, item: Any) -> None:
         """Raise :class:`DropImage` when ``item`` is below a threshold or lacks a prompt."""
@@ -62,21 +60,3 @@ class Thresholds:
             if not isinstance(prompt, str) or not prompt.strip():
                 reason = "no_meta" if meta is None else "no_prompt"
                 raise DropImage(reason, f"image {adapter['id']}: no prompt")
-
-
-def parse_thresholds(settings: BaseSettings) -> dict[str, int]:
-    """``CIVITAI_THRESHOLDS`` as ``{stat: minimum}``; ``ValueError`` names a bad entry."""
-    try:
-        # getdict() also parses the JSON text given with -s on the command line.
-        thresholds = settings.getdict("CIVITAI_THRESHOLDS")
-    except ValueError as error:
-        raise ValueError(f"CIVITAI_THRESHOLDS is not a JSON object: {error}") from None
-    allowed = ", ".join(STAT_NAMES)
-    checked: dict[str, int] = {}
-    for stat, minimum in thresholds.items():
-        if stat not in STAT_NAMES:
-            raise ValueError(f"CIVITAI_THRESHOLDS has an unknown stat {stat!r}: allowed are {allowed}")
-        if isinstance(minimum, bool) or not isinstance(minimum, int):
-            raise ValueError(f"CIVITAI_THRESHOLDS[{stat!r}] = {minimum!r} is not an integer")
-        checked[stat] = minimum
-    return checked

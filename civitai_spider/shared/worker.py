@@ -27,10 +27,10 @@ from scrapy.exceptions import CloseSpider
 
 from civitai_spider import outcomes
 from civitai_spider.chains import crawl_end
+from civitai_spider.extensions.stop import STOPPED_REASON, stop_crawl
 from civitai_spider.items import CivitaiImage, InvalidApiItem, media_of
-from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.shared.crawl import MAX_DELIVERIES, HandOn, ImageMessage, PageMessage, SharedCrawl
-from civitai_spider.stores import log_directory, stores_of
+from civitai_spider.stores import stores_of
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -56,7 +56,7 @@ class Worker:
         self.max_images = 2 * (
             settings.getint("CIVITAI_IMAGES_IN_FLIGHT") + settings.getint("CIVITAI_VIDEOS_IN_FLIGHT")
         )
-        self.error_log = log_directory(settings) / ERROR_LOG_NAME
+        self.error_log = stores_of(crawler).error_log
         #: Page messages whose request is out, by message id.
         self.pages: dict[str, PageMessage] = {}
         #: Items in the pipelines, by id(item): their message and the item (which keeps the id unique).
@@ -147,7 +147,7 @@ class Worker:
             reason = f"given up after {message.deliveries} deliveries: the workers holding it stopped"
         image_id, url = record.get("id"), record.get("url")
         logger.warning("Image %s failed: %s <%s>", image_id, reason, url)
-        append_line(self.error_log, log_line(image_id, url, reason))
+        self.error_log.add(image_id, url, reason)
         self.crawler.stats.inc_value(outcomes.FAILED)
         await self.crawl.finish_image(message.message_id, ["failed"])
         return None
@@ -181,6 +181,11 @@ class Worker:
         self._finish(item, outcomes.counted_as(media_of(item)))
 
     def _item_dropped(self, item: Any, exception: BaseException) -> None:
+        if getattr(exception, "reason", None) == STOPPED_REASON:
+            # Not started: unacknowledged, it is taken over (by a live worker, or this one
+            # when it runs again), as the images of a worker that died are.
+            self.images.pop(id(item), None)
+            return
         self._finish(item, outcomes.counted_as(media_of(item), exception))
 
     def _item_error(self, item: Any, failure: Any) -> None:
@@ -236,7 +241,8 @@ class Worker:
         if not self._stopping:  # one ERROR line, not one per image in flight
             self._stopping = True
             logger.error("Stopping: %s", reason)
-        self._close(outcomes.REDIS_ERROR)
+        # A stop: what is not started stays queued in Redis, for when it answers again.
+        stop_crawl(self.crawler, outcomes.REDIS_ERROR)
 
     def _close(self, reason: str) -> None:
         # Not awaited: closing waits for spider_closed, whose handler below waits for the

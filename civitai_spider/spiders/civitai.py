@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 import scrapy
+from scrapy import signals
 from scrapy.exceptions import CloseSpider
 from scrapy.http import Response
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
-from civitai_spider import outcomes
+from civitai_spider import job, outcomes
 from civitai_spider.api import (
     API_DOWNLOAD_SLOT,
     API_META_KEY,
@@ -50,37 +51,31 @@ from civitai_spider.chains import (
     MAX_PAGES,
     WHOLE_QUERY,
     Chain,
+    ListedPage,
     crawl_end,
     parse_split,
     split_query,
 )
-from civitai_spider.checks import check_number
+from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage, InvalidApiItem
-from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines.thresholds import Thresholds
 from civitai_spider.shared.crawl import PageMessage, SharedCrawl
 from civitai_spider.shared.worker import Worker
-from civitai_spider.stores import log_directory, stores_of
+from civitai_spider.stores import stores_of
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.core.scheduler import BaseScheduler
+    from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
-#: Keys of ``self.state`` (JOBDIR): the chains of the walk, and how the last run of the job ended.
-_CHAINS_KEY = "civitai_chains"
-_LAST_END_KEY = "civitai_last_end"
 #: ``Request.meta`` keys of page requests: the chain's name, or a shared crawl's page message.
 _CHAIN_META_KEY = "civitai_chain"
 _PAGE_MESSAGE_META_KEY = "civitai_page_message"
-#: Settings of the spider's own that must be positive numbers (checked before the crawl).
-_POSITIVE_SETTINGS: dict[str, int | float] = {
-    "CIVITAI_API_CONCURRENCY": 1,
-    "CIVITAI_REDIS_CLAIM_AFTER": 1.0,
-    "CIVITAI_REDIS_TIMEOUT": 1.0,
-}
 #: Stat: times an empty page without a cursor after a full page was asked again.
 EMPTY_PAGE_RETRIES_STAT = f"{outcomes.STATS_PREFIX}empty_page_retries"
 #: Tries of ``/api/v1/me`` beyond the first: it only checks the key, a crawl does not wait long on it.
@@ -101,7 +96,7 @@ MAX_BROWSING_LEVEL = 31
 _BLOCKED_LEVEL = 32
 #: Model ids are Postgres int4: the models endpoint refuses larger ones.
 MAX_MODEL_ID = 2**31 - 1
-_ARGUMENTS = (
+ARGUMENTS = (
     "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
     "model_id", "model_version_id", "post_id", "image_id", "tags", "base_models",
     "max_pages", "stop_after_seen", "split",
@@ -127,7 +122,7 @@ class CivitaiSpider(scrapy.Spider):
 
     def __init__(self, *args: Any, **kwargs: Any):
         _check_argument_names(kwargs)
-        arguments = {name: kwargs.pop(name) for name in _ARGUMENTS if name in kwargs}
+        arguments = {name: kwargs.pop(name) for name in ARGUMENTS if name in kwargs}
         super().__init__(*args, **kwargs)
         self.query, self.max_pages, self.stop_after_seen = parse_arguments(arguments)
         self.split = _split_of(arguments)
@@ -145,36 +140,51 @@ class CivitaiSpider(scrapy.Spider):
         self._pages_in_flight = 0
         #: Page requests waiting for one of the CIVITAI_API_CONCURRENCY places.
         self._waiting_pages: deque[scrapy.Request] = deque()
+        #: (chain, page) -> a page whose items are not all done: a pause rewinds to it.
+        self._listed_pages: dict[tuple[str, int], ListedPage] = {}
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
+            crawler.signals.connect(spider._item_done, signal=signal)
+        return spider
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, str]) -> None:
         """Raise ``ValueError`` naming the first bad spider argument (used by ``scrapy crawl``)."""
         _check_argument_names(arguments)
-        known = {name: value for name, value in arguments.items() if name in _ARGUMENTS}
+        known = {name: value for name, value in arguments.items() if name in ARGUMENTS}
         query, _, _ = parse_arguments(known)
         split_query(query, _split_of(known))
 
     @classmethod
-    def check_settings(cls, settings: BaseSettings) -> None:
-        """Raise ``ValueError`` naming the first bad setting of the spider's (used by ``scrapy crawl``)."""
-        for name, minimum in _POSITIVE_SETTINGS.items():
-            try:
-                value = settings.getfloat(name) if isinstance(minimum, float) else settings.getint(name)
-            except ValueError:
-                value = None
-            if value is None or value < minimum:
-                raise ValueError(
-                    f"{name}={settings.get(name)!r} is not valid: allowed is a number >= {minimum}"
-                )
-        check_number(
-            settings, "CIVITAI_EMPTY_PAGE_RETRIES", allowed="an integer >= 0", valid=lambda n: n >= 0
+    def check_job(cls, arguments: Mapping[str, str], settings: BaseSettings) -> None:
+        """Raise ``ValueError`` if JOBDIR holds a paused walk of other arguments (for ``scrapy crawl``)."""
+        jobdir = settings.get("JOBDIR")
+        if not jobdir or settings.getbool("CIVITAI_NEW_WALK"):
+            return
+        known = {name: value for name, value in arguments.items() if name in ARGUMENTS}
+        query, max_pages, stop_after_seen = parse_arguments(known)
+        current = job.walk(
+            settings.get("CIVITAI_API_URL"),
+            query,
+            _split_of(known),
+            max_pages,
+            stop_after_seen,
+            settings.getbool("CIVITAI_WITH_TAGS"),
         )
-        check_number(
-            settings,
-            "CIVITAI_EMPTY_PAGE_DELAY",
-            allowed="a number of seconds >= 0",
-            valid=lambda n: n >= 0,
-            kind=float,
+        job.check_resume(jobdir, current)
+
+    def _walk(self) -> dict[str, Any]:
+        settings = self.crawler.settings
+        return job.walk(
+            self.api_url,
+            {name: value for name, value in self.query.items() if name != "withTags"},  # with_tags
+            self.split,
+            self.max_pages,
+            self.stop_after_seen,
+            settings.getbool("CIVITAI_WITH_TAGS"),
         )
 
     @classmethod
@@ -197,12 +207,19 @@ class CivitaiSpider(scrapy.Spider):
         self.empty_page_retries = settings.getint("CIVITAI_EMPTY_PAGE_RETRIES")
         self.empty_page_delay = settings.getfloat("CIVITAI_EMPTY_PAGE_DELAY")
         self.thresholds = Thresholds.build(settings)
-        self._error_log = log_directory(settings) / ERROR_LOG_NAME
-        self._error_log.parent.mkdir(parents=True, exist_ok=True)
+        self._error_log = stores_of(self.crawler).error_log
+        self._error_log.path.parent.mkdir(parents=True, exist_ok=True)
         # Before the first await: from then on the engine sends what its scheduler holds.
         stale_requests = self._drop_stale_requests()
         if settings.get("CIVITAI_API_KEY"):
             await self._check_api_key()
+        elif (asked := self._asked_beyond_pg()) is not None:
+            # The API answers such a query without a key, with PG images only and no error.
+            logger.warning(
+                "%s asks for more than PG, but the API serves PG images only to anonymous requests: "
+                "set CIVITAI_API_KEY (README: NSFW levels and civitai.red)",
+                asked,
+            )
         if self.model_id:
             versions = await self._model_versions(self.model_id)
             self.chain_queries = split_query(self.query, self.split, versions)
@@ -262,6 +279,14 @@ class CivitaiSpider(scrapy.Spider):
             return
         username = user.get("username")
         logger.info("CIVITAI_API_KEY is accepted (user %s)", username if isinstance(username, str) else "?")
+
+    def _asked_beyond_pg(self) -> str | None:
+        """The argument that asks for more than PG images (``nsfw=X``, ``browsing_level=12``), or None."""
+        if self.query.get("browsingLevel", "1") != "1":
+            return f"browsing_level={self.query['browsingLevel']}"
+        if self.query.get("nsfw", "None") not in ("None", "false"):
+            return f"nsfw={self.query['nsfw']}"
+        return None
 
     def _warn_key_unchecked(self, url: str, reason: str) -> None:
         logger.warning(
@@ -345,14 +370,13 @@ class CivitaiSpider(scrapy.Spider):
         job_state = getattr(self, "state", None)  # set by Scrapy's SpiderState with JOBDIR
         if job_state is None:
             return fresh
-        last_end = job_state.get(_LAST_END_KEY)
-        saved = job_state.get(_CHAINS_KEY)
-        if (
-            last_end == outcomes.SHUTDOWN
-            and isinstance(saved, dict)
-            and saved.keys() == fresh.keys()
-            and any(chain.live for chain in saved.values())
-        ):
+        last_end = job_state.get(job.LAST_END_KEY)
+        saved = job_state.get(job.CHAINS_KEY)
+        new_walk = self.crawler.settings.getbool("CIVITAI_NEW_WALK")
+        job_state[job.WALK_KEY] = self._walk()
+        if job.is_paused(job_state) and new_walk:
+            logger.info("CIVITAI_NEW_WALK: not resuming the paused job, starting a new walk from page 1")
+        elif job.is_paused(job_state) and saved.keys() == fresh.keys():
             logger.info(
                 "Resuming a paused job after %d page(s): continuing %d chain(s) where they stopped",
                 sum(chain.pages for chain in saved.values()),
@@ -360,8 +384,8 @@ class CivitaiSpider(scrapy.Spider):
             )
             return saved
         # A job that ended starts over: the cursors it followed would look like a loop now.
-        job_state[_CHAINS_KEY] = fresh
-        if last_end is not None:
+        job_state[job.CHAINS_KEY] = fresh
+        if last_end is not None and not new_walk:
             logger.info("The last run of this job ended (%s): starting a new walk from page 1", last_end)
         if dropped:
             logger.info("Dropped %d page request(s) that the last run left queued in JOBDIR", dropped)
@@ -371,10 +395,44 @@ class CivitaiSpider(scrapy.Spider):
         """With JOBDIR, keep how this run ended in the job state: the next run resumes a pause only."""
         job_state = getattr(self, "state", None)
         if job_state is not None:
+            if reason == outcomes.SHUTDOWN:
+                self._rewind_to_unsaved_items()
             # Scrapy's SpiderState pickles self.state in its own spider_closed handler, which
             # runs after this one: the spider connects its handler when it is built, before
             # the extensions are, and the handlers are called in that order.
-            job_state[_LAST_END_KEY] = reason
+            job_state[job.LAST_END_KEY] = reason
+
+    def _rewind_to_unsaved_items(self) -> None:
+        """Put each chain back before its oldest page with items a stop left undone, so that
+        the resumed job lists them again (the ones that were saved then drop as already
+        downloaded)."""
+        oldest: dict[str, int] = {}
+        for chain_name, page in self._listed_pages:
+            oldest[chain_name] = min(page, oldest.get(chain_name, page))
+        for chain_name, page in sorted(oldest.items()):
+            chain = self.chains[chain_name]
+            unsaved = sum(
+                listed.pending for (name, number), listed in self._listed_pages.items() if name == chain_name
+            )
+            chain.rewind(page, self._listed_pages[chain_name, page])
+            logger.info(
+                "Paused%s with %d listed item(s) not done: the job resumes at page %d",
+                _in_chain(chain_name),
+                unsaved,
+                page,
+            )
+
+    def _item_done(self, item: Any, exception: BaseException | None = None) -> None:
+        """An item's outcome: its page is done once every item of it is (a stopped one is not)."""
+        if getattr(exception, "reason", None) == STOPPED_REASON or not isinstance(item, CivitaiImage):
+            return
+        if item.chain is None or item.page is None:
+            return  # a shared crawl's item: Redis keeps what is not done
+        key = (item.chain, item.page)
+        listed = self._listed_pages[key]
+        listed.pending -= 1
+        if not listed.pending:
+            del self._listed_pages[key]
 
     # --- pages ------------------------------------------------------------------------------
 
@@ -415,6 +473,8 @@ class CivitaiSpider(scrapy.Spider):
             return  # the chain stays at this page: a paused job asks it again
         finally:
             self._pages_in_flight -= 1
+        assert chain.next_url is not None
+        before = ListedPage(chain.next_url, chain.seen_streak, chain.last_page_full, pending=0)
         chain.pages += 1
         chain.last_page_full = len(records) >= self._limit(chain.name)
         items, counts = self._items_of(records, chain.name)
@@ -429,7 +489,7 @@ class CivitaiSpider(scrapy.Spider):
                 self._log_cursor_loop(seen_key, chain.name)
                 chain.end = CURSOR_LOOP
             else:
-                chain.cursors_seen.add(seen_key)
+                chain.cursors_seen[seen_key] = chain.pages + 1
                 chain.next_url = url
                 # Asked for before this page's items go on, so that it downloads while they do.
                 self._waiting_pages.append(self._chain_request(chain))
@@ -437,7 +497,11 @@ class CivitaiSpider(scrapy.Spider):
             self._chain_ended(chain)
         for request in self._send_pages():
             yield request
+        if items:
+            before.pending = len(items)
+            self._listed_pages[chain.name, chain.pages] = before
         for item in items:
+            item.page = chain.pages
             yield item
 
     async def parse_shared_page(self, response: Response) -> None:
@@ -715,7 +779,7 @@ class CivitaiSpider(scrapy.Spider):
         logger.warning("Skipped an API item: %s", message)
         image_id = record.get("id") if isinstance(record, dict) else None
         url = record.get("url") if isinstance(record, dict) else None
-        append_line(self._error_log, log_line(repr(image_id), repr(url), message))
+        self._error_log.add(repr(image_id), repr(url), message)
 
 
 def _in_chain(chain: str) -> str:
@@ -873,8 +937,8 @@ def _check_argument_names(arguments: Mapping[str, Any]) -> None:
     # A misspelt argument would otherwise be ignored and crawl everything. Names starting
     # with "_" are Scrapy's and Scrapyd's own (e.g. _job).
     for name in arguments:
-        if name not in _ARGUMENTS and not name.startswith("_"):
-            raise ValueError(f"unknown spider argument {name!r}: allowed are {', '.join(_ARGUMENTS)}")
+        if name not in ARGUMENTS and not name.startswith("_"):
+            raise ValueError(f"unknown spider argument {name!r}: allowed are {', '.join(ARGUMENTS)}")
 
 
 def _browsing_level(value: Any) -> int:

@@ -8,7 +8,8 @@ Id stores: the ID file (:mod:`~civitai_spider.stores.id_file`), or Redis when
 ``CIVITAI_REDIS_URL`` is set (:mod:`~civitai_spider.stores.redis_ids`).
 
 The components of one crawl share one instance of each (:func:`stores_of`): one S3
-client and its connection pool, one Redis connection pool.
+client and its connection pool, one Redis connection pool, and the two logs of the log
+folder. A store that keeps failing ends the crawl (:mod:`~civitai_spider.stores.failures`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from scrapy import signals
 from scrapy.utils.asyncio import run_in_thread
 from scrapy.utils.misc import load_object
 
+from civitai_spider.local_files import BOMB_LOG_NAME, ERROR_LOG_NAME, LogFile, prove_writable
 from civitai_spider.stores.base import FileStore, IdStore
+from civitai_spider.stores.failures import StoreFailures
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -71,11 +74,23 @@ def log_directory(settings: BaseSettings) -> Path:
     return file_store_class(settings).log_directory_for(settings)
 
 
-class Stores:
-    """The file store and the id store of one crawl, opened once and closed at its end."""
+def check_writable(setting: str, value: object, folder: Path) -> None:
+    """Create ``folder`` and prove it writable (:func:`~civitai_spider.local_files.prove_writable`),
+    or raise ``ValueError`` naming the setting, its value and the system's reason, in one line."""
+    try:
+        prove_writable(folder)
+    except OSError as error:
+        raise ValueError(f"{setting}={str(value)!r} cannot be used: {error}") from None
 
-    def __init__(self, files: FileStore, ids: IdStore) -> None:
+
+class Stores:
+    """The file store and the id store of one crawl, opened once and closed at its end, and
+    the logs of its log folder."""
+
+    def __init__(self, files: FileStore, ids: IdStore, log_folder: Path) -> None:
         self.files, self.ids = files, ids
+        self.error_log = LogFile(log_folder / ERROR_LOG_NAME)
+        self.bomb_log = LogFile(log_folder / BOMB_LOG_NAME)
         self._opened: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
@@ -104,7 +119,9 @@ def stores_of(crawler: Crawler) -> Stores:
     if stores is None:
         settings = crawler.settings
         files = file_store_class(settings).build(settings)
-        stores = _STORES[crawler] = Stores(files, id_store_class(settings).build(settings))
+        ids = id_store_class(settings).build(settings)
+        stores = _STORES[crawler] = Stores(files, ids, log_directory(settings))
         # spider_closed comes after every pipeline's close_spider.
         crawler.signals.connect(stores.close, signal=signals.spider_closed, weak=False)
+        StoreFailures.from_crawler(crawler)
     return stores

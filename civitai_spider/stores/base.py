@@ -50,8 +50,14 @@ class FileStore(ABC):
         """The store ``IMAGES_STORE`` names; ``ValueError`` (one line) for a bad value."""
 
     @classmethod
-    def check(cls, settings: BaseSettings) -> None:
-        """Raise ``ValueError`` (one line) if the store cannot work: called before a crawl."""
+    def check(cls, settings: BaseSettings, *, read_only: bool = False) -> None:
+        """Raise ``ValueError`` (one line) if the store cannot work: called before a crawl.
+
+        Unless ``read_only`` (a dataset command reading a store back), that includes a real
+        write in each local folder a crawl writes: a folder store itself, else the log folder
+        (:func:`civitai_spider.stores.check_writable`), and the ID file's folder when it is
+        elsewhere (:func:`civitai_spider.stores.id_file.check_id_file_folder`).
+        """
         cls.build(settings).close()
 
     @classmethod

@@ -26,7 +26,9 @@ from civitai_spider.local_files import (
     write_atomically,
     writing_atomically,
 )
+from civitai_spider.stores import check_writable
 from civitai_spider.stores.base import FileStore
+from civitai_spider.stores.id_file import check_id_file_folder
 
 #: Files larger than this (images and videos; metadata files are a few KB) leave the page
 #: cache once durable. A crawl never reads them again, and new page-cache pages cost far more
@@ -61,6 +63,14 @@ class FolderStore(FileStore):
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
         return cls(_folder(settings))
+
+    @classmethod
+    def check(cls, settings: BaseSettings, *, read_only: bool = False) -> None:
+        if not read_only:
+            # Created, as the crawl would anyway, and written: a read-only mount, a full disk or
+            # /proc fail here, in one line, rather than every item of the crawl.
+            check_writable("IMAGES_STORE", settings.get("IMAGES_STORE"), _folder(settings))
+            check_id_file_folder(settings)
 
     @classmethod
     def log_directory_for(cls, settings: BaseSettings) -> Path:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from scrapy.utils.asyncio import run_in_thread
 
 from civitai_spider.local_files import append_bytes
-from civitai_spider.stores import log_directory
+from civitai_spider.stores import check_writable, id_store_class, log_directory
 from civitai_spider.stores.base import IdStore
 
 if TYPE_CHECKING:
@@ -86,6 +86,16 @@ def id_file_path(settings: BaseSettings) -> Path:
     """
     path = Path(settings.get("CIVITAI_ID_FILE") or "downloaded_image_ID_DB.txt")
     return path if path.is_absolute() else log_directory(settings) / path
+
+
+def check_id_file_folder(settings: BaseSettings) -> None:
+    """Prove the ID file's folder writable when the ID file is the id store and lies outside
+    the log folder (which the file store's check proves); ``ValueError`` (one line) if not."""
+    if id_store_class(settings) is not IdFile:
+        return
+    folder = id_file_path(settings).parent
+    if folder != log_directory(settings):
+        check_writable("CIVITAI_ID_FILE", settings.get("CIVITAI_ID_FILE"), folder)
 
 
 def load_ids(path: Path, *, repair: bool = True) -> set[int]:

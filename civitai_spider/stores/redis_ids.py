@@ -113,11 +113,14 @@ class RedisIds(IdStore):
             del self._prefetched[next(iter(self._prefetched))]
 
     async def contains(self, ids: Sequence[int]) -> list[bool]:
-        missing = [image_id for image_id in ids if image_id not in self._prefetched]
-        answers = await self._look_up(missing) if missing else {}
-        for image_id in ids:
-            if image_id in self._prefetched:
-                answers[image_id] = self._prefetched.pop(image_id)
+        # The prefetched answers are taken before the round trip: meanwhile another page (a
+        # model's chains list the same image under each version) may take the same ids.
+        answers = {
+            image_id: self._prefetched.pop(image_id) for image_id in ids if image_id in self._prefetched
+        }
+        missing = [image_id for image_id in dict.fromkeys(ids) if image_id not in answers]
+        if missing:
+            answers.update(await self._look_up(missing))
         return [answers[image_id] for image_id in ids]
 
     async def _look_up(self, ids: Sequence[int]) -> dict[int, bool]:

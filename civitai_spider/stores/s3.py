@@ -31,7 +31,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
+from civitai_spider.stores import check_writable
 from civitai_spider.stores.base import FileStore, StoreError
+from civitai_spider.stores.id_file import check_id_file_folder
 
 if TYPE_CHECKING:
     from typing import Self
@@ -89,12 +91,17 @@ class S3Store(FileStore):
         )
 
     @classmethod
-    def check(cls, settings: BaseSettings) -> None:
+    def check(cls, settings: BaseSettings, *, read_only: bool = False) -> None:
         store = cls.build(settings)
         try:
             store._check_bucket()
         finally:
             store.close()
+        if not read_only:
+            # The ID file and the logs stay local: their folder must take files too.
+            log_folder = cls.log_directory_for(settings)
+            check_writable("CIVITAI_LOG_DIR", log_folder, log_folder)
+            check_id_file_folder(settings)
 
     def _check_bucket(self) -> None:
         import botocore.exceptions  # noqa: PLC0415 - only a bucket needs botocore

@@ -207,14 +207,6 @@ def test_a_bad_option_or_setting_is_one_line_and_status_2(
     assert not (store / "manifest").exists()
 
 
-def test_an_output_that_fails_on_the_way_is_one_line_and_status_1(store: Path, tmp_path: Path) -> None:
-    (tmp_path / "taken").write_text("a file where the manifest's folder would go")
-    result = manifest("--output", str(tmp_path / "taken"), IMAGES_STORE=str(store))
-    assert result.returncode == 1
-    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "taken" in error
-
-
 def test_a_bucket_with_ids_in_redis_gets_its_manifest_under_its_prefix(
     fake: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, redis_url: str, tmp_path: Path
 ) -> None:

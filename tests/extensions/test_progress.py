@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from scrapy.exceptions import NotConfigured
+from tqdm import tqdm
 
 from civitai_spider import outcomes
 from civitai_spider.extensions.progress import ProgressBar
@@ -239,7 +240,34 @@ def test_postfix_shows_images_videos_metadata_dropped_and_failed(monkeypatch: py
         bar.spider_closed()
     last = terminal.getvalue().rsplit("\r", 1)[-1]
     assert last.startswith(f"{BAR_TITLE}: 4 saved ["), last
-    assert "images=3," in last and "videos=1" in last, last
-    assert "dropped=5" in last and "failed=1" in last and "metadata=11" in last, last
+    # What is saved first, then what is not, in that order (not tqdm's alphabetical one).
+    assert last.rstrip().endswith(", images=3, videos=1, metadata=11, dropped=5, failed=1]"), last
     # Closing twice (spider_closed after an error) is harmless.
     bar.spider_closed()
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"),
+    [(0.375, " 0.38 saved/s"), (2.5, " 2.50 saved/s"), (85.2, "85.20 saved/s")],
+)
+def test_the_rate_is_saved_per_second_however_slow(
+    monkeypatch: pytest.MonkeyPatch, rate: float, shown: str
+) -> None:
+    """tqdm's own format shows a rate under 1/s as seconds per item: "2.67s/ saved"."""
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    crawler = project_crawler()
+    crawler.stats.open_spider()
+    bar = ProgressBar.from_crawler(crawler)
+    bar.spider_opened()
+    try:
+        crawler.stats.inc_value(outcomes.SAVED, 3)
+        crawler.stats.inc_value(outcomes.saved_key("image"), 3)
+        bar.update()
+        assert bar._bar is not None
+        # The bar as tqdm draws it, 8 s into the crawl at this rate.
+        text = tqdm.format_meter(**{**bar._bar.format_dict, "elapsed": 8, "rate": rate})
+    finally:
+        bar.spider_closed()
+    fields = "images=3, videos=0, metadata=0, dropped=0, failed=0"
+    assert text == f"{BAR_TITLE}: 3 saved [00:08, {shown}, {fields}]"

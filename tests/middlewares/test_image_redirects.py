@@ -9,6 +9,7 @@ from scrapy.http import Response
 
 from civitai_spider.api import API_META_KEY
 from civitai_spider.middlewares.image_redirects import ImageRedirectPolicyMiddleware
+from civitai_spider.setting_rules import check_settings
 from tests.conftest import project_crawler
 
 IMAGE_URL = "https://image.civitai.com/k/uuid/original=true/uuid.jpeg"
@@ -65,4 +66,4 @@ def test_api_pages_and_other_answers_pass_untouched() -> None:
 
 def test_unknown_policy_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="CIVITAI_IMAGE_REDIRECTS='sometimes' is not valid"):
-        middleware("sometimes")
+        check_settings(project_crawler(CIVITAI_IMAGE_REDIRECTS="sometimes").settings)

@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectionRefusedError
 
 from civitai_spider.api import API_PAGE_META_KEY
 from civitai_spider.middlewares.retry import BackoffRetryMiddleware, _retry_after_seconds
+from civitai_spider.setting_rules import check_settings
 from civitai_spider.spiders.civitai import CivitaiSpider
 from tests.conftest import project_crawler
 
@@ -254,9 +255,9 @@ def test_exception_with_dont_retry_is_not_retried() -> None:
 @pytest.mark.parametrize("name", ["CIVITAI_RETRY_BASE_DELAY", "CIVITAI_RETRY_MAX_DELAY"])
 def test_negative_delays_are_rejected(name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        BackoffRetryMiddleware.check_settings(Settings({name: "-1"}))
+        check_settings(Settings({name: "-1"}))
     with pytest.raises(ValueError, match=name):
-        BackoffRetryMiddleware.from_crawler(project_crawler(**{name: -0.5}))
+        check_settings(project_crawler(**{name: -0.5}).settings)
 
 
 def test_settings_are_read() -> None:

@@ -1,17 +1,23 @@
-"""Unit tests of :class:`CivitaiMediaPipeline` that no crawl can show: which thread does the work."""
+"""Unit tests of :class:`CivitaiMediaPipeline` that no crawl can show: which thread does the work,
+and which failures are the store's."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.python.failure import Failure
 
+from civitai_spider.items import CivitaiImage
+from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines import media
-from civitai_spider.pipelines.media import CivitaiMediaPipeline, MediaFailed
+from civitai_spider.pipelines.media import CivitaiMediaPipeline, MediaFailed, MediaNotStored
 from civitai_spider.stores import folder
+from civitai_spider.stores.failures import StoreFailed
 from tests import images, videos
 from tests.conftest import project_crawler
 
@@ -67,3 +73,62 @@ def test_a_refused_video_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(MediaFailed, match="not a video"):
         asyncio.run(pipeline(tmp_path)._save_video(images.png_rgb(), 9))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a store that cannot take the file ---------------------------------------------------------
+
+
+def broken_store(tmp_path: Path) -> tuple[CivitaiMediaPipeline, Path]:
+    """A pipeline whose store folder is replaced by a file, as if it had gone after the start."""
+    store = tmp_path / "store"
+    store.mkdir()
+    pipe = pipeline(store)
+    store.rmdir()
+    store.write_text("the store is gone")
+    return pipe, store
+
+
+def item_with(record_id: int) -> CivitaiImage:
+    return CivitaiImage.from_api(
+        {"id": record_id, "url": f"https://cdn/{record_id}.jpeg", "meta": {"prompt": "a cat"}}
+    )
+
+
+def test_a_file_the_store_cannot_take_fails_its_item_as_a_store_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe, store = broken_store(tmp_path)
+    with pytest.raises(MediaNotStored) as not_stored:
+        asyncio.run(pipe._save_image(images.jpeg_rgb(), 8, "https://cdn/8.jpeg"))
+    assert str(not_stored.value) == f"could not write {store / '8.jpg'}: NotADirectoryError: Not a directory"
+    assert not_stored.value.store == str(store)
+
+    with caplog.at_level(logging.WARNING), pytest.raises(StoreFailed) as failed:
+        pipe.item_completed([(False, Failure(not_stored.value))], item_with(8), None)  # type: ignore[arg-type]
+
+    assert failed.value.store == str(store) and failed.value.error == str(not_stored.value)
+    assert str(failed.value) == f"image 8 failed: {not_stored.value} <https://cdn/8.jpeg>"
+    # error_log.txt is in the broken folder: its line is in the log, without a traceback.
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"Could not write {store / 'error_log.txt'} (NotADirectoryError")
+    assert record.getMessage().endswith(f"\t8\thttps://cdn/8.jpeg\t{not_stored.value}")
+    assert record.exc_info is None
+
+
+def test_a_failed_download_or_image_is_no_store_failure(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path)
+    for error in (MediaFailed("HTTP 404"), MediaFailed("not an image (body starts with b'<html>')")):
+        with pytest.raises(DropImage) as failed:
+            pipe.item_completed([(False, Failure(error))], item_with(9), None)  # type: ignore[arg-type]
+        assert not isinstance(failed.value, StoreFailed)
+    assert len((tmp_path / "error_log.txt").read_text().splitlines()) == 2
+
+
+def test_a_bomb_log_that_cannot_be_written_is_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe, store = broken_store(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        pipe._log_bomb(5, "https://cdn/5.jpeg", (20_000, 20_000), "refused")
+    assert [record.exc_info for record in caplog.records] == [None, None]
+    assert f"Could not write {store / 'DecompressionBombWarning_log.txt'}" in caplog.records[1].getMessage()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from civitai_spider.items import CivitaiImage
 from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
 from civitai_spider.pipelines.metadata import MetadataPipeline, metadata_files
+from civitai_spider.setting_rules import check_settings
 from civitai_spider.stores import id_file
+from civitai_spider.stores.failures import StoreFailed
 from tests.conftest import project_crawler
 
 _UNSET = object()
@@ -158,7 +161,7 @@ def test_with_caption_files_the_id_is_recorded_after_the_caption_is_stored(tmp_p
 @pytest.mark.parametrize("name", ["CIVITAI_CAPTION_FILES", "CIVITAI_CAPTION_RAW"])
 def test_a_caption_switch_that_is_not_a_boolean_names_itself_and_the_allowed_values(name: str) -> None:
     with pytest.raises(ValueError) as caught:
-        MetadataPipeline.check_settings(project_crawler(**{name: "maybe"}).settings)
+        check_settings(project_crawler(**{name: "maybe"}).settings)
     assert str(caught.value) == f"{name}='maybe' is not valid: allowed is true or false (also 1 or 0)"
 
 
@@ -195,6 +198,7 @@ def test_stat_counts_every_file_saved(tmp_path: Path) -> None:
 
 def _assert_failed_cleanly(tmp_path: Path, failure: pytest.ExceptionInfo[DropImage], reason: str) -> None:
     assert failure.value.reason == FAILED_REASON
+    assert isinstance(failure.value, StoreFailed)  # counted towards CIVITAI_MAX_STORE_FAILURES
     assert reason in str(failure.value) and "image 42 failed" in str(failure.value)
     [line] = (tmp_path / "error_log.txt").read_text().splitlines()
     assert line.split("\t")[1:3] == ["42", make_record()["url"]] and reason in line
@@ -263,6 +267,21 @@ def test_id_file_that_cannot_be_written_fails_the_item_cleanly(
     with pytest.raises(DropImage) as failure:
         asyncio.run(pipe.process_item(saved_item(make_record())))
     _assert_failed_cleanly(tmp_path, failure, "id not recorded: OSError: No space left on device")
+
+
+def test_a_store_gone_mid_crawl_fails_the_item_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    pipe = MetadataPipeline.from_crawler(project_crawler(IMAGES_STORE=str(store)))
+    store.write_text("a file where the folder was")
+    with caplog.at_level(logging.WARNING), pytest.raises(StoreFailed) as failure:
+        asyncio.run(pipe.process_item(saved_item(make_record())))
+    assert failure.value.store == str(store)
+    assert failure.value.error == "metadata not saved: NotADirectoryError: Not a directory"
+    [record] = caplog.records  # error_log.txt's line, in the log instead
+    assert record.exc_info is None and f"Could not write {store / 'error_log.txt'}" in record.getMessage()
+    assert record.getMessage().endswith("\tmetadata not saved: NotADirectoryError: Not a directory")
 
 
 def test_custom_id_file_is_used(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from scrapy.settings import Settings
 
 from civitai_spider.items import STAT_NAMES, CivitaiImage
 from civitai_spider.outcomes import DropImage
-from civitai_spider.pipelines.thresholds import ReactionThresholdsPipeline, parse_thresholds
+from civitai_spider.pipelines.thresholds import ReactionThresholdsPipeline
+from civitai_spider.setting_rules import check_settings
 from tests.conftest import project_crawler
 
 _UNSET = object()
@@ -92,29 +93,29 @@ def test_json_text_from_the_command_line_is_parsed() -> None:
 
 def test_unknown_stat_name_is_rejected_with_the_allowed_names() -> None:
     with pytest.raises(ValueError) as caught:
-        parse_thresholds(Settings({"CIVITAI_THRESHOLDS": {"hearts": 2}}))
+        check_settings(Settings({"CIVITAI_THRESHOLDS": {"hearts": 2}}))
     message = str(caught.value)
     assert "'hearts'" in message
     for name in STAT_NAMES:
         assert name in message
 
 
-def test_check_settings_and_from_crawler_reject_bad_thresholds() -> None:
+def test_the_settings_check_rejects_bad_thresholds() -> None:
     with pytest.raises(ValueError, match="viewCount"):
-        ReactionThresholdsPipeline.check_settings(Settings({"CIVITAI_THRESHOLDS": '{"viewCount": 1}'}))
+        check_settings(Settings({"CIVITAI_THRESHOLDS": '{"viewCount": 1}'}))
     with pytest.raises(ValueError, match="viewCount"):
-        pipeline(CIVITAI_THRESHOLDS={"viewCount": 1})
+        check_settings(project_crawler(CIVITAI_THRESHOLDS={"viewCount": 1}).settings)
 
 
 @pytest.mark.parametrize("minimum", ["10", 2.5, True, None, [1]], ids=repr)
 def test_non_integer_minimum_is_rejected(minimum: Any) -> None:
     with pytest.raises(ValueError, match="likeCount"):
-        parse_thresholds(Settings({"CIVITAI_THRESHOLDS": {"likeCount": minimum}}))
+        check_settings(Settings({"CIVITAI_THRESHOLDS": {"likeCount": minimum}}))
 
 
 def test_threshold_text_that_is_not_json_is_rejected() -> None:
     with pytest.raises(ValueError, match="CIVITAI_THRESHOLDS"):
-        parse_thresholds(Settings({"CIVITAI_THRESHOLDS": "likeCount=10"}))
+        check_settings(Settings({"CIVITAI_THRESHOLDS": "likeCount=10"}))
 
 
 # --- prompt requirement ----------------------------------------------------------------

@@ -10,12 +10,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import scrapy
+from scrapy import signals
 from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 
 from civitai_spider.api import API_META_KEY, API_PAGE_META_KEY
 from civitai_spider.chains import Chain
+from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage
+from civitai_spider.outcomes import DropImage
+from civitai_spider.setting_rules import check_settings
 from civitai_spider.spiders.civitai import CivitaiSpider, model_to_list, parse_arguments
 from civitai_spider.stores import stores_of
 from tests.conftest import project_crawler
@@ -277,7 +281,7 @@ def closed_for(spider: CivitaiSpider) -> list[str]:
 
 def test_a_resumed_job_continues_where_its_chain_stopped_not_the_first_page(tmp_path: Path) -> None:
     spider = new_spider(tmp_path, pending=True)
-    paused = Chain("all", API_URL + "?cursor=c3", pages=2, cursors_seen={"c1", "c2"})
+    paused = Chain("all", API_URL + "?cursor=c3", pages=2, cursors_seen={"c1": 2, "c2": 3})
     spider.state = {"civitai_chains": {"all": paused}, "civitai_last_end": "shutdown"}  # a pause
 
     [request] = all_start_requests(spider)
@@ -300,7 +304,7 @@ def test_chains_are_kept_in_the_job_state_for_a_pause(tmp_path: Path) -> None:
     parsed(spider, page([record(7)], {"nextCursor": "c1"}))
 
     [chain] = spider.state["civitai_chains"].values()
-    assert (chain.pages, chain.cursors_seen, query_of(chain.next_url)["cursor"]) == (1, {"c1"}, ["c1"])
+    assert (chain.pages, chain.cursors_seen, query_of(chain.next_url)["cursor"]) == (1, {"c1": 2}, ["c1"])
 
 
 @pytest.mark.parametrize("reason", ["shutdown", "finished", "closespider_itemcount", "api_error"])
@@ -326,7 +330,7 @@ def test_a_job_that_was_not_paused_walks_again_from_the_first_page(
     tmp_path: Path, last_end: str | None, pending: bool, chain_end: str | None
 ) -> None:
     spider = new_spider(tmp_path, pending=pending)
-    old = Chain("all", API_URL + "?cursor=c3", pages=2, cursors_seen={"c1", "c2"}, end=chain_end)
+    old = Chain("all", API_URL + "?cursor=c3", pages=2, cursors_seen={"c1": 2, "c2": 3}, end=chain_end)
     spider.state = {"civitai_chains": {"all": old}}
     if last_end is not None:
         spider.state["civitai_last_end"] = last_end
@@ -336,9 +340,88 @@ def test_a_job_that_was_not_paused_walks_again_from_the_first_page(
     assert "cursor" not in query_of(request.url)
     assert not spider.crawler.engine.scheduler.has_pending_requests()  # a stale request is dropped
     [chain] = spider.state["civitai_chains"].values()
-    assert (chain.pages, chain.cursors_seen) == (0, set())
+    assert (chain.pages, chain.cursors_seen) == (0, {})
     parsed(spider, page([record(7)], {"nextCursor": "c1"}))  # no loop: a new walk
-    assert (chain.pages, chain.cursors_seen, chain.end) == (1, {"c1"}, None)
+    assert (chain.pages, chain.cursors_seen, chain.end) == (1, {"c1": 2}, None)
+
+
+def _outcome(spider: CivitaiSpider, item: CivitaiImage, drop: str | None = None) -> None:
+    if drop is None:
+        spider.crawler.signals.send_catch_log(signals.item_scraped, item=item, response=None, spider=spider)
+    else:
+        exception = DropImage(drop, "test")
+        spider.crawler.signals.send_catch_log(
+            signals.item_dropped, item=item, response=None, exception=exception, spider=spider
+        )
+
+
+def test_a_pause_rewinds_the_chain_to_its_oldest_page_with_an_item_not_done(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path)
+    spider.state = {}
+    [first] = all_start_requests(spider)
+    one, two = [
+        item
+        for item in parsed(spider, page([record(1), record(2)], {"nextCursor": "c1"}))
+        if isinstance(item, CivitaiImage)
+    ]
+    [three] = [
+        item
+        for item in parsed(spider, page([record(3)], {"nextCursor": "c2"}))
+        if isinstance(item, CivitaiImage)
+    ]
+    assert [(item.chain, item.page) for item in (one, two, three)] == [("all", 1), ("all", 1), ("all", 2)]
+    _outcome(spider, one)
+    _outcome(spider, two, STOPPED_REASON)  # listed, never started: the pause must list it again
+    _outcome(spider, three, "already_downloaded")
+
+    spider.closed("shutdown")
+
+    [chain] = spider.state["civitai_chains"].values()
+    assert (chain.next_url, chain.pages, chain.cursors_seen, chain.live) == (first.url, 0, {}, True)
+
+
+def test_a_pause_with_every_listed_item_done_resumes_at_the_next_page(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path)
+    spider.state = {}
+    all_start_requests(spider)
+    items = [
+        item
+        for item in parsed(spider, page([record(1)], {"nextCursor": "c1"}))
+        if isinstance(item, CivitaiImage)
+    ]
+    items += [
+        item
+        for item in parsed(spider, page([record(2)], {"nextCursor": "c2"}))
+        if isinstance(item, CivitaiImage)
+    ]
+    _outcome(spider, items[0], "failed")  # done: a failure is retried by the next walk, not the pause
+    _outcome(spider, items[1])
+
+    spider.closed("shutdown")
+
+    [chain] = spider.state["civitai_chains"].values()
+    assert (query_of(chain.next_url)["cursor"], chain.pages, chain.cursors_seen) == (
+        ["c2"],
+        2,
+        {"c1": 2, "c2": 3},
+    )
+
+
+def test_a_stop_that_is_not_a_pause_does_not_rewind(tmp_path: Path) -> None:
+    spider = new_spider(tmp_path)
+    spider.state = {}
+    all_start_requests(spider)
+    [item] = [
+        item
+        for item in parsed(spider, page([record(1)], {"nextCursor": "c1"}))
+        if isinstance(item, CivitaiImage)
+    ]
+    _outcome(spider, item, STOPPED_REASON)
+
+    spider.closed("closespider_itemcount")
+
+    [chain] = spider.state["civitai_chains"].values()
+    assert chain.pages == 1
 
 
 def test_a_pause_of_other_chains_is_not_resumed(tmp_path: Path) -> None:
@@ -670,7 +753,7 @@ def test_the_api_download_slot_takes_the_api_concurrency() -> None:
 def test_check_settings_names_a_bad_value(name: str, value: str) -> None:
     settings = project_crawler(**{name: value}).settings
     with pytest.raises(ValueError, match=f"{name}='{value}' is not valid"):
-        CivitaiSpider.check_settings(settings)
+        check_settings(settings)
 
 
 def test_check_arguments_checks_split() -> None:

@@ -236,6 +236,18 @@ def test_prefetched_ids_are_answered_without_a_round_trip(redis_url: str) -> Non
     assert calls(redis_url)["bitfield_ro"] == 1
 
 
+def test_two_pages_with_the_same_prefetched_ids_asked_at_once_both_get_their_answers(redis_url: str) -> None:
+    # A model's chains list an image under each of its versions: two pages in flight hold it.
+    with_store(redis_url, lambda store: store.record([10]))
+
+    async def ask_twice_at_once(store: RedisIds) -> list[list[bool]]:
+        await store.prefetch([10, 20])
+        # The first needs a round trip (30 was not prefetched); the second takes 10 meanwhile.
+        return list(await asyncio.gather(store.contains([30, 10, 20]), store.contains([10])))
+
+    assert with_store(redis_url, ask_twice_at_once) == [[False, True, False], [True]]
+
+
 def test_prefetch_of_a_page_is_one_bitfield_ro_per_chunk(redis_url: str) -> None:
     async def prefetch_pages(store: RedisIds) -> list[int]:
         counts = []

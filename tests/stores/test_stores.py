@@ -131,6 +131,9 @@ def test_stores_of_a_crawler_is_one_instance(tmp_path: Path) -> None:
     assert stores_of(other) is not stores
     assert isinstance(stores.files, FolderStore) and stores.files.directory == tmp_path
     assert isinstance(stores.ids, IdFile) and stores.ids.path == tmp_path / "downloaded_image_ID_DB.txt"
+    # One of each log for every component, so that a log that cannot be written is said once.
+    assert stores.error_log.path == tmp_path / "error_log.txt"
+    assert stores.bomb_log.path == tmp_path / "DecompressionBombWarning_log.txt"
 
 
 def test_stores_of_a_crawler_to_a_bucket_with_redis(tmp_path: Path) -> None:

@@ -1,0 +1,363 @@
+"""What every setting allows, declared once, and the one check of a crawl's settings against it.
+
+Scrapy reads a setting when a component is built, inside the running crawl: ``-s X=two`` then
+ends in ``invalid literal for int()`` (a traceback naming neither the setting nor what it
+allows), a misspelt boolean in a ``start_error`` with exit status 0, and a misspelt name is not
+noticed at all. Every project command calls :func:`check_settings` first instead, which turns
+the first bad value into one line such as ``CIVITAI_JPEG_QUALITY='200' is not valid: allowed is
+an integer from 1 to 100``, and a misspelt ``CIVITAI_*`` name into ``unknown setting
+CIVITAI_TRESHOLDS: did you mean CIVITAI_THRESHOLDS?``. Components read their settings as
+Scrapy does and check nothing themselves.
+
+:data:`SETTINGS` covers every ``CIVITAI_*`` setting of ``settings.py`` and every Scrapy setting
+of the README's settings tables; the README's tables list the same names (a test holds both).
+Whether a store can work (an ``IMAGES_STORE`` scheme, a bucket, Redis answering) is the store's
+own check, made after this one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from civitai_spider.items import STAT_NAMES
+from civitai_spider.stores.redis_ids import safe_url
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+#: The prefix of this project's settings: any other name with it is a typo.
+PREFIX = "CIVITAI_"
+
+# A rule of each kind below has ``allowed``, what the error message says is allowed, and
+# ``problem(value)``: None when ``value`` is allowed, else why not ("" when ``allowed`` says it
+# all). A value is what Scrapy holds: text from ``-s``, or a Python value from settings.py.
+
+
+@dataclass(frozen=True)
+class Integer:
+    """What ``settings.getint()`` reads, within bounds."""
+
+    minimum: int | None = None
+    maximum: int | None = None
+    note: str = ""
+
+    @property
+    def allowed(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            bounds = f" from {self.minimum} to {self.maximum}"
+        elif self.minimum is not None:
+            bounds = f" >= {self.minimum}"
+        else:
+            bounds = f" <= {self.maximum}" if self.maximum is not None else ""
+        return f"an integer{bounds}{_note(self.note)}"
+
+    def problem(self, value: Any) -> str | None:
+        number = _integer(value)
+        if number is None or not _within(number, self.minimum, self.maximum):
+            return ""
+        return None
+
+
+@dataclass(frozen=True)
+class Number:
+    """What ``settings.getfloat()`` reads, finite, from ``minimum`` (or above it with ``above``)."""
+
+    minimum: float
+    above: bool = False
+    unit: str = "seconds"
+
+    @property
+    def allowed(self) -> str:
+        return f"a number of {self.unit} {'>' if self.above else '>='} {self.minimum:g}"
+
+    def problem(self, value: Any) -> str | None:
+        number = _number(value)
+        if number is None or number < self.minimum or (self.above and number == self.minimum):
+            return ""
+        return None
+
+
+class Boolean:
+    """What ``settings.getbool()`` reads as true or false (Scrapy also reads ``2`` as true: not here)."""
+
+    allowed = "true or false (also 1 or 0)"
+    _VALUES = frozenset({True, False, "1", "0", "true", "false", "True", "False"})  # True == 1
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, bool | int | str) and value in self._VALUES:
+            return None
+        return ""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few words; ``""`` among them means the setting may be empty."""
+
+    choices: tuple[str, ...]
+
+    @property
+    def allowed(self) -> str:
+        return _one_of([choice or "empty" for choice in self.choices])
+
+    def problem(self, value: Any) -> str | None:
+        return None if value in self.choices else ""
+
+
+@dataclass(frozen=True)
+class Text:
+    """Any text (a path, a key), or text that matches ``pattern`` whole."""
+
+    allowed: str = "text"
+    pattern: str = r"(?s).*"
+
+    def problem(self, value: Any) -> str | None:
+        return None if re.fullmatch(self.pattern, str(value)) else ""
+
+
+@dataclass(frozen=True)
+class Url:
+    """An absolute URL of one of ``schemes``; with ``plain``, without a query or fragment (a
+    page's own query is appended to it)."""
+
+    schemes: tuple[str, ...] = ("http", "https")
+    empty: bool = False
+    host: bool = True
+    plain: bool = False
+
+    @property
+    def allowed(self) -> str:
+        kind = _one_of([f"{scheme}://" for scheme in self.schemes])
+        allowed = f"{'empty, or ' if self.empty else ''}an absolute {kind} URL"
+        if self.host:
+            allowed += " with a host"
+        return allowed + (", without a query or fragment" if self.plain else "")
+
+    def problem(self, value: Any) -> str | None:
+        if not isinstance(value, str):
+            return ""
+        if not value:
+            return None if self.empty else ""
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            return "not a URL"
+        if not parts.scheme or "://" not in value:
+            return "no scheme"
+        if parts.scheme.lower() not in self.schemes:
+            return f"scheme {parts.scheme}://"
+        if self.host and not parts.hostname:
+            return "no host"
+        if self.plain and "?" in value:
+            return "a query"
+        if self.plain and "#" in value:
+            return "a fragment"
+        return None
+
+
+@dataclass(frozen=True)
+class JsonObject:
+    """What ``settings.getdict()`` reads (a dict, or its JSON text), its entries checked by ``entries``."""
+
+    allowed: str
+    entries: Callable[[Mapping[Any, Any]], str | None] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as error:
+                return f"not a JSON object: {error}"
+        if not isinstance(value, Mapping):
+            return "not a JSON object"
+        return self.entries(value) if self.entries is not None else None
+
+
+class StatusCodes:
+    """What Scrapy's RetryMiddleware reads: HTTP status codes, a list or comma-separated text."""
+
+    allowed = "HTTP status codes from 100 to 599, comma-separated"
+
+    def problem(self, value: Any) -> str | None:
+        codes = value.split(",") if isinstance(value, str) else value
+        if not isinstance(codes, list | tuple):
+            return ""
+        for code in codes:
+            number = _integer(code)
+            if number is None or not 100 <= number <= 599:
+                return f"{code!r} is not a status code"
+        return None
+
+
+Rule = Integer | Number | Boolean | Choice | Text | Url | JsonObject | StatusCodes
+
+
+def _thresholds_problem(thresholds: Mapping[Any, Any]) -> str | None:
+    for stat, minimum in thresholds.items():
+        if stat not in STAT_NAMES:
+            return f"unknown stat {stat!r}"
+        if isinstance(minimum, bool) or not isinstance(minimum, int):
+            return f"the minimum of {stat} is {minimum!r}, not an integer"
+    return None
+
+
+_SECONDS_FROM_0 = Number(0)
+_COUNT = Integer(1)
+_OFF_OR_COUNT = Integer(0, note="0: off")
+_PATH = Text("a path")
+
+#: Every setting this project reads or documents -> what it allows.
+SETTINGS: dict[str, Rule] = {
+    # settings.py, in its order.
+    "CIVITAI_API_URL": Url(plain=True),
+    "CIVITAI_API_KEY": Text("a Civitai API key, or empty"),
+    "CIVITAI_THRESHOLDS": JsonObject(
+        f"a JSON object {{stat: integer minimum}} of the stats {', '.join(STAT_NAMES)}", _thresholds_problem
+    ),
+    "CIVITAI_REQUIRE_PROMPT": Boolean(),
+    "CIVITAI_WITH_TAGS": Boolean(),
+    "CIVITAI_ID_FILE": Text("a file's path", r"(?s).+"),
+    "CIVITAI_REDIS_URL": Url(("redis", "rediss", "unix"), empty=True, host=False),
+    "CIVITAI_REDIS_PREFIX": Text("a non-empty name without spaces or * ? [ ]", r"[^\s*?\[\]]+"),
+    "CIVITAI_REDIS_CLAIM_AFTER": Number(1),
+    "CIVITAI_REDIS_TIMEOUT": Number(1),
+    "CIVITAI_CAPTION_FILES": Boolean(),
+    "CIVITAI_CAPTION_RAW": Boolean(),
+    "CIVITAI_MANIFEST_PART_ROWS": _COUNT,
+    "CIVITAI_LOG_DIR": Text("a folder's path", r"(?s).+"),
+    "CIVITAI_JPEG_QUALITY": Integer(1, 100),
+    "CIVITAI_MAX_IMAGE_PIXELS": _COUNT,
+    "CIVITAI_RETRY_BASE_DELAY": _SECONDS_FROM_0,
+    "CIVITAI_RETRY_MAX_DELAY": _SECONDS_FROM_0,
+    "CIVITAI_EMPTY_PAGE_RETRIES": Integer(0),
+    "CIVITAI_EMPTY_PAGE_DELAY": _SECONDS_FROM_0,
+    "CIVITAI_IMAGE_REDIRECTS": Choice(("https", "any", "none")),
+    "CIVITAI_API_CONCURRENCY": _COUNT,
+    "CIVITAI_IMAGE_THREADS": Integer(-1, note="-1: one per usable core, 0: in the reactor thread"),
+    "CIVITAI_IMAGES_IN_FLIGHT": _COUNT,
+    "CIVITAI_VIDEOS_IN_FLIGHT": _COUNT,
+    "CIVITAI_MAX_VIDEO_BYTES": _COUNT,
+    "CIVITAI_VIDEO_DOWNLOAD_TIMEOUT": Number(0, above=True),
+    "CIVITAI_MAX_STORE_FAILURES": _COUNT,
+    "CIVITAI_NEW_WALK": Boolean(),
+    # Scrapy's, in the order of the README's table.
+    "IMAGES_STORE": Text("a folder, file://folder or s3://bucket/prefix", r"(?s).+"),
+    "AWS_ACCESS_KEY_ID": Text(),
+    "AWS_SECRET_ACCESS_KEY": Text(),
+    "AWS_SESSION_TOKEN": Text(),
+    "AWS_ENDPOINT_URL": Url(empty=True),
+    "AWS_REGION_NAME": Text(),
+    "AWS_USE_SSL": Boolean(),
+    "AWS_VERIFY": Text("true, false or a CA bundle's path"),
+    "IMAGES_STORE_S3_ACL": Choice(
+        (
+            "private",
+            "public-read",
+            "public-read-write",
+            "authenticated-read",
+            "aws-exec-read",
+            "bucket-owner-read",
+            "bucket-owner-full-control",
+            "",
+        )
+    ),
+    "AWS_MAX_POOL_CONNECTIONS": _COUNT,
+    "RETRY_TIMES": Integer(0),
+    "RETRY_HTTP_CODES": StatusCodes(),
+    "CONCURRENT_REQUESTS": _COUNT,
+    "CONCURRENT_REQUESTS_PER_DOMAIN": _COUNT,
+    "DOWNLOAD_SLOTS": JsonObject('a JSON object {slot: {"concurrency": n, "delay": seconds...}}'),
+    "CONCURRENT_ITEMS": _COUNT,
+    "SCRAPER_SLOT_MAX_ACTIVE_SIZE": _COUNT,
+    "MEDIA_ALLOW_REDIRECTS": Boolean(),
+    "DOWNLOAD_TIMEOUT": Number(0, above=True),
+    "DOWNLOAD_WARNSIZE": Integer(0, note="bytes, 0: no warning"),
+    "DOWNLOAD_MAXSIZE": Integer(0, note="bytes, 0: no limit"),
+    "CLOSESPIDER_ITEMCOUNT": _OFF_OR_COUNT,
+    "CLOSESPIDER_PAGECOUNT": _OFF_OR_COUNT,
+    "CLOSESPIDER_TIMEOUT": Number(0),
+    "CLOSESPIDER_ERRORCOUNT": _OFF_OR_COUNT,
+    "CLOSESPIDER_TIMEOUT_NO_ITEM": Integer(0, note="seconds, 0: off"),
+    "CLOSESPIDER_PAGECOUNT_NO_ITEM": _OFF_OR_COUNT,
+    # logging.Logger.setLevel() knows these names, in capitals only.
+    "LOG_LEVEL": Choice(("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")),
+    "LOG_FILE": _PATH,
+    "JOBDIR": _PATH,
+    "TELNETCONSOLE_ENABLED": Boolean(),
+    "REMOTE_CONTROL_ENABLED": Boolean(),
+}
+
+
+def check_settings(settings: BaseSettings) -> None:
+    """Raise ``ValueError`` (one line) naming the first unknown ``CIVITAI_*`` setting, or the
+    first declared setting whose value is not allowed. An unset setting (None) passes."""
+    for name in sorted(settings):
+        if name.startswith(PREFIX) and name not in SETTINGS:
+            raise ValueError(_unknown(name))
+    for name, rule in SETTINGS.items():
+        value = settings.get(name)
+        if value is None:
+            continue
+        problem = rule.problem(value)
+        if problem is not None:
+            shown = _without_password(value) if isinstance(rule, Url) and isinstance(value, str) else value
+            because = f" ({problem})" if problem else ""
+            raise ValueError(f"{name}={shown!r} is not valid{because}: allowed is {rule.allowed}")
+
+
+def _unknown(name: str) -> str:
+    # Matched without the prefix, which every candidate shares: CIVITAI_FOO is not "close" to
+    # CIVITAI_LOG_DIR because of the eight letters they have in common.
+    known = {known[len(PREFIX) :]: known for known in SETTINGS if known.startswith(PREFIX)}
+    close = difflib.get_close_matches(name[len(PREFIX) :], known, n=1)
+    if close:
+        return f"unknown setting {name}: did you mean {known[close[0]]}?"
+    return (
+        f"unknown setting {name}: the project's settings are listed in civitai_spider/settings.py "
+        "and in the README's settings table"
+    )
+
+
+def _without_password(url: str) -> str:
+    try:
+        return safe_url(url)
+    except ValueError:  # not even a URL: hide whatever may be a user and password
+        return re.sub(r"//[^/]*@", "//***@", url)
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _within(number: int, minimum: int | None, maximum: int | None) -> bool:
+    return (minimum is None or number >= minimum) and (maximum is None or number <= maximum)
+
+
+def _note(note: str) -> str:
+    return f" ({note})" if note else ""
+
+
+def _one_of(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

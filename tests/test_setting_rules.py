@@ -1,0 +1,307 @@
+"""Tests of :mod:`civitai_spider.setting_rules`: every setting checked before any request.
+
+The README's settings tables are held to the same declaration in ``tests/test_readme.py``.
+End to end, a bad or misspelt setting ends ``scrapy crawl civitai`` (and the project's other
+commands) with exit status 2 and one ``error:`` line naming it, before the fake server hears
+of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.settings import Settings
+
+from civitai_spider import settings as project_settings
+from civitai_spider.items import STAT_NAMES
+from civitai_spider.setting_rules import SETTINGS, check_settings
+from tests.conftest import project_crawler, run_crawl, run_scrapy_command
+from tests.fake_civitai import FakeCivitai
+
+API_URL_ALLOWED = "an absolute http:// or https:// URL with a host, without a query or fragment"
+
+
+def project_settings_with(**overrides: Any) -> Settings:
+    """The settings of a crawl: Scrapy's, settings.py's, then ``-s NAME=VALUE`` (``overrides``)."""
+    settings = Settings()
+    settings.setmodule(project_settings, priority="project")
+    settings.setdict(overrides, priority="cmdline")
+    return settings
+
+
+def problem_with(name: str, value: Any) -> str | None:
+    """The one-line error for ``name=value`` over the project's settings, None if it passes."""
+    try:
+        check_settings(project_settings_with(**{name: value}))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+# --- the declaration -----------------------------------------------------------------------
+
+
+def test_every_project_setting_is_declared_and_every_declared_one_exists() -> None:
+    in_settings_py = {name for name in dir(project_settings) if name.startswith("CIVITAI_")}
+    declared = {name for name in SETTINGS if name.startswith("CIVITAI_")}
+    assert in_settings_py == declared
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_every_default_passes_its_own_rule(name: str) -> None:
+    value = project_settings_with().get(name)
+    assert value is None or SETTINGS[name].problem(value) is None, f"{name}={value!r}"
+
+
+def test_the_project_settings_and_scrapys_own_pass() -> None:
+    check_settings(project_settings_with())
+    check_settings(project_crawler().settings)
+    check_settings(Settings())
+
+
+# --- each kind -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CIVITAI_JPEG_QUALITY", "1"),
+        ("CIVITAI_JPEG_QUALITY", 100),
+        ("CIVITAI_MANIFEST_PART_ROWS", "100_000"),
+        ("CIVITAI_IMAGE_THREADS", "-1"),
+        ("CIVITAI_EMPTY_PAGE_RETRIES", "0"),
+        ("CIVITAI_RETRY_BASE_DELAY", "0"),
+        ("CIVITAI_REDIS_TIMEOUT", "1.5"),
+        ("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", "0.5"),
+        ("CLOSESPIDER_TIMEOUT", "2.5"),
+        ("CIVITAI_WITH_TAGS", "true"),
+        ("CIVITAI_WITH_TAGS", "False"),
+        ("CIVITAI_WITH_TAGS", "1"),
+        ("CIVITAI_WITH_TAGS", 0),
+        ("CIVITAI_WITH_TAGS", True),
+        ("CIVITAI_IMAGE_REDIRECTS", "none"),
+        ("LOG_LEVEL", "WARNING"),
+        ("IMAGES_STORE_S3_ACL", ""),
+        ("CIVITAI_API_URL", "https://civitai.red/api/v1/images"),
+        ("CIVITAI_API_URL", "http://127.0.0.1:8080/api/v1/images"),
+        ("CIVITAI_REDIS_URL", ""),
+        ("CIVITAI_REDIS_URL", "rediss://:secret@redis.example.com:6380/2"),
+        ("CIVITAI_REDIS_URL", "unix:///run/redis.sock"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:8333"),
+        ("CIVITAI_THRESHOLDS", "{}"),
+        ("CIVITAI_THRESHOLDS", '{"likeCount": 10, "heartCount": -1}'),
+        ("CIVITAI_THRESHOLDS", {"commentCount": 3}),
+        ("RETRY_HTTP_CODES", "500,503, 429"),
+        ("RETRY_HTTP_CODES", [503]),
+        ("DOWNLOAD_SLOTS", '{"civitai-api": {"concurrency": 4}}'),
+        ("CIVITAI_REDIS_PREFIX", "civitai-test"),
+        ("JOBDIR", "jobs/daily"),
+    ],
+    ids=repr,
+)
+def test_allowed_values_pass(name: str, value: Any) -> None:
+    assert problem_with(name, value) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "CIVITAI_JPEG_QUALITY",
+            "200",
+            "CIVITAI_JPEG_QUALITY='200' is not valid: allowed is an integer from 1 to 100",
+        ),
+        ("CIVITAI_JPEG_QUALITY", "0", "allowed is an integer from 1 to 100"),
+        ("CIVITAI_JPEG_QUALITY", "1.5", "allowed is an integer from 1 to 100"),
+        ("CIVITAI_IMAGES_IN_FLIGHT", "0", "is not valid: allowed is an integer >= 1"),
+        ("CIVITAI_MAX_STORE_FAILURES", "0", "allowed is an integer >= 1"),
+        ("CIVITAI_IMAGE_THREADS", "-2", "allowed is an integer >= -1 (-1: one per usable core"),
+        ("CLOSESPIDER_ITEMCOUNT", "-1", "allowed is an integer >= 0 (0: off)"),
+        ("CIVITAI_API_CONCURRENCY", True, "CIVITAI_API_CONCURRENCY=True is not valid"),
+        (
+            "CIVITAI_RETRY_BASE_DELAY",
+            "soon",
+            "CIVITAI_RETRY_BASE_DELAY='soon' is not valid: allowed is a number of seconds >= 0",
+        ),
+        ("CIVITAI_RETRY_MAX_DELAY", -0.5, "CIVITAI_RETRY_MAX_DELAY=-0.5 is not valid"),
+        ("CIVITAI_REDIS_CLAIM_AFTER", "0.5", "allowed is a number of seconds >= 1"),
+        ("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", "0", "allowed is a number of seconds > 0"),
+        ("CIVITAI_VIDEO_DOWNLOAD_TIMEOUT", "nan", "allowed is a number of seconds > 0"),
+        ("DOWNLOAD_TIMEOUT", "inf", "allowed is a number of seconds > 0"),
+        (
+            "CIVITAI_WITH_TAGS",
+            "yes",
+            "CIVITAI_WITH_TAGS='yes' is not valid: allowed is true or false (also 1 or 0)",
+        ),
+        ("CIVITAI_NEW_WALK", "TRUE", "allowed is true or false (also 1 or 0)"),
+        ("CIVITAI_NEW_WALK", "2", "allowed is true or false (also 1 or 0)"),
+        ("MEDIA_ALLOW_REDIRECTS", "", "allowed is true or false (also 1 or 0)"),
+        (
+            "CIVITAI_IMAGE_REDIRECTS",
+            "sometimes",
+            "CIVITAI_IMAGE_REDIRECTS='sometimes' is not valid: allowed is https, any or none",
+        ),
+        ("LOG_LEVEL", "info", "allowed is CRITICAL, ERROR, WARNING, INFO or DEBUG"),
+        ("IMAGES_STORE_S3_ACL", "public", "allowed is private, public-read, "),
+        ("IMAGES_STORE", "", "IMAGES_STORE='' is not valid: allowed is a folder, file://folder or s3://"),
+        (
+            "CIVITAI_API_URL",
+            "example.com/api",
+            f"CIVITAI_API_URL='example.com/api' is not valid (no scheme): allowed is {API_URL_ALLOWED}",
+        ),
+        ("CIVITAI_API_URL", "not-a-url", "(no scheme)"),
+        ("CIVITAI_API_URL", "localhost:8080/api", "(no scheme)"),
+        ("CIVITAI_API_URL", "ftp://civitai.com/api/v1/images", "(scheme ftp://)"),
+        ("CIVITAI_API_URL", "https:///api/v1/images", "(no host)"),
+        ("CIVITAI_API_URL", "https://civitai.com/api/v1/images?nsfw=X", "(a query)"),
+        ("CIVITAI_API_URL", "https://civitai.com/api/v1/images?", "(a query)"),
+        ("CIVITAI_API_URL", "https://civitai.com/api/v1/images#top", "(a fragment)"),
+        ("CIVITAI_API_URL", "https://civitai.com:https/api", "(not a URL)"),
+        ("CIVITAI_API_URL", "", f"CIVITAI_API_URL='' is not valid: allowed is {API_URL_ALLOWED}"),
+        (
+            "CIVITAI_REDIS_URL",
+            "http://127.0.0.1/0",
+            "CIVITAI_REDIS_URL='http://127.0.0.1/0' is not valid (scheme http://): allowed is empty, or "
+            "an absolute redis://, rediss:// or unix:// URL",
+        ),
+        ("AWS_ENDPOINT_URL", "s3.example.com", "AWS_ENDPOINT_URL='s3.example.com' is not valid (no scheme)"),
+        ("CIVITAI_THRESHOLDS", "{not json", "is not valid (not a JSON object: Expecting property name"),
+        ("CIVITAI_THRESHOLDS", "[1]", "is not valid (not a JSON object): allowed is a JSON object"),
+        (
+            "CIVITAI_THRESHOLDS",
+            '{"hearts": 2}',
+            "CIVITAI_THRESHOLDS='{\"hearts\": 2}' is not valid (unknown stat 'hearts'): allowed is a JSON "
+            f"object {{stat: integer minimum}} of the stats {', '.join(STAT_NAMES)}",
+        ),
+        ("CIVITAI_THRESHOLDS", '{"likeCount": 2.5}', "(the minimum of likeCount is 2.5, not an integer)"),
+        ("CIVITAI_REDIS_PREFIX", "my crawl", "allowed is a non-empty name without spaces or * ? [ ]"),
+        ("CIVITAI_ID_FILE", "", "CIVITAI_ID_FILE='' is not valid: allowed is a file's path"),
+        ("RETRY_HTTP_CODES", "500,5O3", "is not valid ('5O3' is not a status code)"),
+        ("RETRY_HTTP_CODES", "600", "allowed is HTTP status codes from 100 to 599, comma-separated"),
+    ],
+    ids=repr,
+)
+def test_a_value_not_allowed_is_one_line_naming_the_setting_the_value_and_what_is_allowed(
+    name: str, value: Any, message: str
+) -> None:
+    problem = problem_with(name, value)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(f"{name}={value!r} is not valid")
+    assert message in problem
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://alice:hunter2@civitai.com/api",
+        "https://alice:hunter2@civitai.com/api?x=1",
+        "https://alice:hunter2@[civitai.com/api",
+    ],
+)
+def test_a_refused_url_is_shown_without_its_password(value: str) -> None:
+    problem = problem_with("CIVITAI_API_URL", value)
+    assert problem is not None and "hunter2" not in problem and "***" in problem
+
+
+def test_redis_urls_hide_a_password_in_the_query_too() -> None:
+    problem = problem_with("CIVITAI_REDIS_URL", "http://127.0.0.1/0?password=hunter2")
+    assert problem is not None and "hunter2" not in problem
+
+
+def test_an_unset_setting_passes() -> None:
+    check_settings(Settings({"CIVITAI_API_URL": None, "JOBDIR": None}))
+
+
+# --- unknown names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("CIVITAI_TRESHOLDS", "CIVITAI_THRESHOLDS"),
+        ("CIVITAI_API_URI", "CIVITAI_API_URL"),
+        ("CIVITAI_IMAGE_IN_FLIGHT", "CIVITAI_IMAGES_IN_FLIGHT"),
+        ("CIVITAI_REDIS_TIMOUT", "CIVITAI_REDIS_TIMEOUT"),
+    ],
+)
+def test_an_unknown_project_setting_names_the_closest_known_one(name: str, meant: str) -> None:
+    assert problem_with(name, "1") == f"unknown setting {name}: did you mean {meant}?"
+
+
+def test_an_unknown_project_setting_without_a_close_one_says_where_the_list_is() -> None:
+    assert problem_with("CIVITAI_FOO", "1") == (
+        "unknown setting CIVITAI_FOO: the project's settings are listed in civitai_spider/settings.py "
+        "and in the README's settings table"
+    )
+
+
+def test_other_unknown_settings_are_scrapys_business() -> None:
+    assert problem_with("MY_PIPELINE_OPTION", "1") is None
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        pytest.param("CIVITAI_WITH_TAGS", lambda api: "yes", "CIVITAI_WITH_TAGS='yes'", id="with_tags"),
+        pytest.param(
+            "CIVITAI_REQUIRE_PROMPT", lambda api: "maybe", "CIVITAI_REQUIRE_PROMPT='maybe'", id="prompt"
+        ),
+        pytest.param("CIVITAI_API_URL", lambda api: "not-a-url", "(no scheme)", id="not_a_url"),
+        pytest.param("CIVITAI_API_URL", lambda api: api.split("://", 1)[1], "(no scheme)", id="no_scheme"),
+        pytest.param("CIVITAI_API_URL", lambda api: "ftp" + api[4:], "(scheme ftp://)", id="ftp"),
+        pytest.param("CIVITAI_API_URL", lambda api: f"{api}?x=1", "(a query)", id="query"),
+        pytest.param(
+            "CIVITAI_TRESHOLDS",
+            lambda api: "{}",
+            "unknown setting CIVITAI_TRESHOLDS: did you mean CIVITAI_THRESHOLDS?",
+            id="misspelt",
+        ),
+        # Scrapy configures logging before any command runs: checked before that too.
+        pytest.param("LOG_LEVEL", lambda api: "info", "allowed is CRITICAL, ERROR", id="log_level"),
+    ],
+)
+def test_a_bad_setting_ends_the_crawl_before_any_request(
+    setting: str, value: Callable[[str], str], named: str, server: FakeCivitai, store: Path
+) -> None:
+    result = run_crawl(server, store, **{setting: value(server.api_url)})
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert setting in error and named in error
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "value"),
+    [
+        (["civitai-manifest"], "CIVITAI_IMAGES_IN_FLIGHT", "0"),
+        (["civitai-manifest"], "CIVITAI_TRESHOLDS", "{}"),
+        (["civitai-export"], "CIVITAI_JPEG_QUALITY", "200"),
+        (["civitai-ids", "export", "ids.txt"], "CIVITAI_CAPTION_RAW", "maybe"),
+        (["civitai-status"], "CIVITAI_REDIS_TIMEOUT", "soon"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else value[0],
+)
+def test_the_other_commands_check_every_setting_before_their_work(
+    command: list[str], setting: str, value: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    arguments = [str(tmp_path / argument) if argument.endswith(".txt") else argument for argument in command]
+
+    # Redis does not answer there: a command that reached its id store would say so instead.
+    result = run_scrapy_command(
+        *arguments, IMAGES_STORE=str(store), CIVITAI_REDIS_URL="redis://127.0.0.1:9/0", **{setting: value}
+    )
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert f"error: {setting}={value!r} is not valid" in error or f"unknown setting {setting}:" in error
+    assert not store.exists() and not (tmp_path / "ids.txt").exists()
