@@ -95,10 +95,11 @@ CIVITAI_API_CONCURRENCY = 2
 # Threads for Pillow (checks, conversions): -1 means one per usable core. 0 runs Pillow in
 # the reactor thread, which stalls every download meanwhile (for benchmark comparison).
 CIVITAI_IMAGE_THREADS = -1
-# Images between request and saved file at once, across all pages. This bounds memory (a
-# 3 MB PNG is held two or three times meanwhile) and the load on the image CDN.
+# Images between request and recorded id at once, across all pages. This bounds memory (a
+# 3 MB PNG is held two or three times meanwhile), the load on the image CDN and how many more
+# a stop saves (CLOSESPIDER_ITEMCOUNT=N saves at most N + this).
 CIVITAI_IMAGES_IN_FLIGHT = 32
-# Videos between request and saved file at once, apart from images. A video is held whole
+# Videos between request and recorded id at once, apart from images. A video is held whole
 # in memory until it is written: peak memory grows by this times the largest video.
 CIVITAI_VIDEOS_IN_FLIGHT = 2
 # A video larger than this many bytes fails (Scrapy's download_maxsize for video requests:

@@ -18,9 +18,11 @@ tries again). A file the store could not take is a store failure
 (:mod:`civitai_spider.stores.failures`): many in a row end the crawl.
 
 At most ``CIVITAI_IMAGES_IN_FLIGHT`` images and ``CIVITAI_VIDEOS_IN_FLIGHT`` videos are
-between request and saved file at once, whatever the number of pages being processed:
+between request and recorded id at once, whatever the number of pages being processed:
 that, not the number of items, is what bounds memory (a body is held whole until it is
-written, a 3 MB PNG two or three times while it is checked).
+written, a 3 MB PNG two or three times while it is checked) and how many more a stop saves.
+Once the crawl is told to stop (:mod:`civitai_spider.extensions.stop`), no download starts:
+the items waiting for a place are dropped as ``stopped``.
 """
 
 from __future__ import annotations
