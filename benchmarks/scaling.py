@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import resource
     import subprocess
 
-    from tests.servers import RedisServer
+    from tests.support.servers import RedisServer
 
 KIND = "small-jpeg"
 WORKERS = (1, 2, 4)
@@ -139,8 +139,8 @@ def measure(images: int, pages_per_chain: int, work: Path, stores: Path) -> list
 
 def measure_workers(images: int, work: Path, stores: Path) -> list[Scaled]:
     """1, 2 and 4 workers on one crawl of ``images`` images through one Redis."""
-    # The test servers, reused as run.py's store scenarios do: tests/servers.py needs nothing of pytest.
-    from tests.servers import RedisServer  # noqa: PLC0415
+    # The test servers, reused as run.py's store scenarios do: they need nothing of pytest.
+    from tests.support.servers import RedisServer  # noqa: PLC0415
 
     arguments = (f"limit={WORKERS_LIMIT}",)
     runs = []

@@ -1,6 +1,6 @@
 """A fast fake Civitai for the benchmark: API pages and image or video bytes served from memory.
 
-The tests' fake (``tests/fake_civitai.py``) favours checks and fault injection over speed: a
+The tests' fake (``tests/support/fake_civitai.py``) favours checks and fault injection over speed: a
 thread per connection, Python's ``http.server``. Here one asyncio process answers the API
 (``/api/v1/images``, offset cursors, ``nextCursor`` and ``nextPage``) and the image CDN
 (``/images/<id>``) on one port, so that the crawler, not the server, is what gets measured.

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import images
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.support import images
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai, Fault
 
 ERROR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[[^\]]+\] ERROR: ", re.MULTILINE)
 RETRY_TIMES = 1

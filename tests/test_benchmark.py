@@ -23,7 +23,7 @@ import pytest
 
 from benchmarks import scaling
 from benchmarks.run import Server, alternated, serving
-from tests.conftest import REPOSITORY
+from tests.support.crawls import REPOSITORY
 
 IMAGES = 8
 VIDEOS = 3

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from civitai_spider.spiders.civitai import parse_arguments
-from tests import images
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.support import images
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai, Fault
 
 
 def add_items(server: FakeCivitai, count: int, **fields: object) -> list[dict]:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests import images, videos
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.support import images, videos
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
+from tests.support.fake_civitai import FakeCivitai
 
 LEVELS = (1, 2, 4, 8, 16)
 BODY = images.jpeg_rgb((64, 48))

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from civitai_spider.items import STAT_NAMES
-from tests import images
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment
-from tests.fake_civitai import FakeCivitai
+from tests.support import images
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment
+from tests.support.fake_civitai import FakeCivitai
 
 ID_FILE_NAME = "downloaded_image_ID_DB.txt"  # CIVITAI_ID_FILE's default, inside the store
 STORE_FILE_PATTERNS = [

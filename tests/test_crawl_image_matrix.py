@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests import images
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.support import images
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai
 
 FORMAT_OF_EXTENSION = {"jpg": "JPEG", "png": "PNG"}
 

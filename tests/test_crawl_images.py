@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from tests import images
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.support import images
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai, Fault
 
 API_KEY = "civitai-test-key-5f3a9c1e7b"
 

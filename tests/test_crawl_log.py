@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import images, videos
-from tests.conftest import CrawlResult, run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.support import images, videos
+from tests.support.crawls import CrawlResult, run_crawl
+from tests.support.fake_civitai import FakeCivitai
 
 #: Bodies in turn: PNGs with and without text chunks (Pillow reads their chunks), a JPEG, and a
 #: WebP saved as JPEG (Pillow converts it).

@@ -1,6 +1,6 @@
 """End to end: ``scrapy crawl civitai`` against the server's own query paths and answers.
 
-The fake Civitai models what the server's code does (``tests/fake_civitai.py``, each behaviour
+The fake Civitai models what the server's code does (``tests/support/fake_civitai.py``, each behaviour
 cited there): the nsfw levels, the older database path that ``modelId`` alone takes, pages that
 are short or empty but go on, an empty page before the real one, a key it serves as anonymous,
 451 and zod 400s, and a ranking that moves while a crawl pages through it.
@@ -20,9 +20,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests import images
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
-from tests.fake_civitai import API_PATH, ME_PATH, MODELS_PATH, FakeCivitai, Fault
+from tests.support import images
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
+from tests.support.fake_civitai import API_PATH, ME_PATH, MODELS_PATH, FakeCivitai, Fault
 
 BODY = images.jpeg_rgb()
 #: Re-asks of an empty page in these tests: quick, and still a real wait.
@@ -520,7 +520,7 @@ def run_workers(server: FakeCivitai, store: Path, logs: Path, count: int, *argum
 def test_workers_share_a_model_crawl_and_save_each_image_once(
     store: Path, redis_url: str, tmp_path: Path
 ) -> None:
-    from tests.servers import redis_ids
+    from tests.support.servers import redis_ids
 
     with FakeCivitai(cdn_delay=0.01) as server:
         ids, shared = add_model_images(server, 300)
@@ -538,7 +538,7 @@ def test_workers_share_a_model_crawl_and_save_each_image_once(
 def test_a_shared_crawl_asks_an_empty_page_again(
     server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path
 ) -> None:
-    from tests.servers import redis_ids
+    from tests.support.servers import redis_ids
 
     items = add_items(server, 9)
     server.inject_page(server.cursor_for(6), Fault.empty_page())
@@ -558,7 +558,7 @@ def test_a_shared_crawl_asks_an_empty_page_again(
 
 def add_real_world_records(server: FakeCivitai) -> dict[str, dict[str, Any]]:
     """Records with the values the server's code really sends (../shared/docs/civitai-api.md, point 7)."""
-    from tests import videos
+    from tests.support import videos
 
     def media_cache(body: bytes) -> str:
         # Since June 2026 some files come from the media cache, at a URL without any extension.
@@ -601,7 +601,7 @@ def test_records_as_they_really_come_are_saved_and_read_into_the_manifest(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from tests.conftest import run_scrapy_command
+    from tests.support.crawls import run_scrapy_command
 
     records = add_real_world_records(server)
     for name in ("versions_missing", "username_missing"):

@@ -18,10 +18,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests import images
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
-from tests.fake_civitai import FakeCivitai, RecordedRequest
-from tests.servers import SeaweedS3Server
+from tests.support import images
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
+from tests.support.fake_civitai import FakeCivitai, RecordedRequest
+from tests.support.servers import SeaweedS3Server
 
 
 def one_error_line(result: CrawlResult) -> str:

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests import images, videos
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
-from tests.fake_civitai import FakeCivitai
-from tests.servers import RedisServer, SeaweedS3Server, bucket_objects, redis_ids
+from tests.support import images, videos
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
+from tests.support.fake_civitai import FakeCivitai
+from tests.support.servers import RedisServer, SeaweedS3Server, bucket_objects, redis_ids
 
 API_KEY = "sk-test-7f3a9c1e-never-stored"
 #: botocore looks for credentials on an EC2 metadata address when none are given: never here.

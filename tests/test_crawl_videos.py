@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests import images, videos
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.support import images, videos
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai, Fault
 
 NO_PROMPT_NEEDED = {"CIVITAI_REQUIRE_PROMPT": "false"}
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from civitai_spider import outcomes
-from tests import images
-from tests.conftest import (
+from tests.support import images
+from tests.support.crawls import (
     REPOSITORY,
     CrawlResult,
     crawl_command,
@@ -29,7 +29,7 @@ from tests.conftest import (
     start_crawl,
     wait_for,
 )
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.support.fake_civitai import FakeCivitai, Fault
 
 
 def add_items(server: FakeCivitai, count: int) -> list[int]:
@@ -140,7 +140,7 @@ def test_closespider_limits_exit_with_0(
 def test_ends_only_a_broken_spider_reaches(
     server: FakeCivitai, store: Path, spider: str, finish_reason: str, status: int, settings: dict[str, str]
 ) -> None:
-    command = crawl_command(server, store, SPIDER_MODULES="tests.exit_spiders", **settings)
+    command = crawl_command(server, store, SPIDER_MODULES="tests.support.exit_spiders", **settings)
     command[command.index("civitai")] = spider
     process = subprocess.run(
         command, cwd=REPOSITORY, env=crawl_environment(), capture_output=True, text=True, timeout=60

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from civitai_spider.items import STAT_NAMES
-from tests import images
-from tests.fake_civitai import (
+from tests.support import images
+from tests.support.fake_civitai import (
     API_PATH,
     BROWSING_LEVELS,
     KNOWN_BASE_MODELS,

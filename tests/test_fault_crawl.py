@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests import images
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai, Fault
+from tests.support import images
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai, Fault
 
 ITEM_COUNT = 2000
 PAGE_SIZE = 20

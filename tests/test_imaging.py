@@ -17,8 +17,8 @@ from PIL import Image, ImageOps
 
 from civitai_spider import imaging
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
-from tests import images
-from tests.conftest import REPOSITORY
+from tests.support import images
+from tests.support.crawls import REPOSITORY
 
 WIDTH, HEIGHT = images.DEFAULT_SIZE
 PIXELS = WIDTH * HEIGHT
@@ -523,7 +523,7 @@ from pathlib import Path
 from PIL import Image
 
 from civitai_spider.imaging import ImageRejected, prepare_image
-from tests import images
+from tests.support import images
 
 
 def status_kb(field):

@@ -32,9 +32,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests import images, videos
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.support import images, videos
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
+from tests.support.fake_civitai import FakeCivitai
+from tests.support.workers import dead_pid
 
 ID_FILE_NAME = "downloaded_image_ID_DB.txt"
 TEMPORARY_PREFIX = ".civitai-partial-"
@@ -191,19 +192,6 @@ def check_store_invariants(
 
 def describe(result: CrawlResult) -> str:
     return f"exit status {result.returncode}; log ends with:\n{result.stderr[-3000:]}"
-
-
-def dead_pid() -> int:
-    """A process id that is not running (so its temporary files are leftovers)."""
-    pid = 999_999
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid += 1
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from civitai_spider.items import CivitaiImage
 from civitai_spider.logformatter import CivitaiLogFormatter
 from civitai_spider.outcomes import DropImage
 from civitai_spider.spiders.civitai import CivitaiSpider
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 PROMPT = "a very long prompt that must not be logged " * 20
 

@@ -11,7 +11,7 @@ import pytest
 
 from civitai_spider import settings
 from civitai_spider.spiders.civitai import ARGUMENTS
-from tests.conftest import REPOSITORY
+from tests.support.crawls import REPOSITORY
 
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
 ROWS = [line for line in README.splitlines() if line.startswith("| `")]

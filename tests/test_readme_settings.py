@@ -13,7 +13,7 @@ from scrapy.settings import Settings
 
 from civitai_spider import settings
 from civitai_spider.setting_rules import SETTINGS
-from tests.conftest import REPOSITORY
+from tests.support.crawls import REPOSITORY
 
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
 SETTINGS_SECTION = README.split("\n## Settings (`-s NAME=VALUE`)\n", 1)[1].split("\n## ", 1)[0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests import fake_civitai
-from tests.conftest import REPOSITORY
+from tests.support import fake_civitai
+from tests.support.crawls import REPOSITORY
 
 #: The start of an absolute path on a developer's machine or a server (not a URL path).
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|home|Users|root|mnt|srv)/[\w.-]")

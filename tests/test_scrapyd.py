@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from tests import images
-from tests.conftest import FAST_SETTINGS, REPOSITORY, run_crawl
-from tests.fake_civitai import ME_PATH, FakeCivitai
-from tests.servers import SeaweedS3Server, bucket_objects, redis_ids
+from tests.support import images
+from tests.support.crawls import FAST_SETTINGS, REPOSITORY, run_crawl
+from tests.support.fake_civitai import ME_PATH, FakeCivitai
+from tests.support.servers import SeaweedS3Server, bucket_objects, redis_ids
 
 PROJECT = "civitai_spider"  # the project name of scrapy.cfg's [deploy] section
 USERNAME, PASSWORD = "civitai", "scrapyd-test-password-8d1f"

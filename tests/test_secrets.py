@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import images
-from tests.conftest import REPOSITORY, CrawlResult, crawl_command, crawl_environment
-from tests.fake_civitai import ME_PATH, FakeCivitai, Fault
+from tests.support import images
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment
+from tests.support.fake_civitai import ME_PATH, FakeCivitai, Fault
 
 API_KEY = "civitai-secret-key-9d41e07c"
 

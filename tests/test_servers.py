@@ -1,4 +1,4 @@
-"""The real servers of tests/servers.py: they answer, keep their data across restarts, refuse
+"""The real servers of tests/support/servers.py: they answer, keep their data across restarts, refuse
 strangers, and leave no process behind."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import redis
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from tests.servers import RedisServer, SeaweedS3Server
+from tests.support.servers import RedisServer, SeaweedS3Server
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:

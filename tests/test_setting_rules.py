@@ -18,8 +18,8 @@ from scrapy.settings import Settings
 from civitai_spider import settings as project_settings
 from civitai_spider.items import STAT_NAMES
 from civitai_spider.setting_rules import SETTINGS, check_settings
-from tests.conftest import project_crawler, run_crawl, run_scrapy_command
-from tests.fake_civitai import FakeCivitai
+from tests.support.crawls import project_crawler, run_crawl, run_scrapy_command
+from tests.support.fake_civitai import FakeCivitai
 
 API_URL_ALLOWED = "an absolute http:// or https:// URL with a host, without a query or fragment"
 

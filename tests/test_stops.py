@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import images
-from tests.conftest import CrawlResult, finished_crawl, run_crawl, start_crawl, wait_for
-from tests.fake_civitai import FakeCivitai
+from tests.support import images
+from tests.support.crawls import CrawlResult, finished_crawl, run_crawl, start_crawl, wait_for
+from tests.support.fake_civitai import FakeCivitai
 
 IN_FLIGHT = 32  # CIVITAI_IMAGES_IN_FLIGHT's default
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPOSITORY
+from tests.support.crawls import REPOSITORY
 
 
 def run_ruff(*arguments: str) -> subprocess.CompletedProcess[str]:

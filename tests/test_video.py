@@ -14,8 +14,19 @@ import pytest
 
 from civitai_spider import video
 from civitai_spider.video import VideoRejected, check_video
-from tests import images, videos
-from tests.videos import CLUSTER, CUES, INFO, SEGMENT, SIMPLE_BLOCK, TIMESTAMP, TRACKS, VOID, box, ebml
+from tests.support import images, videos
+from tests.support.videos import (
+    CLUSTER,
+    CUES,
+    INFO,
+    SEGMENT,
+    SIMPLE_BLOCK,
+    TIMESTAMP,
+    TRACKS,
+    VOID,
+    box,
+    ebml,
+)
 
 #: Real videos from FFmpeg's muxers, and the extension each is saved under.
 REAL: dict[str, tuple[Callable[[], bytes], str]] = {

@@ -11,8 +11,8 @@ from typing import TypeVar
 import pytest
 
 from civitai_spider.stores.redis_ids import RedisIds
-from tests.conftest import run_scrapy_command
-from tests.servers import free_ports, redis_ids
+from tests.support.crawls import run_scrapy_command
+from tests.support.servers import free_ports, redis_ids
 
 T = TypeVar("T")
 CHUNK = 2**20

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import run_scrapy_command
-from tests.fake_civitai import FakeCivitai
-from tests.servers import free_ports
-from tests.test_shared_crawl import Workers, add_items, wait_for_files
+from tests.support.crawls import run_scrapy_command
+from tests.support.fake_civitai import FakeCivitai
+from tests.support.servers import free_ports
+from tests.support.workers import Workers, add_items, wait_for_files
 
 
 def civitai_status(*arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from civitai_spider.spiders.civitai import ARGUMENTS
-from tests.conftest import REPOSITORY, crawl_environment
+from tests.support.crawls import REPOSITORY, crawl_environment
 
 COMMANDS = ("crawl", "civitai-manifest", "civitai-export", "civitai-ids", "civitai-status")
 HEADINGS = ("Usage", "Options", "Global Options")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests import images, videos
-from tests.conftest import run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.support import images, videos
+from tests.support.crawls import run_crawl
+from tests.support.fake_civitai import FakeCivitai
 
 NO_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
 CRAWL_SETTINGS = {

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_scrapy_command
 from tests.dataset.conftest import NO_METADATA
-from tests.servers import SeaweedS3Server
+from tests.support.crawls import run_scrapy_command
+from tests.support.servers import SeaweedS3Server
 
 COMMANDS = ("civitai-manifest", "civitai-export")
 

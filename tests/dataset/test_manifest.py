@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from civitai_spider.local_files import TEMPORARY_PREFIX
-from tests.conftest import REPOSITORY, crawl_environment, run_crawl, run_scrapy_command
 from tests.dataset.conftest import CRAWL_SETTINGS, NO_METADATA, add_items, succeeded
 from tests.dataset.records import write_store
-from tests.fake_civitai import FakeCivitai
-from tests.servers import SeaweedS3Server, redis_ids
+from tests.support.crawls import REPOSITORY, crawl_environment, run_crawl, run_scrapy_command
+from tests.support.fake_civitai import FakeCivitai
+from tests.support.servers import SeaweedS3Server, redis_ids
 
 
 def manifest(

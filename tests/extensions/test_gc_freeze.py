@@ -9,7 +9,7 @@ import pytest
 from scrapy import signals
 
 from civitai_spider.extensions.gc_freeze import FreezeStartupObjects
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 @pytest.fixture(autouse=True)

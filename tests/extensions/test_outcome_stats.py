@@ -14,7 +14,7 @@ from civitai_spider.extensions.outcome_stats import OutcomeStats, summary
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.spiders.civitai import CivitaiSpider
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 @pytest.fixture

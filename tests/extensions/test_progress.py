@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from civitai_spider import outcomes
 from civitai_spider.extensions.progress import ProgressBar
-from tests import images
-from tests.conftest import REPOSITORY, crawl_command, crawl_environment, project_crawler, run_crawl
-from tests.fake_civitai import FakeCivitai
+from tests.support import images
+from tests.support.crawls import REPOSITORY, crawl_command, crawl_environment, project_crawler, run_crawl
+from tests.support.fake_civitai import FakeCivitai
 
 BAR_TITLE = "Saving images and videos"
 EXTENSION_PATH = "civitai_spider.extensions.progress.ProgressBar"

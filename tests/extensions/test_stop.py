@@ -8,7 +8,7 @@ from scrapy import signals
 
 from civitai_spider.extensions.close_spider import CloseSpider
 from civitai_spider.extensions.stop import Stop
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 class _Engine:

@@ -11,7 +11,7 @@ from twisted.internet.error import ConnectionRefusedError
 
 from civitai_spider.api import API_META_KEY
 from civitai_spider.middlewares.api_key import ApiKeyMiddleware
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 API_URL = "https://civitai.com/api/v1/images"
 BEARER = b"Bearer s3cret-key"

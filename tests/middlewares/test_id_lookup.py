@@ -13,7 +13,7 @@ from scrapy.http import TextResponse
 from civitai_spider.items import CivitaiImage
 from civitai_spider.middlewares.id_lookup import IdLookupMiddleware
 from civitai_spider.stores.base import StoreError
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 class RecordingIds:

@@ -10,7 +10,7 @@ from scrapy.http import Response
 from civitai_spider.api import API_META_KEY
 from civitai_spider.middlewares.image_redirects import ImageRedirectPolicyMiddleware
 from civitai_spider.setting_rules import check_settings
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 IMAGE_URL = "https://image.civitai.com/k/uuid/original=true/uuid.jpeg"
 

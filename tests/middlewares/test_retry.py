@@ -19,7 +19,7 @@ from civitai_spider.api import API_PAGE_META_KEY
 from civitai_spider.middlewares.retry import BackoffRetryMiddleware, _retry_after_seconds
 from civitai_spider.setting_rules import check_settings
 from civitai_spider.spiders.civitai import CivitaiSpider
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 URL = "http://127.0.0.1:9/api/v1/images?limit=200"
 

@@ -15,7 +15,7 @@ import pytest
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines.already_downloaded import AlreadyDownloadedPipeline
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 def make_item(image_id: int, chain: str | None = None) -> CivitaiImage:

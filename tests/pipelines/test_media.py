@@ -18,8 +18,8 @@ from civitai_spider.pipelines import media
 from civitai_spider.pipelines.media import CivitaiMediaPipeline, MediaFailed, MediaNotStored
 from civitai_spider.stores import folder
 from civitai_spider.stores.failures import StoreFailed
-from tests import images, videos
-from tests.conftest import project_crawler
+from tests.support import images, videos
+from tests.support.crawls import project_crawler
 
 
 def pipeline(store: Path) -> CivitaiMediaPipeline:

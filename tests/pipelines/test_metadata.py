@@ -21,7 +21,7 @@ from civitai_spider.pipelines.metadata import MetadataPipeline, metadata_files
 from civitai_spider.setting_rules import check_settings
 from civitai_spider.stores import id_file
 from civitai_spider.stores.failures import StoreFailed
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 _UNSET = object()
 

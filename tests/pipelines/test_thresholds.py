@@ -11,7 +11,7 @@ from civitai_spider.items import STAT_NAMES, CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines.thresholds import ReactionThresholdsPipeline
 from civitai_spider.setting_rules import check_settings
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 _UNSET = object()
 

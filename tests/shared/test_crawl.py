@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from civitai_spider.shared.crawl import PageMessage, SharedCrawl, SharedCrawlError, crawl_digest
-from tests.servers import free_ports
-from tests.test_kill_and_resume import dead_pid
+from tests.support.servers import free_ports
+from tests.support.workers import dead_pid
 
 T = TypeVar("T")
 DEFINITION = {"api_url": "http://127.0.0.1:9/api/v1/images", "chains": {"a": {}, "b": {}}}

@@ -22,7 +22,7 @@ from civitai_spider.outcomes import DropImage
 from civitai_spider.setting_rules import check_settings
 from civitai_spider.spiders.civitai import CivitaiSpider, model_to_list, parse_arguments
 from civitai_spider.stores import stores_of
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 API_URL = "http://127.0.0.1:9/api/v1/images"
 DEFAULT_QUERY = {

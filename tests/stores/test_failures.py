@@ -12,7 +12,7 @@ from civitai_spider.outcomes import FAILED_REASON, DropImage
 from civitai_spider.stores import failures
 from civitai_spider.stores.base import StoreError
 from civitai_spider.stores.failures import StoreFailed, StoreFailures, describe_store_error
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.stores import file_store_at
 from civitai_spider.stores.base import FileStore
 from civitai_spider.stores.folder import FolderStore
-from tests.servers import SeaweedS3Server, unique_bucket_name
+from tests.support.servers import SeaweedS3Server, unique_bucket_name
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of :mod:`civitai_spider.stores.redis_ids` against a real Redis (``tests/servers.py``).
+"""Tests of :mod:`civitai_spider.stores.redis_ids` against a real Redis (``tests/support/servers.py``).
 
 Round trips are counted with Redis's own ``INFO commandstats``, reset before each step.
 """
@@ -24,9 +24,9 @@ from civitai_spider.pipelines.already_downloaded import AlreadyDownloadedPipelin
 from civitai_spider.stores import redis_ids
 from civitai_spider.stores.base import StoreError
 from civitai_spider.stores.redis_ids import _PREFETCHED_LIMIT, MAX_ID, RedisIds, safe_url
-from tests.conftest import project_crawler
-from tests.servers import RedisServer, free_ports
-from tests.servers import redis_ids as stored_ids
+from tests.support.crawls import project_crawler
+from tests.support.servers import RedisServer, free_ports
+from tests.support.servers import redis_ids as stored_ids
 
 T = TypeVar("T")
 CHUNK = 2**20

@@ -1,4 +1,4 @@
-"""Tests of :mod:`civitai_spider.stores.s3` against a real S3 server (SeaweedFS, ``tests/servers.py``).
+"""Tests of :mod:`civitai_spider.stores.s3` against a real S3 server (SeaweedFS, tests/support/servers.py).
 
 What the store sends is seen in the objects the server keeps and, for the headers, through
 botocore's own ``before-send`` event: nothing here stands in for the server. The tests share
@@ -21,7 +21,7 @@ from scrapy.settings import Settings
 
 from civitai_spider.stores.base import StoreError
 from civitai_spider.stores.s3 import S3Store, _verify, content_type
-from tests.servers import SeaweedS3Server, bucket_objects, free_ports, unique_bucket_name
+from tests.support.servers import SeaweedS3Server, bucket_objects, free_ports, unique_bucket_name
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
 

@@ -14,7 +14,7 @@ from civitai_spider.stores.folder import FolderStore
 from civitai_spider.stores.id_file import IdFile, id_file_path
 from civitai_spider.stores.redis_ids import RedisIds
 from civitai_spider.stores.s3 import S3Store
-from tests.conftest import project_crawler
+from tests.support.crawls import project_crawler
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 ``start()`` raising (``start_error``) and a callback raising (``closespider_errorcount``).
 
 Run with the real ``scrapy crawl`` and the project's settings plus
-``-s SPIDER_MODULES=tests.exit_spiders``.
+``-s SPIDER_MODULES=tests.support.exit_spiders``.
 """
 
 from __future__ import annotations
