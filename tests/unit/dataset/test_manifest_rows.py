@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from civitai_spider.dataset.manifest import SCHEMA, STAT_COLUMNS, _row_groups, _table, row_of
 from civitai_spider.dataset.stored import StoredItem
-from tests.dataset.records import RECORD
+from tests.support.records import RECORD
 
 
 def row(record: dict[str, Any], size: int | None = 1234) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Only a pause (finish reason ``shutdown``: one Ctrl-C, SIGTERM, a Scrapyd cancel) is resumed
 from its saved page request; that case is ``test_jobdir_pause_with_one_ctrl_c_then_resume_...``
-in ``tests/test_kill_and_resume.py``.
+in ``tests/e2e/test_kill_and_resume.py``.
 """
 
 from __future__ import annotations

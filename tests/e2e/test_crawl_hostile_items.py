@@ -8,7 +8,7 @@ traceback nor ERROR line, every
 file inside ``IMAGES_STORE`` with a known name, the outcome stats adding up, and every
 recorded id a positive integer with its complete set of files.
 
-Run alone with ``pytest -m heavy tests/test_crawl_hostile_items.py``; a failing example is
+Run alone with ``pytest -m heavy tests/e2e/test_crawl_hostile_items.py``; a failing example is
 kept in hypothesis' database (``.hypothesis/``) and replayed first on the next run.
 """
 

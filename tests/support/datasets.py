@@ -1,17 +1,12 @@
-"""The dataset tests' stores: one that a real crawl filled from the fake Civitai server."""
+"""What the dataset commands' tests crawl: items of every kind, the crawl's settings, and a check
+that a command succeeded."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support import images, videos
-from tests.support.crawls import run_crawl
 from tests.support.fake_civitai import FakeCivitai
 
 NO_METADATA = {"AWS_EC2_METADATA_DISABLED": "true"}
@@ -43,25 +38,3 @@ def add_items(server: FakeCivitai, count: int = 0) -> list[dict[str, Any]]:
 def succeeded(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeCivitai]:
-    with FakeCivitai() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def crawled(fake: FakeCivitai, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    """A folder store that one real crawl filled, and the API records it got."""
-    items = add_items(fake)
-    store = tmp_path_factory.mktemp("crawled") / "store"
-    result = run_crawl(fake, store, "media=all", **CRAWL_SETTINGS)
-    assert result.returncode == 0 and sorted(result.ids_recorded()) == sorted(i["id"] for i in items)
-    return store, items
-
-
-@pytest.fixture
-def store(crawled: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> Path:
-    """A copy of the crawled store, this test's to change."""
-    return Path(shutil.copytree(crawled[0], tmp_path / "store"))

@@ -1,7 +1,7 @@
 """Tests of :class:`AlreadyDownloadedPipeline`: ids from the id store or repeated in a run.
 
 With the ID file here; the Redis id store goes through the same pipeline in
-``tests/stores/test_redis_ids.py`` and end to end.
+``tests/unit/stores/test_redis_ids.py`` and end to end.
 """
 
 from __future__ import annotations

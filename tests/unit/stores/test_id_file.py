@@ -1,6 +1,6 @@
 """Tests of :mod:`civitai_spider.stores.id_file` and the group commit of ids over a folder.
 
-Where the ID file goes for each store: ``tests/stores/test_stores.py``.
+Where the ID file goes for each store: ``tests/unit/stores/test_stores.py``.
 """
 
 from __future__ import annotations

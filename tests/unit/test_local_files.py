@@ -26,6 +26,7 @@ from civitai_spider.local_files import (
     sync_file_system,
     write_atomically,
 )
+from tests.support.crawls import REPOSITORY
 
 THIS_HOST = host_tag(socket.gethostname())
 OTHER_HOST = host_tag(socket.gethostname() + "-other")
@@ -323,9 +324,7 @@ def test_a_killed_write_leftover_is_removed(tmp_path: Path) -> None:
         "s.os.replace = lambda *a: os._exit(9)\n"
         "s.write_atomically(Path(sys.argv[1]) / '1.jpg', b'data')\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, str(tmp_path)], cwd=Path(__file__).parent.parent
-    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPOSITORY)
     assert process.wait() == 9
     [name] = leftovers(tmp_path)
     assert re.fullmatch(rf"{re.escape(TEMPORARY_PREFIX)}{THIS_HOST}-{process.pid}-\w+-1\.jpg\.partial", name)

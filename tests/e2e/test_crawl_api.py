@@ -113,14 +113,14 @@ def test_defaults_ask_for_meta_and_the_largest_pages(server: FakeCivitai, store:
     run_crawl(server, store)
 
     [page] = server.api_requests()
-    # The defaults themselves are pinned in tests/spiders/test_civitai.py; here, that they are sent.
+    # The defaults themselves are pinned in tests/unit/spiders/test_civitai.py; here, that they are sent.
     assert page.query == parse_arguments({})[0]
     assert page.query["limit"] == "200" and page.query["withMeta"] == page.query["flatMeta"] == "true"
 
 
 def test_model_id_goes_through_its_versions_and_keeps_every_prompt(server: FakeCivitai, store: Path) -> None:
     # modelId alone would take the server's older query path; its versions take the search index
-    # (the losses of the older path: tests/test_crawl_server_paths.py).
+    # (the losses of the older path: tests/e2e/test_crawl_server_paths.py).
     server.add_model(12, [788385])  # the version the items are listed under
     items = add_items(server, 3)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.dataset.conftest import NO_METADATA
 from tests.support.crawls import run_scrapy_command
+from tests.support.datasets import NO_METADATA
 from tests.support.servers import SeaweedS3Server
 
 COMMANDS = ("civitai-manifest", "civitai-export")

@@ -1,11 +1,11 @@
 """The exit status of ``scrapy crawl civitai``, end to end: 1 when the crawl could not do its work.
 
 1 or 2 for the finish reasons in ``outcomes.EXIT_STATUSES`` (``api_error``, ``cursor_loop``,
-``redis_error``: ``tests/test_shared_crawl.py``; ``region_blocked``, ``api_key_refused``,
-``model_not_found``: ``tests/test_crawl_server_paths.py``; ``store_error``:
-``tests/test_crawl_store_failures.py``);
-0 for any other end (a pause: ``tests/test_kill_and_resume.py``); 2 for a bad argument or setting
-(``tests/test_crawl_api.py``).
+``redis_error``: ``tests/e2e/test_shared_crawl.py``; ``region_blocked``, ``api_key_refused``,
+``model_not_found``: ``tests/e2e/test_crawl_server_paths.py``; ``store_error``:
+``tests/e2e/test_crawl_store_failures.py``);
+0 for any other end (a pause: ``tests/e2e/test_kill_and_resume.py``); 2 for a bad argument or setting
+(``tests/e2e/test_crawl_api.py``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
-"""Tests of :mod:`civitai_spider.setting_rules`: every setting checked before any request.
+"""Tests of :mod:`civitai_spider.setting_rules`: what each setting allows, and the messages.
 
-The README's settings tables are held to the same declaration in ``tests/test_readme.py``.
-End to end, a bad or misspelt setting ends ``scrapy crawl civitai`` (and the project's other
-commands) with exit status 2 and one ``error:`` line naming it, before the fake server hears
-of it.
+The README's settings tables are held to the same declaration in ``tests/test_readme_settings.py``;
+end to end, ``tests/e2e/test_settings.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +14,7 @@ from scrapy.settings import Settings
 from civitai_spider import settings as project_settings
 from civitai_spider.items import STAT_NAMES
 from civitai_spider.setting_rules import SETTINGS, check_settings
-from tests.support.crawls import project_crawler, run_crawl, run_scrapy_command
-from tests.support.fake_civitai import FakeCivitai
+from tests.support.crawls import project_crawler
 
 API_URL_ALLOWED = "an absolute http:// or https:// URL with a host, without a query or fragment"
 
@@ -240,68 +235,3 @@ def test_an_unknown_project_setting_without_a_close_one_says_where_the_list_is()
 
 def test_other_unknown_settings_are_scrapys_business() -> None:
     assert problem_with("MY_PIPELINE_OPTION", "1") is None
-
-
-# --- end to end ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("setting", "value", "named"),
-    [
-        pytest.param("CIVITAI_WITH_TAGS", lambda api: "yes", "CIVITAI_WITH_TAGS='yes'", id="with_tags"),
-        pytest.param(
-            "CIVITAI_REQUIRE_PROMPT", lambda api: "maybe", "CIVITAI_REQUIRE_PROMPT='maybe'", id="prompt"
-        ),
-        pytest.param("CIVITAI_API_URL", lambda api: "not-a-url", "(no scheme)", id="not_a_url"),
-        pytest.param("CIVITAI_API_URL", lambda api: api.split("://", 1)[1], "(no scheme)", id="no_scheme"),
-        pytest.param("CIVITAI_API_URL", lambda api: "ftp" + api[4:], "(scheme ftp://)", id="ftp"),
-        pytest.param("CIVITAI_API_URL", lambda api: f"{api}?x=1", "(a query)", id="query"),
-        pytest.param(
-            "CIVITAI_TRESHOLDS",
-            lambda api: "{}",
-            "unknown setting CIVITAI_TRESHOLDS: did you mean CIVITAI_THRESHOLDS?",
-            id="misspelt",
-        ),
-        # Scrapy configures logging before any command runs: checked before that too.
-        pytest.param("LOG_LEVEL", lambda api: "info", "allowed is CRITICAL, ERROR", id="log_level"),
-    ],
-)
-def test_a_bad_setting_ends_the_crawl_before_any_request(
-    setting: str, value: Callable[[str], str], named: str, server: FakeCivitai, store: Path
-) -> None:
-    result = run_crawl(server, store, **{setting: value(server.api_url)})
-
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert setting in error and named in error
-    assert server.requests == []
-
-
-@pytest.mark.parametrize(
-    ("command", "setting", "value"),
-    [
-        (["civitai-manifest"], "CIVITAI_IMAGES_IN_FLIGHT", "0"),
-        (["civitai-manifest"], "CIVITAI_TRESHOLDS", "{}"),
-        (["civitai-export"], "CIVITAI_JPEG_QUALITY", "200"),
-        (["civitai-ids", "export", "ids.txt"], "CIVITAI_CAPTION_RAW", "maybe"),
-        (["civitai-status"], "CIVITAI_REDIS_TIMEOUT", "soon"),
-    ],
-    ids=lambda value: value if isinstance(value, str) else value[0],
-)
-def test_the_other_commands_check_every_setting_before_their_work(
-    command: list[str], setting: str, value: str, tmp_path: Path
-) -> None:
-    store = tmp_path / "store"
-    arguments = [str(tmp_path / argument) if argument.endswith(".txt") else argument for argument in command]
-
-    # Redis does not answer there: a command that reached its id store would say so instead.
-    result = run_scrapy_command(
-        *arguments, IMAGES_STORE=str(store), CIVITAI_REDIS_URL="redis://127.0.0.1:9/0", **{setting: value}
-    )
-
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert f"error: {setting}={value!r} is not valid" in error or f"unknown setting {setting}:" in error
-    assert not store.exists() and not (tmp_path / "ids.txt").exists()

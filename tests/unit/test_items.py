@@ -164,7 +164,7 @@ def test_invalid_url_is_rejected(url: Any) -> None:
 )
 def test_url_that_no_request_can_be_made_of_is_rejected(url: str) -> None:
     # urlsplit() takes these, but Scrapy's Request (w3lib) refuses them: a traceback in the
-    # images pipeline and no error_log.txt line, found by tests/test_crawl_hostile_items.py.
+    # images pipeline and no error_log.txt line, found by tests/e2e/test_crawl_hostile_items.py.
     with pytest.raises(ValueError):
         Request(url)
     with pytest.raises(InvalidApiItem) as caught:

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from civitai_spider.local_files import TEMPORARY_PREFIX
-from tests.dataset.conftest import CRAWL_SETTINGS, NO_METADATA, add_items, succeeded
-from tests.dataset.records import write_store
 from tests.support.crawls import REPOSITORY, crawl_environment, run_crawl, run_scrapy_command
+from tests.support.datasets import CRAWL_SETTINGS, NO_METADATA, add_items, succeeded
 from tests.support.fake_civitai import FakeCivitai
+from tests.support.records import write_store
 from tests.support.servers import SeaweedS3Server, redis_ids
 
 
