@@ -17,10 +17,8 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from benchmarks.run import Run
+from benchmarks.measure import Run, alternated, check_saved, crawl, serving
 
 #: The least whole-process ratios asked for, by format: (civitai / bare, civitai / stock).
 TARGETS = {"jpeg": (0.8, 6.0), "png": (0.7, None)}
@@ -52,8 +50,6 @@ class DiskSeries:
 
 def measure(kinds: dict[str, list[int]], rounds: int, work: Path, disk: Path) -> list[DiskSeries]:
     """Every series of ``kinds`` (format -> image counts), ``rounds`` alternated runs per crawler."""
-    from benchmarks.run import _check_saved, crawl, serving  # noqa: PLC0415 - run.py imports this
-
     series = []
     for kind, counts in kinds.items():
         crawlers = ["bare", "stock", "civitai"] if TARGETS[kind][1] else ["bare", "civitai"]
@@ -62,14 +58,13 @@ def measure(kinds: dict[str, list[int]], rounds: int, work: Path, disk: Path) ->
             series.append(measured)
             print(f"{measured.label}: {rounds} round(s)...", file=sys.stderr, flush=True)
             with serving(kind, count) as server:
-                for number in range(1, rounds + 1):
-                    # Each round in the other order: no crawler always runs first.
-                    for crawler in crawlers if number % 2 else crawlers[::-1]:
-                        name = f"disk-{kind}-{count}-{crawler}-{number}"
-                        run = crawl(server, measured.label, crawler, work, disk / name, name=name)
-                        if crawler == "civitai":
-                            _check_saved(run, count)
-                        measured.runs[crawler].append(run)
+                # Each round in the other order: no crawler always runs first.
+                for number, crawler in alternated(rounds, *crawlers):
+                    name = f"disk-{kind}-{count}-{crawler}-{number}"
+                    run = crawl(server, measured.label, crawler, work, disk / name, name=name)
+                    if crawler == "civitai":
+                        check_saved(run, count)
+                    measured.runs[crawler].append(run)
     return series
 
 
@@ -95,8 +90,6 @@ def table(series: list[DiskSeries]) -> list[str]:
 
 
 def raw(series: list[DiskSeries]) -> list[dict[str, object]]:
-    from benchmarks.run import _raw  # noqa: PLC0415 - see measure
-
     return [
         {
             "kind": measured.kind,
@@ -108,7 +101,7 @@ def raw(series: list[DiskSeries]) -> list[dict[str, object]]:
             "ratio_to_stock": measured.ratio("stock"),
             "steady_ratio_to_bare": measured.ratio("bare", whole=False),
             "targets": TARGETS[measured.kind],
-            "runs": {crawler: [_raw(run) for run in runs] for crawler, runs in measured.runs.items()},
+            "runs": {crawler: [run.raw() for run in runs] for crawler, runs in measured.runs.items()},
         }
         for measured in series
     ]

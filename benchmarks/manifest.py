@@ -28,10 +28,10 @@ from pathlib import Path
 
 from itemadapter import ItemAdapter
 
+from benchmarks.measure import REPOSITORY
 from civitai_spider.items import CivitaiImage
 from civitai_spider.pipelines.metadata import metadata_files
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 TARGET = 5_000  # records/s, whole process: 1,000,000 records in under 4 minutes
 EXPORT = "webdataset export"
 _WORDS = (

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.run import (
+from benchmarks.measure import (
     CrawlCommand,
     Server,
     crawl_command,
@@ -37,12 +37,12 @@ from benchmarks.run import (
     start_crawl,
 )
 from civitai_spider import settings as project_settings
+from civitai_spider.spiders.civitai import CivitaiSpider
+from tests.support.servers import RedisServer  # the tests' own: it needs nothing of pytest
 
 if TYPE_CHECKING:
     import resource
     import subprocess
-
-    from tests.support.servers import RedisServer
 
 KIND = "small-jpeg"
 WORKERS = (1, 2, 4)
@@ -119,8 +119,6 @@ class Ratio:
 
 def missing_features() -> list[str]:
     """What the scenario needs of the spider and this checkout lacks: the split and the shared crawl."""
-    from civitai_spider.spiders.civitai import CivitaiSpider  # noqa: PLC0415 - only when asked for
-
     missing = []
     split = dict(argument.split("=", 1) for argument in SPLIT_ARGUMENTS)
     try:
@@ -139,9 +137,6 @@ def measure(images: int, pages_per_chain: int, work: Path, stores: Path) -> list
 
 def measure_workers(images: int, work: Path, stores: Path) -> list[Scaled]:
     """1, 2 and 4 workers on one crawl of ``images`` images through one Redis."""
-    # The test servers, reused as run.py's store scenarios do: they need nothing of pytest.
-    from tests.support.servers import RedisServer  # noqa: PLC0415
-
     arguments = (f"limit={WORKERS_LIMIT}",)
     runs = []
     print(

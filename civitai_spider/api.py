@@ -90,7 +90,9 @@ def _issue_text(issue: dict[str, Any]) -> str:
 
 
 def _content_type(response: Response) -> str:
-    return response.headers.get("Content-Type", b"").decode("latin-1")
+    content_type = response.headers.get("Content-Type", b"")
+    assert content_type is not None  # the header's last value, or the default
+    return content_type.decode("latin-1")
 
 
 def origin(url: str) -> tuple[str, str | None, int | None]:

@@ -27,6 +27,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from io import BytesIO
+from typing import cast
 
 from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -193,7 +194,8 @@ def _rgb_or_rgba(image: Image.Image) -> Image.Image:
         return _to_eight_bits(image).convert("RGB")
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")
-        if rgba.getextrema()[3][0] < 255:  # the lowest alpha
+        # Pillow types getextrema() for any mode: an RGBA picture's is a (min, max) per band.
+        if cast("tuple[tuple[int, int], ...]", rgba.getextrema())[3][0] < 255:  # the lowest alpha
             return rgba
         image = rgba
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -202,7 +204,7 @@ def _rgb_or_rgba(image: Image.Image) -> Image.Image:
 def _to_eight_bits(image: Image.Image) -> Image.Image:
     """A grey of 16 or 32 bits (integer or float) as 8 bits, its usual range mapped to 0..255."""
     wide = image if image.mode == "F" else image.convert("F")
-    lowest, highest = wide.getextrema()
+    lowest, highest = cast("tuple[float, float]", wide.getextrema())  # mode F: one (min, max)
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         # NaN or infinity: no scale shows the rest (it all turns black), and Pillow has no
         # cheap way to mask them out.

@@ -9,7 +9,7 @@ Everything after it can trust the types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from itemadapter import ItemAdapter
@@ -96,7 +96,7 @@ class CivitaiImage:
             url=url,
             width=_int_or_none(record.get("width")),
             height=_int_or_none(record.get("height")),
-            type=record.get("type") if isinstance(record.get("type"), str) else "image",
+            type=kind if isinstance(kind := record.get("type"), str) else "image",
             nsfw_level=_str_or_none(record.get("nsfwLevel")),
             browsing_level=_int_or_none(record.get("browsingLevel")),
             created_at=_str_or_none(record.get("createdAt")),
@@ -131,7 +131,7 @@ def flat_meta(meta: Any) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _is_http_url(value: Any) -> bool:
+def _is_http_url(value: Any) -> TypeGuard[str]:
     if not isinstance(value, str):
         return False
     try:

@@ -117,7 +117,7 @@ def writing_atomically(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
         raise
 
 
-def _create_temporary(path: Path) -> tuple[int, str]:
+def _create_temporary(path: str | Path) -> tuple[int, str]:
     """A new temporary file beside ``path``, opened for writing: its descriptor and name.
 
     The host and pid in the name tell remove_temporary_files() whether its writer may still

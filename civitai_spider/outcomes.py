@@ -12,6 +12,8 @@ which ones make ``scrapy crawl`` exit with a status other than 0.
 
 from __future__ import annotations
 
+from typing import cast
+
 from scrapy.exceptions import DropItem
 
 #: Every stat of this project starts with it (a shared crawl's Redis counts are the same without it).
@@ -114,7 +116,11 @@ def describe_error(error: BaseException) -> str:
     """
     reasons = getattr(error.__cause__, "reasons", None)
     if isinstance(reasons, list) and reasons:
-        inner = "; ".join(_describe(getattr(reason, "value", reason)) for reason in reasons)
+        # Twisted failures (each has its exception as value), or exceptions. cast: mypy types
+        # getattr() with a default of type Any as "Any | None".
+        inner = "; ".join(
+            _describe(cast(BaseException, getattr(reason, "value", reason))) for reason in reasons
+        )
         return f"{type(error).__name__}: {inner}"
     return _describe(error)
 

@@ -10,7 +10,7 @@ from tests.support.crawls import REPOSITORY
 
 def run_ruff(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ruff", *arguments, "civitai_spider", "tests"],
+        [sys.executable, "-m", "ruff", *arguments, "benchmarks", "civitai_spider", "tests"],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,

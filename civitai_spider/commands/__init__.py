@@ -19,7 +19,9 @@ def quiet_logging(settings: BaseSettings) -> None:
     A command's ``default_settings`` rank below settings.py, whose ``LOG_LEVEL`` (INFO) is
     meant for crawls: a command that prints its own summary would repeat it in log lines.
     """
-    if settings.getpriority("LOG_LEVEL") <= SETTINGS_PRIORITIES["project"]:
+    priority = settings.getpriority("LOG_LEVEL")
+    assert priority is not None  # None only for a setting not set: Scrapy's defaults set LOG_LEVEL
+    if priority <= SETTINGS_PRIORITIES["project"]:
         settings.set("LOG_LEVEL", "WARNING", priority="project")
 
 

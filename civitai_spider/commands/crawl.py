@@ -52,6 +52,7 @@ class Command(ScrapyCrawlCommand):
         super().process_options(args, opts)
         # Here, once -s and -L are in: Scrapy then configures logging and builds the crawler
         # process from the settings (LOG_LEVEL=info would be a traceback there).
+        assert self.settings is not None  # set by Scrapy before it processes the options
         check_command_settings(self.settings)
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
@@ -85,6 +86,7 @@ class Command(ScrapyCrawlCommand):
     def _check(self, spider_name: str, spider_arguments: dict[str, str]) -> None:
         assert self.crawler_process is not None
         settings = self.settings
+        assert settings is not None
         try:
             spider_class = self.crawler_process.spider_loader.load(spider_name)
         except KeyError:

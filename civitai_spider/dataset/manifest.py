@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +38,9 @@ _RESOURCE = pa.struct(
 #: The stats columns, in ``STAT_NAMES`` order: ``likeCount`` -> ``like_count``.
 STAT_COLUMNS = tuple(re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower() for name in STAT_NAMES)
 SCHEMA = pa.schema(
-    [
+    # pyarrow-stubs' schema() turns down any list literal under mypy, pyarrow's own examples
+    # too: it infers list[object] from fields of different types. Hence the ignore.
+    [  # type: ignore[arg-type]
         pa.field("id", pa.int64(), nullable=False),
         ("file", pa.string()),
         ("media", pa.string()),
@@ -107,7 +109,8 @@ def update_manifest(
     done: set[int] = set()
     for _, name in parts:
         with output.reader(name) as file:
-            done.update(pq.ParquetFile(file).read(columns=["id"]).column("id").to_pylist())
+            # A column of ids (int64, not null), which pyarrow-stubs types as list[Any | None].
+            done.update(cast("list[int]", pq.ParquetFile(file).read(columns=["id"]).column("id").to_pylist()))
     pending = items.pending(done)
     run = ManifestRun(rows=len(done), without_metadata=pending.without_metadata)
 

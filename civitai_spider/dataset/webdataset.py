@@ -23,7 +23,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 SHARD_NAME = re.compile(r"shard-([0-9]{6,})\.tar")
 INDEX_NAME = re.compile(r"shard-([0-9]{6,})\.parquet")
 INDEX_SCHEMA = pa.schema(
-    [
+    # pyarrow-stubs' schema() turns down any list literal under mypy, pyarrow's own examples
+    # too: it infers list[object] from fields of different types. Hence the ignore.
+    [  # type: ignore[arg-type]
         pa.field("id", pa.int64(), nullable=False),
         #: The sample's key in the shard: the name of its members before the extension.
         pa.field("key", pa.string(), nullable=False),
@@ -92,7 +94,8 @@ def export_webdataset(
     done: set[int] = set()
     for name in index_numbers.values():
         with index.reader(name) as file:
-            done.update(pq.ParquetFile(file).read(columns=["id"]).column("id").to_pylist())
+            # A column of ids (int64, not null), which pyarrow-stubs types as list[Any | None].
+            done.update(cast("list[int]", pq.ParquetFile(file).read(columns=["id"]).column("id").to_pylist()))
     pending = items.pending(done)
     run.items, run.without_metadata = len(done), pending.without_metadata
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
@@ -31,8 +31,8 @@ BAR_FORMAT = "{desc}: {n_fmt}{unit} [{elapsed}, {rate_noinv_fmt}{postfix}]"
 class ProgressBar:
     def __init__(self, crawler: Crawler):
         self.stats = crawler.stats
-        self._bar: tqdm | None = None
-        self._console_handlers: list[tuple[logging.StreamHandler, IO[str]]] = []
+        self._bar: tqdm[NoReturn] | None = None  # a bar without an iterable
+        self._console_handlers: list[tuple[logging.StreamHandler[IO[str]], IO[str]]] = []
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
         for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
@@ -57,6 +57,7 @@ class ProgressBar:
         for handler in logging.getLogger().handlers:
             if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.stdout):
                 original = handler.setStream(_AboveTheBar(handler.stream))
+                assert original is not None  # None only when the stream is already the new one
                 self._console_handlers.append((handler, original))
 
     def update(self, *args: Any, **kwargs: Any) -> None:

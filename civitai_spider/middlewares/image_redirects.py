@@ -45,7 +45,9 @@ class ImageRedirectPolicyMiddleware:
             or b"Location" not in response.headers
         ):
             return response
-        target = urljoin(request.url, response.headers[b"Location"].decode("latin-1"))
+        location = response.headers[b"Location"]
+        assert location is not None  # in the headers, checked above
+        target = urljoin(request.url, location.decode("latin-1"))
         if self.policy == "any" or (self.policy == "https" and urlsplit(target).scheme == "https"):
             return response
         setting = f"CIVITAI_IMAGE_REDIRECTS={self.policy}"

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.utils.asyncio import sleep
@@ -38,9 +38,14 @@ class BackoffRetryMiddleware(RetryMiddleware):
         self.base_delay = settings.getfloat("CIVITAI_RETRY_BASE_DELAY")
         self.max_delay = settings.getfloat("CIVITAI_RETRY_MAX_DELAY")
 
-    async def process_response(self, request: Request, response: Response) -> Request | Response:
+    # Scrapy calls these without the deprecated spider argument and awaits a coroutine, but
+    # RetryMiddleware keeps its synchronous signatures with spider: hence the ignores.
+    async def process_response(  # type: ignore[override]
+        self, request: Request, response: Response
+    ) -> Request | Response:
         if request.meta.get("dont_retry", False):
             return response
+        reason: str | None
         if response.status in self.retry_http_codes:
             reason = response_status_message(response.status)
         elif response.status == 200 and request.meta.get(API_PAGE_META_KEY):
@@ -56,8 +61,11 @@ class BackoffRetryMiddleware(RetryMiddleware):
         await self._wait(retry, _retry_after_seconds(response))
         return retry
 
-    async def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:
-        retry = super().process_exception(request, exception)
+    async def process_exception(  # type: ignore[override]
+        self, request: Request, exception: Exception
+    ) -> Request | Response | None:
+        # A retry or None (RetryMiddleware._retry()), though typed as any middleware's answer.
+        retry = cast("Request | None", super().process_exception(request, exception))
         if retry is not None:
             await self._wait(retry, None)
         return retry

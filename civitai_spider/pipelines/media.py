@@ -32,7 +32,7 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from itemadapter import ItemAdapter
 from PIL import Image
@@ -113,7 +113,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
         self._places: dict[int, asyncio.Semaphore] = {}
         for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
             crawler.signals.connect(self._item_through, signal=signal)
-        self.request_meta = {
+        self.request_meta: dict[str, dict[str, Any]] = {
             # A file that used up its retries is reported here, one WARNING with the reason;
             # Scrapy's own "Gave up retrying" would add an ERROR, the level of a broken crawl.
             "image": {
@@ -130,7 +130,9 @@ class CivitaiMediaPipeline(ImagesPipeline):
             },
         }
 
-    async def open_spider(self) -> None:
+    # Scrapy calls these without the deprecated spider argument and awaits a coroutine, but
+    # MediaPipeline keeps its signatures with spider (open_spider synchronous): hence the ignores.
+    async def open_spider(self) -> None:  # type: ignore[override]
         super().open_spider()
         self.log_directory.mkdir(parents=True, exist_ok=True)
         await self.stores.open()
@@ -152,7 +154,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if self.pillow is not None:
             self.pillow.shutdown(wait=False)
 
-    async def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Any) -> Any:  # type: ignore[override]
         adapter = ItemAdapter(item)
         stop = stop_of(self.crawler)
         self._unless_stopping(item, stop)
@@ -269,6 +271,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
 
     def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> NoReturn:
         error = failure.value
+        assert error is not None  # a Failure always holds its exception
         if isinstance(error, MediaFailed):
             raise error
         if isinstance(error, (DownloadCancelledError, CancelledError)) and _SIZE_CAP_META_KEY in request.meta:
@@ -285,10 +288,13 @@ class CivitaiMediaPipeline(ImagesPipeline):
     ) -> Any:
         adapter = ItemAdapter(item)
         for ok, result in results:
-            if not ok and isinstance(result.value, _NotStarted):
-                self._unless_stopping(item, stop_of(self.crawler))
             if not ok:
-                self._fail(item, result.value)
+                # A Failure with its exception: mypy does not narrow the unpacked (False, Failure).
+                error = cast("Failure", result).value
+                assert error is not None
+                if isinstance(error, _NotStarted):
+                    self._unless_stopping(item, stop_of(self.crawler))
+                self._fail(item, error)
         adapter["images"] = [result for _, result in results]
         adapter["image_file"] = adapter["images"][0]["path"]
         return item

@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
@@ -329,8 +329,12 @@ class SharedCrawl:
             self._last_claim_scan[stream] = time.monotonic()
             taken += await self._claim(stream, key, count)
         if len(taken) < count:
-            answer = await self._call(
-                lambda: self.client.xreadgroup(GROUP, self.worker, {key: ">"}, count=count - len(taken))
+            # [[stream, [(id, fields), ...]]]: the list shape in redis-py's union of reply shapes.
+            answer = cast(
+                "list[list[Any]] | None",
+                await self._call(
+                    lambda: self.client.xreadgroup(GROUP, self.worker, {key: ">"}, count=count - len(taken))
+                ),
             )
             for _, messages in answer or []:
                 taken += [(message_id, fields, 1) for message_id, fields in messages if fields]
@@ -420,7 +424,8 @@ class SharedCrawl:
         return bool(await self._call(lambda: self._done(keys=keys, args=[_now()])))
 
     async def chain_ends(self) -> dict[str, str | None]:
-        chains = await self._call(lambda: self.client.hgetall(self.key("chains")))
+        # str (decode_responses), which redis-py types as bytes | str whatever the client.
+        chains = cast("dict[str, str]", await self._call(lambda: self.client.hgetall(self.key("chains"))))
         return {name: json.loads(value).get("end") for name, value in chains.items()}
 
     async def heartbeat(self, report: Mapping[str, Any]) -> None:
@@ -440,7 +445,9 @@ class SharedCrawl:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
+    # Callable[..., ...], not Callable[[], ...]: mypy cannot type a lambda with default
+    # arguments (the loop variables it keeps) against the latter (python/mypy#15459).
+    async def _call(self, command: Callable[..., Awaitable[T]]) -> T:
         """Run ``command``, retried with backoff while Redis is out of reach, up to the timeout."""
         delay = 0.1
         while True:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -58,15 +58,17 @@ class CrawlStatus:
 
 def crawl_statuses(client: redis.Redis, prefix: str) -> list[CrawlStatus]:
     """The current walk of every crawl under ``prefix``, most recently started first."""
+    # The casts: ``client`` decodes replies (civitai-status makes it with decode_responses),
+    # but redis-py types them as bytes | str whatever the client.
     now = time.time()
     statuses = []
-    for digest in sorted(client.smembers(f"{prefix}:crawls")):
+    for digest in sorted(cast("set[str]", client.smembers(f"{prefix}:crawls"))):
         crawl_key = f"{prefix}:crawl:{digest}"
         walk = int(client.hget(crawl_key, "run") or 0)
         if not walk:
             continue
         key = f"{crawl_key}:{walk}"
-        state = client.hgetall(f"{key}:state")
+        state = cast("dict[str, str]", client.hgetall(f"{key}:state"))
         status = CrawlStatus(
             digest=digest,
             walk=walk,
@@ -74,9 +76,12 @@ def crawl_statuses(client: redis.Redis, prefix: str) -> list[CrawlStatus]:
             started=_number(state.get("started")),
             finished=_number(state.get("finished")),
             definition=json.loads(client.hget(crawl_key, "definition") or "{}"),
-            totals={name: int(value) for name, value in client.hgetall(f"{key}:stats").items()},
+            totals={
+                name: int(value)
+                for name, value in cast("dict[str, str]", client.hgetall(f"{key}:stats")).items()
+            },
         )
-        for name, value in client.hgetall(f"{key}:chains").items():
+        for name, value in cast("dict[str, str]", client.hgetall(f"{key}:chains")).items():
             chain = json.loads(value)
             status.chains.append(
                 ChainStatus(name, int(chain["pages"]), chain.get("end"), cursor_of(chain.get("url")))
@@ -86,7 +91,7 @@ def crawl_statuses(client: redis.Redis, prefix: str) -> list[CrawlStatus]:
         queued_or_taken = client.xlen(f"{key}:images") if client.exists(f"{key}:images") else 0
         status.images_in_flight = _pending(client, f"{key}:images")
         status.images_queued = max(queued_or_taken - status.images_in_flight, 0)
-        for name, value in sorted(client.hgetall(f"{key}:workers").items()):
+        for name, value in sorted(cast("dict[str, str]", client.hgetall(f"{key}:workers")).items()):
             report = json.loads(value)
             age = max(now - float(report.get("beat", 0)), 0.0)
             worker_state = report.get("state", "working")

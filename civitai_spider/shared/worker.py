@@ -33,8 +33,10 @@ from civitai_spider.shared.crawl import MAX_DELIVERIES, HandOn, ImageMessage, Pa
 from civitai_spider.stores import stores_of
 
 if TYPE_CHECKING:
-    from scrapy import Request, Spider
+    from scrapy import Request
     from scrapy.crawler import Crawler
+
+    from civitai_spider.spiders.civitai import CivitaiSpider
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,9 @@ class Worker:
         crawler.signals.connect(self._item_error, signal=signals.item_error)
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
-    async def work(self, spider: Spider, chains: Mapping[str, str]) -> AsyncIterator[Request | CivitaiImage]:
+    async def work(
+        self, spider: CivitaiSpider, chains: Mapping[str, str]
+    ) -> AsyncIterator[Request | CivitaiImage]:
         """Join the crawl and yield its work until it is done (``chains``: name -> first page)."""
         try:
             seeded = await self.crawl.join(chains)
@@ -91,7 +95,7 @@ class Worker:
         except OSError as error:  # SharedCrawlError, or the id store out of reach
             self.stop_for_redis(str(error))
 
-    async def _work(self, spider: Spider) -> AsyncIterator[Request | CivitaiImage]:
+    async def _work(self, spider: CivitaiSpider) -> AsyncIterator[Request | CivitaiImage]:
         ids = stores_of(self.crawler).ids
         engine = self.crawler.engine
         while True:

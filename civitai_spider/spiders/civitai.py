@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 import scrapy
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
-from scrapy.http import Response
+from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
@@ -632,6 +632,7 @@ class CivitaiSpider(scrapy.Spider):
         if problem is not None:
             # The retry middleware already retried this page; give up loudly.
             self._stop_for_api_error(problem, response.url)
+        assert isinstance(response, TextResponse)  # page_problem() said so otherwise
         payload = response.json()
         metadata = payload.get("metadata")
         return payload["items"], metadata if isinstance(metadata, dict) else {}
@@ -753,17 +754,20 @@ class CivitaiSpider(scrapy.Spider):
             deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))
 
     def api_failed(self, failure: Failure) -> None:
-        request = failure.request
+        # Scrapy sets request on the Failure it passes to an errback; Twisted's class lacks it.
+        request = failure.request  # type: ignore[attr-defined]
         page = request.meta.get(_PAGE_MESSAGE_META_KEY)
         if page is not None and self.worker is not None:
             self.worker.page_done(page)  # unacknowledged: another worker takes it over later
         self._pages_in_flight -= 1
         status = None
         if failure.check(HttpError):
+            assert isinstance(failure.value, HttpError)
             response = failure.value.response
             status = response.status
             reason = f"HTTP {status}: {server_error_message(response)}"
         else:
+            assert failure.value is not None  # a Failure always holds its exception
             reason = outcomes.describe_error(failure.value)
         # CloseSpider raised from an errback would make Scrapy log the download error as a
         # second ERROR ("Error downloading"). Close as CloseSpider would: what is in flight
@@ -846,7 +850,7 @@ def _version_ids(model: dict[str, Any] | None) -> tuple[int, ...] | None:
     versions = model.get("modelVersions") if model is not None else None
     if not isinstance(versions, list):
         return None
-    ids = [version.get("id") if isinstance(version, dict) else None for version in versions]
+    ids: list[Any] = [version.get("id") if isinstance(version, dict) else None for version in versions]
     if not all(type(version_id) is int and version_id > 0 for version_id in ids):
         return None
     return tuple(dict.fromkeys(ids))

@@ -28,7 +28,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -57,7 +57,7 @@ _PREFETCHED_LIMIT = 10_000
 _BITMAP_WRITE_MIN = 1_000
 #: Backoff between retries of a command whose connection broke: 0.1 s, 0.2 s ... then 1 s.
 _BACKOFF_CAP = 1.0
-_TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 30}
+_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 30}
 _QUERY_PASSWORD = re.compile(r"(^|&)password=[^&]*")
 
 
@@ -90,7 +90,7 @@ class RedisIds(IdStore):
 
     async def open(self) -> None:
         try:
-            config = await self.client.config_get("appendonly")
+            config: dict[Any, Any] = await self.client.config_get("appendonly")
         except redis.ResponseError:
             return  # CONFIG is disabled on many managed servers: nothing to tell then
         except redis.RedisError as error:
@@ -171,7 +171,9 @@ class RedisIds(IdStore):
             keys = [key async for key in self.client.scan_iter(match=self._key("*"), count=1000)]
             chunks = sorted(int(suffix) for key in keys if (suffix := key.rsplit(b":", 1)[1]).isdigit())
             for chunk in chunks:
-                yield list(_ids_in(chunk, await self.client.get(self._key(chunk)) or b""))
+                # bytes (no decode_responses), which redis-py types as bytes | str whatever the client.
+                bitmap = cast("bytes | None", await self.client.get(self._key(chunk)))
+                yield list(_ids_in(chunk, bitmap or b""))
         except redis.RedisError as error:
             raise StoreError(f"Redis {self.describe()}: {error}") from None
 

@@ -4,11 +4,13 @@ No timing is asserted (these machines are shared): only that every scenario ran 
 on the same images, that the re-runs asked for no image, and that the report is complete.
 The store scenarios start real servers (SeaweedFS, Redis), as the store tests do. The
 benchmark server's latency is checked against generous bounds only: that delayed answers
-do not wait for each other, not how fast anything is.
+do not wait for each other, not how fast anything is. The benchmark's modules are checked
+to stay layered: the scenarios import the toolkit, only the command line imports them.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import socket
 import subprocess
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 
 from benchmarks import scaling
-from benchmarks.run import Server, alternated, serving
+from benchmarks.measure import Server, alternated, serving
 from tests.support.crawls import REPOSITORY
 
 IMAGES = 8
@@ -147,6 +149,37 @@ def test_store_runs_alternate_so_that_neither_store_always_goes_first() -> None:
         (3, "folder"),
         (3, "S3"),
     ]
+    assert [name for _, name in alternated(2, "bare", "stock", "civitai")] == [
+        *("bare", "stock", "civitai"),
+        *("civitai", "stock", "bare"),
+    ]
+
+
+def test_benchmark_modules_are_layered_without_circles_or_private_names() -> None:
+    """Nothing imports the command line, no module imports inside a function to dodge a circle,
+    and no module reaches for another's private names."""
+    for path in sorted((REPOSITORY / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = set()  # the names this module gave to benchmark modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                nested = [inner for inner in ast.walk(node) if isinstance(inner, ast.Import | ast.ImportFrom)]
+                assert not nested, f"{path.name}: an import inside {node.name}()"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks"):
+                names = {alias.name for alias in node.names}
+                assert node.module != "benchmarks.run" and "run" not in names, path.name
+                assert not any(name.startswith("_") for name in names), (path.name, names)
+                if node.module == "benchmarks":
+                    modules |= {alias.asname or alias.name for alias in node.names}
+        private = {
+            f"{node.value.id}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+        }
+        assert not private, (path.name, private)
 
 
 def fetch(server: Server, target: str) -> tuple[float, bytes]:
