@@ -109,6 +109,10 @@ class Worker:
             free_pages = self.api_concurrency - len(self.pages)
             if free_pages > 0 and await self.crawl.queued_images() < MAX_QUEUED_IMAGES:
                 for page in await self.crawl.take_pages(free_pages):
+                    if page.message_id in self.pages:
+                        # Ours, out longer than CIVITAI_REDIS_CLAIM_AFTER and claimed back (which
+                        # refreshed its idle time): it is still being fetched, not a second time.
+                        continue
                     took = True
                     if page.deliveries > MAX_DELIVERIES:
                         logger.warning(
@@ -121,7 +125,14 @@ class Worker:
                     yield spider.shared_page_request(page)
             free_images = self.max_images - len(self.images)
             if free_images > 0:
-                messages = await self.crawl.take_images(free_images)
+                held = {message.message_id for message, _ in self.images.values()}
+                # An image of ours still in the pipelines after CIVITAI_REDIS_CLAIM_AFTER (a slow
+                # video) is claimed back too: it is not downloaded twice nor given up for it.
+                messages = [
+                    message
+                    for message in await self.crawl.take_images(free_images)
+                    if message.message_id not in held
+                ]
                 took = took or bool(messages)
                 items = [(message, item) for message in messages if (item := await self._item_of(message))]
                 if items:
