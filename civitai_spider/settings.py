@@ -129,6 +129,8 @@ ITEM_PIPELINES = {
     "civitai_spider.pipelines.already_downloaded.AlreadyDownloadedPipeline": 200,
     "civitai_spider.pipelines.media.CivitaiMediaPipeline": 300,
     "civitai_spider.pipelines.metadata.MetadataPipeline": 400,
+    # The commit point: the id is recorded once every file of the item is durably stored.
+    "civitai_spider.pipelines.record_id.RecordIdPipeline": 500,
 }
 DOWNLOADER_MIDDLEWARES = {
     # Replaces Scrapy's RetryMiddleware: same settings, plus backoff and Retry-After.
@@ -156,6 +158,11 @@ EXTENSIONS = {
     "civitai_spider.extensions.gc_freeze.FreezeStartupObjects": 300,
     # Shows AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN as '***' in Scrapy's start-up log line.
     "civitai_spider.extensions.hidden_settings.HideSecretSettings": 400,
+    # The file store and the id store every component shares (stores_of). Last, so that they
+    # close at spider_closed after every other extension's handler, which may still use them.
+    "civitai_spider.stores.Stores": 900,
+    # Stops the crawl after CIVITAI_MAX_STORE_FAILURES items in a row failed because of a store.
+    "civitai_spider.stores.failures.StoreFailures": 900,
 }
 # One line per dropped or failed image, without the whole item.
 LOG_FORMATTER = "civitai_spider.logformatter.CivitaiLogFormatter"

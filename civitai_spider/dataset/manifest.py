@@ -30,7 +30,7 @@ from civitai_spider.items import STAT_NAMES, flat_meta, media_of
 
 if TYPE_CHECKING:
     from civitai_spider.dataset.stored import StoredItem, StoredItems
-    from civitai_spider.stores.base import FileStore
+    from civitai_spider.stores.base import ReadableFileStore
 
 _RESOURCE = pa.struct(
     [("name", pa.string()), ("type", pa.string()), ("weight", pa.float64()), ("hash", pa.string())]
@@ -98,7 +98,7 @@ class ManifestRun:
 
 
 def update_manifest(
-    items: StoredItems, output: FileStore, *, part_rows: int, on_problem: Callable[[StoredItem], None]
+    items: StoredItems, output: ReadableFileStore, *, part_rows: int, on_problem: Callable[[StoredItem], None]
 ) -> ManifestRun:
     """Add a row for every recorded id of ``items`` that the manifest in ``output`` lacks,
     in new part files of at most ``part_rows`` rows."""

@@ -27,7 +27,7 @@ from civitai_spider.stores import file_store_at, file_store_class, id_store_clas
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
-    from civitai_spider.stores.base import FileStore, IdStore
+    from civitai_spider.stores.base import IdStore, ReadableFileStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Pending:
 class StoredItems:
     """The complete items of one file store and its id store."""
 
-    def __init__(self, files: FileStore, ids: IdStore, *, threads: int = 4) -> None:
+    def __init__(self, files: ReadableFileStore, ids: IdStore, *, threads: int = 4) -> None:
         self.files, self.ids = files, ids
         self._threads = threads
 
@@ -216,7 +216,7 @@ def stored_items(settings: BaseSettings) -> StoredItems:
     return StoredItems(files, id_store.build(settings), threads=files.read_threads)
 
 
-def _check_something_stored(files: FileStore, settings: BaseSettings) -> None:
+def _check_something_stored(files: ReadableFileStore, settings: BaseSettings) -> None:
     """``ValueError`` naming ``IMAGES_STORE`` when it holds no file: a mistyped one would give an
     empty dataset, made in a new folder, instead of an error."""
     uri = str(settings.get("IMAGES_STORE"))
@@ -237,7 +237,9 @@ def output_uri(settings: BaseSettings, output: str | None, default: str) -> str:
     return output or f"{str(settings.get('IMAGES_STORE')).rstrip('/')}/{default}"
 
 
-def output_store(settings: BaseSettings, output: str | None, default: str, folder: str = "") -> FileStore:
+def output_store(
+    settings: BaseSettings, output: str | None, default: str, folder: str = ""
+) -> ReadableFileStore:
     """The file store at :func:`output_uri` (in its subfolder ``folder``, if any); ``ValueError``
     (one line) when it cannot work, naming ``--output`` when ``output`` is where it is."""
     uri = output_uri(settings, output, default)

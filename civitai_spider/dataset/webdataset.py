@@ -33,7 +33,7 @@ from civitai_spider.items import flat_meta
 
 if TYPE_CHECKING:
     from civitai_spider.dataset.stored import StoredItem, StoredItems
-    from civitai_spider.stores.base import FileStore
+    from civitai_spider.stores.base import ReadableFileStore
 
 SHARD_NAME = re.compile(r"shard-([0-9]{6,})\.tar")
 INDEX_NAME = re.compile(r"shard-([0-9]{6,})\.parquet")
@@ -70,8 +70,8 @@ class ExportRun:
 
 def export_webdataset(
     items: StoredItems,
-    shards: FileStore,
-    index: FileStore,
+    shards: ReadableFileStore,
+    index: ReadableFileStore,
     *,
     shard_size: int,
     raw_captions: bool,
@@ -133,7 +133,7 @@ def export_webdataset(
     return run
 
 
-def _numbered(store: FileStore, pattern: re.Pattern[str]) -> dict[int, str]:
+def _numbered(store: ReadableFileStore, pattern: re.Pattern[str]) -> dict[int, str]:
     return {int(match[1]): name for name, _ in store.listing() if (match := pattern.fullmatch(name))}
 
 

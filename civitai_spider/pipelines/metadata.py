@@ -1,29 +1,28 @@
-"""Store the generation metadata next to the image, then record the id as downloaded.
+"""Store the generation metadata next to the image.
 
 Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-prompt.txt``
 (only with a non-empty negative prompt), ``<id>_meta.json`` (the whole API record plus
 ``image_file``) and, with ``CIVITAI_CAPTION_FILES``, ``<id>.txt``: the training caption
 (:func:`~civitai_spider.dataset.captions.caption_of`; the prompt as received with
-``CIVITAI_CAPTION_RAW``), empty without a prompt so that every image has one. The id goes
-into the id store last, once every file is durably stored, so a recorded id always has every
-file. A store error (disk full, read-only folder, a bucket or Redis out of reach) fails the
-item like a failed download: one WARNING line, one ``error_log.txt`` line, the id not
-recorded (the next run tries again), the crawl goes on, unless it is one of
+``CIVITAI_CAPTION_RAW``), empty without a prompt so that every image has one. The next
+pipeline records the id (:mod:`civitai_spider.pipelines.record_id`), once these files and the
+image are durably stored. A store error (disk full, read-only folder, a bucket out of reach)
+fails the item like a failed download: one WARNING line, one ``error_log.txt`` line, the id
+not recorded (the next run tries again), the crawl goes on, unless it is one of
 ``CIVITAI_MAX_STORE_FAILURES`` in a row (:mod:`civitai_spider.stores.failures`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 
 from civitai_spider.dataset.captions import caption_of
 from civitai_spider.outcomes import METADATA_FILES_SAVED
 from civitai_spider.stores import stores_of
-from civitai_spider.stores.failures import StoreFailed, describe_store_error
-from civitai_spider.stores.recorder import IdRecorder
+from civitai_spider.stores.failures import describe_store_error, item_failed
 
 if TYPE_CHECKING:
     from typing import Self
@@ -35,8 +34,6 @@ class MetadataPipeline:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stores = stores_of(crawler)
-        self.error_log = self.stores.error_log
-        self.ids = IdRecorder(self.stores.files, self.stores.ids)
         self.captions = crawler.settings.getbool("CIVITAI_CAPTION_FILES")
         self.raw_captions = crawler.settings.getbool("CIVITAI_CAPTION_RAW")
 
@@ -53,23 +50,12 @@ class MetadataPipeline:
         try:
             await self.stores.files.save(files)
         except OSError as error:
-            self._fail(
-                adapter, f"metadata not saved: {describe_store_error(error)}", self.stores.files.describe("")
-            )
+            reason = f"metadata not saved: {describe_store_error(error)}"
+            raise item_failed(
+                self.stores.error_log, adapter, reason, store=self.stores.files.describe("")
+            ) from error
         self.crawler.stats.inc_value(METADATA_FILES_SAVED, len(files))
-        try:
-            # The id store lists the id once the image and these files are durably stored.
-            await self.ids.record(adapter["id"])
-        except OSError as error:
-            # The file store's commit or the id store's record: the reason says which.
-            self._fail(adapter, f"id not recorded: {describe_store_error(error)}", self.stores.ids.describe())
         return item
-
-    def _fail(self, adapter: ItemAdapter, reason: str, store: str) -> NoReturn:
-        url = adapter["url"]
-        self.error_log.add(adapter["id"], url, reason)
-        message = f"image {adapter['id']} failed: {reason} <{url}>"
-        raise StoreFailed(message, store=store, error=reason)
 
 
 def metadata_files(

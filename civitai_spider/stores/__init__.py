@@ -7,9 +7,11 @@ S3-compatible bucket (``s3://bucket/prefix``, :mod:`~civitai_spider.stores.s3`).
 Id stores: the ID file (:mod:`~civitai_spider.stores.id_file`), or Redis when
 ``CIVITAI_REDIS_URL`` is set (:mod:`~civitai_spider.stores.redis_ids`).
 
-The components of one crawl share one instance of each (:func:`stores_of`): one S3
-client and its connection pool, one Redis connection pool, and the two logs of the log
-folder. A store that keeps failing ends the crawl (:mod:`~civitai_spider.stores.failures`).
+The components of one crawl share one instance of each through the :class:`Stores`
+extension (``EXTENSIONS``; :func:`stores_of` fetches it): one S3 client and its connection
+pool, one Redis connection pool, and the two logs of the log folder. A store that keeps
+failing ends the crawl (:class:`~civitai_spider.stores.failures.StoreFailures`, an extension
+too).
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 from scrapy import signals
 from scrapy.utils.asyncio import run_in_thread
 from scrapy.utils.misc import load_object
 
 from civitai_spider.local_files import BOMB_LOG_NAME, ERROR_LOG_NAME, LogFile, prove_writable
-from civitai_spider.stores.base import FileStore, IdStore
-from civitai_spider.stores.failures import StoreFailures
+from civitai_spider.stores.base import FileStore, IdStore, ReadableFileStore
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
@@ -41,7 +43,7 @@ ID_FILE_STORE = "civitai_spider.stores.id_file.IdFile"
 REDIS_ID_STORE = "civitai_spider.stores.redis_ids.RedisIds"
 
 
-def file_store_class(settings: BaseSettings) -> type[FileStore]:
+def file_store_class(settings: BaseSettings) -> type[ReadableFileStore]:
     uri = str(settings.get("IMAGES_STORE") or "")
     if not uri:
         raise ValueError("IMAGES_STORE is empty: name a folder, file://folder or s3://bucket/prefix")
@@ -54,7 +56,7 @@ def file_store_class(settings: BaseSettings) -> type[FileStore]:
     return load_object(FILE_STORES[scheme])
 
 
-def file_store_at(settings: BaseSettings, uri: str) -> FileStore:
+def file_store_at(settings: BaseSettings, uri: str) -> ReadableFileStore:
     """The file store at ``uri`` (a folder, ``file://``, ``s3://``), with the other settings of
     ``settings`` (a bucket's credentials and endpoint), checked: ``ValueError`` (one line) if it
     cannot work."""
@@ -85,13 +87,30 @@ def check_writable(setting: str, value: object, folder: Path) -> None:
 
 class Stores:
     """The file store and the id store of one crawl, opened once and closed at its end, and
-    the logs of its log folder."""
+    the logs of its log folder.
+
+    An extension, so that every component of the crawl shares the one instance: each fetches it
+    with :func:`stores_of` and opens it in its ``open_spider`` (the first opening is awaited by
+    all); it closes at ``spider_closed``, after every pipeline's ``close_spider``.
+    """
 
     def __init__(self, files: FileStore, ids: IdStore, log_folder: Path) -> None:
         self.files, self.ids = files, ids
         self.error_log = LogFile(log_folder / ERROR_LOG_NAME)
         self.bomb_log = LogFile(log_folder / BOMB_LOG_NAME)
         self._opened: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        settings = crawler.settings
+        stores = cls(
+            file_store_class(settings).build(settings),
+            id_store_class(settings).build(settings),
+            log_directory(settings),
+        )
+        # spider_closed comes after every pipeline's close_spider.
+        crawler.signals.connect(stores.close, signal=signals.spider_closed)
+        return stores
 
     async def open(self) -> None:
         """Open both stores; every caller after the first waits for the same opening."""
@@ -110,18 +129,12 @@ class Stores:
             self.files.close()
 
 
-_STORES: WeakKeyDictionary[Crawler, Stores] = WeakKeyDictionary()
-
-
 def stores_of(crawler: Crawler) -> Stores:
-    """The stores of ``crawler``, made on first use and closed when its spider closes."""
-    stores = _STORES.get(crawler)
+    """The :class:`Stores` of ``crawler``; ``RuntimeError`` if ``EXTENSIONS`` leaves them out."""
+    stores = crawler.get_extension(Stores)
     if stores is None:
-        settings = crawler.settings
-        files = file_store_class(settings).build(settings)
-        ids = id_store_class(settings).build(settings)
-        stores = _STORES[crawler] = Stores(files, ids, log_directory(settings))
-        # spider_closed comes after every pipeline's close_spider.
-        crawler.signals.connect(stores.close, signal=signals.spider_closed, weak=False)
-        StoreFailures.from_crawler(crawler)
+        raise RuntimeError(
+            "civitai_spider.stores.Stores is not enabled in EXTENSIONS: the crawl has nowhere to "
+            "keep its files (add it back to EXTENSIONS rather than replacing the whole setting)"
+        )
     return stores

@@ -1,11 +1,13 @@
-"""The two interfaces a crawl stores through: a file store and an id store.
+"""The interfaces a crawl stores through: a file store and an id store.
 
 A file store keeps the images, videos and metadata files under their names
 (``<id>.jpg``, ``<id>_meta.json``...); an id store keeps the ids whose files are all
-stored. The pipelines talk to these two classes only; which implementation they get is
-chosen from the settings (:mod:`civitai_spider.stores`). A new backend is one module with
-one subclass. The dataset commands read a file store back, and write their own files
-through one (:mod:`civitai_spider.dataset`).
+stored. A file store has two sides, each its own small interface: :class:`FileStore`, what a
+crawl writes through (the pipelines and the id recorder), and :class:`ReadBack`, what the
+dataset commands read back and write their own files through (:mod:`civitai_spider.dataset`).
+A backend implements both (:class:`ReadableFileStore`), so that the dataset commands work on
+any store a crawl wrote; which one the components get is chosen from the settings
+(:mod:`civitai_spider.stores`). A new backend is one module with one subclass.
 
 The one rule every pair keeps: an id reaches :meth:`IdStore.record` only after
 :meth:`FileStore.commit` returned for every file of it (see
@@ -34,15 +36,12 @@ class StoreError(OSError):
 
 
 class FileStore(ABC):
-    """Where the files of each image or video go, by name."""
+    """Where the files of each image or video go, by name: the side a crawl writes through."""
 
     #: Whether :meth:`put` is cheap enough to call in the worker thread that prepared the
     #: bytes (a local disk), saving a trip to another thread; else the pipelines ``await``
     #: :meth:`save`, which bounds how many run at once.
     put_where_prepared: bool = False
-    #: Threads that read files back at once (the dataset commands): a bucket's GETs wait for
-    #: the network, a folder's reads mostly for the CPU.
-    read_threads: int = 4
 
     @classmethod
     @abstractmethod
@@ -98,8 +97,16 @@ class FileStore(ABC):
     def describe(self, name: str) -> str:
         """Where ``name`` is stored, for log lines (a path, an ``s3://`` URI)."""
 
-    # Reading back and writing whole files: the dataset commands' side, blocking, never
-    # called in a crawl's reactor thread.
+
+class ReadBack(ABC):
+    """A file store read back, and written whole files at a time: the dataset commands' side.
+
+    Blocking, never called in a crawl's reactor thread.
+    """
+
+    #: Threads that read files back at once: a bucket's GETs wait for the network, a folder's
+    #: reads mostly for the CPU.
+    read_threads: int = 4
 
     @abstractmethod
     def listing(self) -> Iterator[tuple[str, int | None]]:
@@ -130,6 +137,12 @@ class FileStore(ABC):
     @abstractmethod
     def remove(self, name: str) -> None:
         """Remove the stored file ``name``, if there is one."""
+
+
+class ReadableFileStore(FileStore, ReadBack):
+    """A file store with both sides: what every backend of
+    :data:`~civitai_spider.stores.FILE_STORES` is, and what the dataset commands take (they
+    open, describe and close a store as a crawl does)."""
 
 
 class IdStore(ABC):

@@ -7,7 +7,8 @@ fault, but a store that is gone for good would fail the whole listing, item afte
 pipelines drop them with :class:`StoreFailed`); any item saved starts the count again; a
 failed download, an HTTP error or a broken image is no store's fault and counts for nothing.
 At ``CIVITAI_MAX_STORE_FAILURES`` in a row, one ERROR line names the store and the last
-reason, and the crawl stops as ``store_error`` (exit status 1).
+reason, and the crawl stops as ``store_error`` (exit status 1). An extension of its own
+(``EXTENSIONS``): it needs no store, only the item signals.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from civitai_spider.stores.base import StoreError
 if TYPE_CHECKING:
     from typing import Self
 
+    from itemadapter import ItemAdapter
     from scrapy.crawler import Crawler
+
+    from civitai_spider.local_files import LogFile
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +53,8 @@ class StoreFailures:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         failures = cls(crawler, crawler.settings.getint("CIVITAI_MAX_STORE_FAILURES"))
-        # Held by the signals alone: nothing else needs to reach it.
-        crawler.signals.connect(failures.item_saved, signal=signals.item_scraped, weak=False)
-        crawler.signals.connect(failures.item_dropped, signal=signals.item_dropped, weak=False)
+        crawler.signals.connect(failures.item_saved, signal=signals.item_scraped)
+        crawler.signals.connect(failures.item_dropped, signal=signals.item_dropped)
         return failures
 
     def item_saved(self) -> None:
@@ -71,6 +74,14 @@ class StoreFailures:
                 exception.error,
             )
             stop_crawl(self.crawler, STORE_ERROR)
+
+
+def item_failed(error_log: LogFile, adapter: ItemAdapter, reason: str, *, store: str) -> StoreFailed:
+    """The drop of the item ``adapter`` because ``store`` failed: ``reason`` goes into
+    ``error_log.txt`` now, and the drop's one WARNING line says it again."""
+    url = adapter["url"]
+    error_log.add(adapter["id"], url, reason)
+    return StoreFailed(f"image {adapter['id']} failed: {reason} <{url}>", store=store, error=reason)
 
 
 def describe_store_error(error: OSError) -> str:

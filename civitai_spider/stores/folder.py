@@ -27,7 +27,7 @@ from civitai_spider.local_files import (
     writing_atomically,
 )
 from civitai_spider.stores import check_writable
-from civitai_spider.stores.base import FileStore
+from civitai_spider.stores.base import ReadableFileStore
 from civitai_spider.stores.id_file import check_id_file_folder
 
 #: Files larger than this (images and videos; metadata files are a few KB) leave the page
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 
-class FolderStore(FileStore):
+class FolderStore(ReadableFileStore):
     # A write to the page cache costs less than the trip to another thread would.
     put_where_prepared = True
     # Reading back waits for the disk unless the page cache holds the store, which a store

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from civitai_spider.stores import check_writable
-from civitai_spider.stores.base import FileStore, StoreError
+from civitai_spider.stores.base import ReadableFileStore, StoreError
 from civitai_spider.stores.id_file import check_id_file_folder
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ _START_ERRORS = {
 }
 
 
-class S3Store(FileStore):
+class S3Store(ReadableFileStore):
     def __init__(self, uri: str, client: Any, *, acl: str, uploads: int) -> None:
         parts = urlsplit(uri)
         self.uri, self.bucket = uri, parts.netloc

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from scrapy import signals
 
+from civitai_spider import settings as project_settings
 from civitai_spider.extensions.gc_freeze import FreezeStartupObjects
 from tests.support.crawls import project_crawler
 
@@ -19,7 +20,11 @@ def _unfrozen_afterwards() -> Iterator[None]:
 
 
 def test_objects_alive_at_spider_open_are_frozen_until_close() -> None:
-    crawler = project_crawler()
+    # Without the stores: they close in a coroutine, which the synchronous send_catch_log below
+    # would leave unawaited.
+    crawler = project_crawler(
+        EXTENSIONS={**project_settings.EXTENSIONS, "civitai_spider.stores.Stores": None}
+    )
     FreezeStartupObjects.from_crawler(crawler)
     gc.unfreeze()
     assert gc.get_freeze_count() == 0

@@ -1,4 +1,5 @@
-"""Tests of the metadata files and :class:`MetadataPipeline` (files first, then the ID file)."""
+"""Tests of the metadata files and :class:`MetadataPipeline` (files first, then the ID file, which
+:class:`RecordIdPipeline` records next, as ``ITEM_PIPELINES`` runs them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from itemadapter import ItemAdapter
@@ -18,12 +19,29 @@ from civitai_spider.items import CivitaiImage
 from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.outcomes import FAILED_REASON, METADATA_FILES_SAVED, DropImage
 from civitai_spider.pipelines.metadata import MetadataPipeline, metadata_files
+from civitai_spider.pipelines.record_id import RecordIdPipeline
 from civitai_spider.setting_rules import check_settings
 from civitai_spider.stores import id_file
 from civitai_spider.stores.failures import StoreFailed
 from tests.support.crawls import project_crawler
 
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
 _UNSET = object()
+
+
+class MetadataThenId:
+    """:class:`MetadataPipeline` then :class:`RecordIdPipeline`, one after the other as
+    ``ITEM_PIPELINES`` runs them: the files, then the id."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.steps = (MetadataPipeline.from_crawler(crawler), RecordIdPipeline.from_crawler(crawler))
+
+    async def process_item(self, item: Any) -> Any:
+        for step in self.steps:
+            item = await step.process_item(item)
+        return item
 
 
 def make_record(meta: Any = _UNSET, **extra: Any) -> dict[str, Any]:
@@ -143,7 +161,7 @@ def test_an_item_without_a_prompt_gets_an_empty_caption_file(meta: Any) -> None:
 
 def test_with_caption_files_the_id_is_recorded_after_the_caption_is_stored(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path), CIVITAI_CAPTION_FILES=True)
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
     (tmp_path / "42.txt").mkdir()  # the caption cannot be stored: a folder in the way
     (tmp_path / "42.txt" / "x").write_text("x")
     with pytest.raises(DropImage) as failure:
@@ -170,7 +188,7 @@ def test_a_caption_switch_that_is_not_a_boolean_names_itself_and_the_allowed_val
 
 def test_process_item_writes_the_files_then_records_the_id(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
     (tmp_path / "downloaded_image_ID_DB.txt").write_text("1\n")
     item = saved_item(make_record())
 
@@ -187,7 +205,7 @@ def test_process_item_writes_the_files_then_records_the_id(tmp_path: Path) -> No
 
 def test_stat_counts_every_file_saved(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
     asyncio.run(pipe.process_item(saved_item(make_record())))  # 3 files
     second = make_record({"prompt": "only a prompt"}, id=43)
     asyncio.run(pipe.process_item(saved_item(second, image_file="43.png")))  # 2 files
@@ -208,7 +226,7 @@ def _assert_failed_cleanly(tmp_path: Path, failure: pytest.ExceptionInfo[DropIma
 
 def test_id_is_not_recorded_when_a_file_cannot_be_written(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
     (tmp_path / "42_meta.json").mkdir()  # a folder in the way: the rename fails
     (tmp_path / "42_meta.json" / "x").write_text("x")
     with pytest.raises(DropImage) as failure:
@@ -219,7 +237,7 @@ def test_id_is_not_recorded_when_a_file_cannot_be_written(tmp_path: Path) -> Non
 
 def test_read_only_store_fails_the_item_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
 
     real_open = os.open
 
@@ -239,7 +257,7 @@ def test_disk_full_while_writing_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
     real_replace = os.replace
 
     def full_disk(source: Any, target: Any) -> None:
@@ -258,7 +276,7 @@ def test_id_file_that_cannot_be_written_fails_the_item_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path))
-    pipe = MetadataPipeline.from_crawler(crawler)
+    pipe = MetadataThenId(crawler)
 
     def full_disk(path: Path, image_ids: list[int]) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -273,7 +291,7 @@ def test_a_store_gone_mid_crawl_fails_the_item_without_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = tmp_path / "store"
-    pipe = MetadataPipeline.from_crawler(project_crawler(IMAGES_STORE=str(store)))
+    pipe = MetadataThenId(project_crawler(IMAGES_STORE=str(store)))
     store.write_text("a file where the folder was")
     with caplog.at_level(logging.WARNING), pytest.raises(StoreFailed) as failure:
         asyncio.run(pipe.process_item(saved_item(make_record())))
@@ -286,7 +304,7 @@ def test_a_store_gone_mid_crawl_fails_the_item_without_a_traceback(
 
 def test_custom_id_file_is_used(tmp_path: Path) -> None:
     crawler = project_crawler(IMAGES_STORE=str(tmp_path), CIVITAI_ID_FILE="ids.txt")
-    asyncio.run(MetadataPipeline.from_crawler(crawler).process_item(saved_item(make_record())))
+    asyncio.run(MetadataThenId(crawler).process_item(saved_item(make_record())))
     assert (tmp_path / "ids.txt").read_text() == "42\n"
 
 

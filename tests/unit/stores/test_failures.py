@@ -24,7 +24,7 @@ def stops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def watched(limit: int) -> Crawler:
     crawler = project_crawler(CIVITAI_MAX_STORE_FAILURES=limit)
-    StoreFailures.from_crawler(crawler)
+    assert isinstance(crawler.get_extension(StoreFailures), StoreFailures)  # enabled in EXTENSIONS
     return crawler
 
 

@@ -14,7 +14,7 @@ from scrapy.settings import Settings
 
 from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.stores import file_store_at
-from civitai_spider.stores.base import FileStore
+from civitai_spider.stores.base import ReadableFileStore
 from civitai_spider.stores.folder import FolderStore
 from tests.support.servers import SeaweedS3Server, unique_bucket_name
 
@@ -27,7 +27,7 @@ def bucket(s3_server: SeaweedS3Server) -> Iterator[str]:
 
 
 @pytest.fixture(params=["folder", "bucket"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReadableFileStore]:
     if request.param == "folder":
         settings, uri = Settings(), str(tmp_path / "store")
     else:
@@ -40,11 +40,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileStore]
         yield opened
 
 
-def put(store: FileStore, files: dict[str, bytes]) -> None:
+def put(store: ReadableFileStore, files: dict[str, bytes]) -> None:
     asyncio.run(store.save(files))
 
 
-def test_listing_names_every_file_of_the_store_itself_with_sizes_known_or_asked(store: FileStore) -> None:
+def test_listing_names_every_file_of_the_store_itself_with_sizes_known_or_asked(
+    store: ReadableFileStore,
+) -> None:
     put(store, {"1.jpg": b"x" * 10, "1_meta.json": b"{}", "2.png": b""})
     if isinstance(store, FolderStore):
         (store.directory / "manifest").mkdir()
@@ -58,14 +60,14 @@ def test_listing_names_every_file_of_the_store_itself_with_sizes_known_or_asked(
     assert sizes == {"1.jpg": 10, "1_meta.json": 2, "2.png": 0}
 
 
-def test_read_and_size_of_a_missing_file_are_file_not_found(store: FileStore) -> None:
+def test_read_and_size_of_a_missing_file_are_file_not_found(store: ReadableFileStore) -> None:
     with pytest.raises(FileNotFoundError):
         store.read("404.jpg")
     with pytest.raises(FileNotFoundError):
         store.size("404.jpg")
 
 
-def test_a_reader_seeks_and_reads_any_part(store: FileStore) -> None:
+def test_a_reader_seeks_and_reads_any_part(store: ReadableFileStore) -> None:
     data = bytes(range(256)) * 8192  # 2 MB: more than the bucket reader's buffer
     put(store, {"big.bin": data})
     assert store.read("big.bin") == data
@@ -78,7 +80,7 @@ def test_a_reader_seeks_and_reads_any_part(store: FileStore) -> None:
         assert file.read() == data
 
 
-def test_writing_stores_the_file_whole_when_the_block_ends(store: FileStore) -> None:
+def test_writing_stores_the_file_whole_when_the_block_ends(store: ReadableFileStore) -> None:
     with store.writing("part.parquet") as file:
         file.write(b"first ")
         file.write(b"second")
@@ -86,7 +88,7 @@ def test_writing_stores_the_file_whole_when_the_block_ends(store: FileStore) -> 
     assert store.read("part.parquet") == b"first second"
 
 
-def test_writing_that_fails_leaves_the_earlier_file_and_nothing_else(store: FileStore) -> None:
+def test_writing_that_fails_leaves_the_earlier_file_and_nothing_else(store: ReadableFileStore) -> None:
     put(store, {"part.parquet": b"earlier"})
     with pytest.raises(RuntimeError), store.writing("part.parquet") as file:
         file.write(b"half of the new one")
@@ -97,7 +99,7 @@ def test_writing_that_fails_leaves_the_earlier_file_and_nothing_else(store: File
         assert sorted(path.name for path in store.directory.iterdir()) == ["part.parquet"]
 
 
-def test_remove_removes_the_file_and_a_missing_one_is_no_error(store: FileStore) -> None:
+def test_remove_removes_the_file_and_a_missing_one_is_no_error(store: ReadableFileStore) -> None:
     put(store, {"1.jpg": b"x", "2.jpg": b"y"})
     store.remove("1.jpg")
     store.remove("404.jpg")

@@ -3,13 +3,16 @@ files (logs, the ID file) go for each."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scrapy import signals
 from scrapy.settings import Settings
 
-from civitai_spider.stores import file_store_class, id_store_class, log_directory, stores_of
+from civitai_spider import settings as project_settings
+from civitai_spider.stores import Stores, file_store_class, id_store_class, log_directory, stores_of
 from civitai_spider.stores.folder import FolderStore
 from civitai_spider.stores.id_file import IdFile, id_file_path
 from civitai_spider.stores.redis_ids import RedisIds
@@ -157,3 +160,41 @@ def test_stores_of_a_crawler_to_a_bucket_with_redis(tmp_path: Path) -> None:
         assert isinstance(stores.ids, RedisIds) and stores.ids.prefix == "team-a"
     finally:
         stores.files.close()
+
+
+# --- the Stores extension ---------------------------------------------------------------------
+
+
+def test_the_stores_are_the_crawlers_extension(tmp_path: Path) -> None:
+    assert "civitai_spider.stores.Stores" in project_settings.EXTENSIONS
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+
+    stores = crawler.get_extension(Stores)
+
+    assert isinstance(stores, Stores) and stores_of(crawler) is stores
+
+
+def test_stores_of_a_crawler_without_the_extension_says_so() -> None:
+    crawler = project_crawler(EXTENSIONS={"civitai_spider.stores.Stores": None})
+
+    with pytest.raises(RuntimeError, match=r"^civitai_spider\.stores\.Stores is not enabled in EXTENSIONS"):
+        stores_of(crawler)
+
+
+def test_the_stores_close_when_the_spider_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    crawler = project_crawler(IMAGES_STORE=str(tmp_path))
+    stores = stores_of(crawler)
+    closed: list[str] = []
+
+    async def ids_closed() -> None:
+        closed.append("ids")
+
+    monkeypatch.setattr(stores.ids, "close", ids_closed)
+    monkeypatch.setattr(stores.files, "close", lambda: closed.append("files"))
+
+    async def close_spider() -> None:
+        await crawler.signals.send_catch_log_async(signals.spider_closed, spider=None, reason="finished")
+
+    asyncio.run(close_spider())
+
+    assert closed == ["ids", "files"]
