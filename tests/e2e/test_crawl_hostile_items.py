@@ -57,7 +57,7 @@ DROP_REASONS = {
     "duplicate",
 }
 INVALID_REASONS = ("invalid_item", "invalid_id", "invalid_url")
-#: Caches that pytest, hypothesis and ruff keep in the repository while this test runs.
+#: Caches that pytest, hypothesis, ruff and mypy keep in the repository while this test runs.
 REPOSITORY_CACHES = {".hypothesis", ".mypy_cache", ".pytest_cache", ".ruff_cache", "__pycache__"}
 SERIOUS_LOG_LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<logger>[^\]]+)\] (?:ERROR|CRITICAL): (?P<message>.*)$",
