@@ -11,7 +11,7 @@ A :class:`Chain` is where one walk stands: the URL of its next page, its page co
 cursors it followed (a cursor given twice is a loop), whether its last page was full (an empty
 page after a full one is asked again) and, with ``stop_after_seen``, how many
 already-downloaded images it met in a row. The spider keeps chains in memory (and in the
-JOBDIR state); a shared crawl keeps them in Redis (:mod:`civitai_spider.shared.crawl`). A
+JOBDIR state); a shared crawl keeps them in Redis (:mod:`civitai_spider.shared_crawl.crawl`). A
 paused job's chains stand before their oldest page with items not done (:class:`ListedPage`).
 """
 

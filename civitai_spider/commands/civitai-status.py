@@ -16,7 +16,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from civitai_spider.commands import check_command_settings
-from civitai_spider.shared.status import as_json, as_text, crawl_statuses
+from civitai_spider.shared_crawl.status import as_json, as_text, crawl_statuses
 from civitai_spider.stores.redis_ids import RedisIds, safe_url
 
 if TYPE_CHECKING:

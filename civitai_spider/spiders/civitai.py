@@ -6,7 +6,7 @@ is requested as soon as a page arrives, before its items go through the pipeline
 ``CIVITAI_API_CONCURRENCY`` pages in flight.
 
 With ``CIVITAI_REDIS_URL`` the crawl is shared by every worker with the same arguments
-(:mod:`civitai_spider.shared`): pages and images come from Redis, a page's new images go
+(:mod:`civitai_spider.shared_crawl`): pages and images come from Redis, a page's new images go
 back there, and any worker saves them.
 
 With JOBDIR, a job paused by a graceful stop (finish reason ``shutdown``) goes on where its
@@ -60,8 +60,8 @@ from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage, InvalidApiItem
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines.thresholds import Thresholds
-from civitai_spider.shared.crawl import PageMessage, SharedCrawl
-from civitai_spider.shared.worker import Worker
+from civitai_spider.shared_crawl.crawl import PageMessage, SharedCrawl
+from civitai_spider.shared_crawl.worker import Worker
 from civitai_spider.stores import stores_of
 
 if TYPE_CHECKING:

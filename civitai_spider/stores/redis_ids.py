@@ -19,7 +19,7 @@ The async client of redis-py runs on the asyncio reactor; nothing blocks the rea
 thread. A dropped connection is retried with backoff for ``CIVITAI_REDIS_TIMEOUT`` seconds,
 so a Redis restart costs no item; a longer outage fails the items it hits (their files are
 stored, their ids not recorded: they are downloaded again) and the worker stops
-(:mod:`civitai_spider.shared.worker`).
+(:mod:`civitai_spider.shared_crawl.worker`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of :mod:`civitai_spider.shared.worker`, one process's part in a shared crawl, on a real Redis.
+"""Tests of :mod:`civitai_spider.shared_crawl.worker`, one process's part in a shared crawl, on a real Redis.
 
 No engine runs: each test builds a :class:`Worker` on a crawler with the project's settings
 (and a stand-in engine) and a real :class:`SharedCrawl`, drives it by hand as
@@ -24,8 +24,8 @@ from civitai_spider import outcomes
 from civitai_spider.extensions.stop import STOPPED_REASON, Stop
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
-from civitai_spider.shared.crawl import GROUP, PageMessage, SharedCrawl, crawl_digest
-from civitai_spider.shared.worker import Worker
+from civitai_spider.shared_crawl.crawl import GROUP, PageMessage, SharedCrawl, crawl_digest
+from civitai_spider.shared_crawl.worker import Worker
 from tests.support.crawls import project_crawler
 from tests.support.servers import RedisServer
 
@@ -270,14 +270,14 @@ def test_losing_redis_logs_one_error_and_stops_the_crawl_once_as_redis_error(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def work(worker: Worker) -> Any:
-        with caplog.at_level(logging.ERROR, logger="civitai_spider.shared.worker"):
+        with caplog.at_level(logging.ERROR, logger="civitai_spider.shared_crawl.worker"):
             for n in range(3):  # the heartbeat, an acknowledgement, a hand-on...
                 worker.stop_for_redis(f"failure {n}")
         await asyncio.sleep(0)  # the engine's close_spider_async runs
         return worker.crawler
 
     crawler = run(redis_url, tmp_path, work)
-    errors = [r.getMessage() for r in caplog.records if r.name == "civitai_spider.shared.worker"]
+    errors = [r.getMessage() for r in caplog.records if r.name == "civitai_spider.shared_crawl.worker"]
     assert errors == ["Stopping: failure 0"]
     stop = crawler.get_extension(Stop)
     assert stop is not None and stop.reason == outcomes.REDIS_ERROR

@@ -1,4 +1,4 @@
-"""Tests of :mod:`civitai_spider.shared.crawl`, the Redis side of a shared crawl, on a real Redis.
+"""Tests of :mod:`civitai_spider.shared_crawl.crawl`, the Redis side of a shared crawl, on a real Redis.
 
 Each test drives one or two :class:`SharedCrawl` views (two workers) of one crawl by hand:
 join, take, hand on, finish, done; then reads what Redis holds.
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from civitai_spider.shared.crawl import PageMessage, SharedCrawl, SharedCrawlError, crawl_digest
+from civitai_spider.shared_crawl.crawl import PageMessage, SharedCrawl, SharedCrawlError, crawl_digest
 from tests.support.servers import free_ports
 from tests.support.workers import dead_pid
 

@@ -1,7 +1,0 @@
-"""Many workers on one crawl: the crawl's work kept in Redis Streams.
-
-:mod:`~civitai_spider.shared.crawl` is the Redis side (keys, streams, the atomic steps),
-:mod:`~civitai_spider.shared.worker` the Scrapy side (what a ``scrapy crawl`` process takes,
-yields and acknowledges), :mod:`~civitai_spider.shared.status` what ``scrapy civitai-status``
-reads.
-"""

@@ -1,0 +1,7 @@
+"""Many workers on one crawl: the crawl's work kept in Redis Streams.
+
+:mod:`~civitai_spider.shared_crawl.crawl` is the Redis side (keys, streams, the atomic steps),
+:mod:`~civitai_spider.shared_crawl.worker` the Scrapy side (what a ``scrapy crawl`` process takes,
+yields and acknowledges), :mod:`~civitai_spider.shared_crawl.status` what ``scrapy civitai-status``
+reads.
+"""
