@@ -8,10 +8,15 @@ API key middleware (which sends the key to the API's origin only).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from scrapy.http import Response, TextResponse
+
+from civitai_spider import outcomes
+
+logger = logging.getLogger(__name__)
 
 #: ``Request.meta`` key marking a request to the API (a page, ``/me``, ``/models/<id>``): it
 #: carries the API key, to the API's origin only.
@@ -22,6 +27,42 @@ API_PAGE_META_KEY = "civitai_api_page"
 API_DOWNLOAD_SLOT = "civitai-api"
 #: Status of the API's answer to a country where Civitai blocks its API (``REGION_BLOCKED``).
 REGION_BLOCKED_STATUS = 451
+
+
+def request_meta(*, page: bool = False) -> dict[str, Any]:
+    """``Request.meta`` of an API request (``page``: of an images page): the key, the API's
+    slot, and Scrapy's "Gave up retrying" at DEBUG (the caller logs one ERROR with the reason)."""
+    meta: dict[str, Any] = {
+        API_META_KEY: True,
+        "download_slot": API_DOWNLOAD_SLOT,
+        "give_up_log_level": "DEBUG",
+    }
+    if page:
+        meta[API_PAGE_META_KEY] = True
+    return meta
+
+
+def log_failure(reason: str, url: str, status: int | None = None) -> str:
+    """Log why an API request failed for good (one ERROR line); the finish reason it gives."""
+    if status == REGION_BLOCKED_STATUS:
+        logger.error(
+            "The API refuses requests from this country, stopping the crawl: %s. Civitai blocks "
+            "its API in some regions; crawl from a machine elsewhere (%s)",
+            reason,
+            url,
+        )
+        return outcomes.REGION_BLOCKED
+    logger.error("The API request failed, stopping the crawl: %s (%s)", reason, url)
+    return outcomes.API_ERROR
+
+
+def json_object(response: Response) -> dict[str, Any] | None:
+    """The JSON object of an answer (``None`` when it is not one)."""
+    try:
+        payload = json.loads(response.body)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def page_problem(response: Response) -> str | None:

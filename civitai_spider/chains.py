@@ -1,11 +1,8 @@
 """Cursor chains: the walks a crawl is made of.
 
 The API lists images as a chain of pages, each naming the next one's cursor, so one chain is
-walked one page at a time. The spider argument ``split`` cuts a crawl into several chains
-that are walked at once: one per combination of the split values. They are disjoint (every
-image has one browsing level, one base model and one type) and together list what the
-unsplit query lists. A model's crawl (``model_id``) is one chain per version of the model
-(times the split values): those may overlap, as an image can use two versions.
+walked one page at a time; a crawl is one chain, or several (``split``, a model's versions:
+:mod:`civitai_spider.query` makes their queries) walked at once.
 
 A :class:`Chain` is where one walk stands: the URL of its next page, its page count, the
 cursors it followed (a cursor given twice is a loop), whether its last page was full (an empty
@@ -17,87 +14,15 @@ paused job's chains stand before their oldest page with items not done (:class:`
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-#: What ``split`` may name, and the API parameter each one splits.
-SPLITS = {"browsing_level": "browsingLevel", "base_models": "baseModels", "media": "type"}
-#: nsfw -> the browsing levels the server gives it (PG=1, PG13=2, R=4, X=8, XXX=16), as
-#: src/pages/api/v1/images/index.ts maps it: the deprecated names through nsfwLevelMapDeprecated,
-#: true to nsfwBrowsingLevelsFlag (R, X, XXX and Blocked, which is then stripped: 28, no PG),
-#: false to nothing, which the endpoint then reads as PG only.
-NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 28}
-#: The API parameter of a model version: a model's crawl has a chain per version.
-MODEL_VERSION_PARAMETER = "modelVersionId"
-#: The one chain of a crawl without ``split``.
-WHOLE_QUERY = "all"
+from civitai_spider.outcomes import CURSOR_LOOP
 
-#: How a chain ended (``Chain.end``).
+#: How a chain ended (``Chain.end``), besides CURSOR_LOOP (a finish reason of its own).
 END_OF_LISTING = "end"
 MAX_PAGES = "max_pages"
 CAUGHT_UP = "caught_up"
-CURSOR_LOOP = "cursor_loop"
-
-
-def parse_split(value: Any) -> tuple[str, ...]:
-    """The ``split`` argument as a tuple of names; ``ValueError`` names a bad one."""
-    names = tuple(dict.fromkeys(name.strip() for name in str(value).split(",") if name.strip()))
-    allowed = ", ".join(SPLITS)
-    if not names:
-        raise ValueError(f"split={value!r} is empty: allowed is a comma list of {allowed}")
-    for name in names:
-        if name not in SPLITS:
-            raise ValueError(f"split={value!r} is not valid: {name!r} is not one of {allowed}")
-    return names
-
-
-def split_query(
-    query: dict[str, str], split: tuple[str, ...], model_versions: tuple[int, ...] = ()
-) -> dict[str, dict[str, str]]:
-    """Chain name -> its API query: one per combination of the model versions (a model's
-    crawl) and the split values, in a fixed order.
-
-    ``ValueError`` when a split has nothing to split (``base_models`` without ``base_models=``).
-    """
-    if not split and not model_versions:
-        return {WHOLE_QUERY: dict(query)}
-    names = [SPLITS[name] for name in split]
-    values = [_split_values(query, name) for name in split]
-    if model_versions:
-        names.insert(0, MODEL_VERSION_PARAMETER)
-        values.insert(0, [str(version) for version in model_versions])
-    chains: dict[str, dict[str, str]] = {}
-    for combination in itertools.product(*values):
-        chain_query = dict(query)
-        if "browsing_level" in split:
-            chain_query.pop("nsfw", None)  # browsingLevel overrides it anyway
-        if model_versions:
-            # With modelVersionId the server lists from its search index, which knows no
-            # modelId; the version is what selects the images.
-            chain_query.pop("modelId", None)
-        parameters = dict(zip(names, combination, strict=True))
-        chain_query.update(parameters)
-        chains["&".join(f"{name}={value}" for name, value in parameters.items())] = chain_query
-    return chains
-
-
-def _split_values(query: dict[str, str], name: str) -> list[str]:
-    if name == "browsing_level":
-        mask = int(query["browsingLevel"]) if "browsingLevel" in query else _nsfw_mask(query)
-        return [str(bit) for bit in (1 << shift for shift in range(5)) if mask & bit]
-    if name == "base_models":
-        if "baseModels" not in query:
-            raise ValueError("split=base_models needs base_models=... (comma-separated names) to split")
-        return query["baseModels"].split(",")
-    # media: the API's type; media=all sends none and lists images and videos.
-    return [query["type"]] if "type" in query else ["image", "video"]
-
-
-def _nsfw_mask(query: dict[str, str]) -> int:
-    # Without nsfw or browsingLevel the API lists PG only.
-    return NSFW_BROWSING_LEVELS.get(query.get("nsfw", "None"), 1)
 
 
 @dataclass
@@ -121,6 +46,16 @@ class Chain:
     @property
     def live(self) -> bool:
         return self.end is None
+
+    def follow(self, url: str, cursor: str) -> bool:
+        """Make ``url``, reached by ``cursor``, the next page; False when the chain followed
+        that cursor before: it ends then, as a loop (CURSOR_LOOP)."""
+        if cursor in self.cursors_seen:
+            self.end = CURSOR_LOOP
+            return False
+        self.cursors_seen[cursor] = self.pages + 1
+        self.next_url = url
+        return True
 
     def rewind(self, page: int, listed: ListedPage) -> None:
         """Stand again where the chain stood before ``page`` (``listed``): it is fetched next."""

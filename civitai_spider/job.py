@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from civitai_spider.outcomes import SHUTDOWN
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+    from civitai_spider.query import CrawlQuery
 
 #: Keys of the job state: the chains by name, the last run's finish reason, the walk.
 CHAINS_KEY = "civitai_chains"
@@ -37,22 +42,15 @@ _ARGUMENT_NAMES = {
 }
 
 
-def walk(
-    api_url: str,
-    query: dict[str, str],
-    split: tuple[str, ...],
-    max_pages: int | None,
-    stop_after_seen: int | None,
-    with_tags: bool,
-) -> dict[str, Any]:
+def walk(settings: BaseSettings, crawl_query: CrawlQuery) -> dict[str, Any]:
     """What makes two runs of a job the same walk: flat, name -> value, for a message that names one."""
     return {
-        "api_url": api_url,
-        **query,
-        "split": ",".join(split) or None,
-        "max_pages": max_pages,
-        "stop_after_seen": stop_after_seen,
-        "with_tags": with_tags,
+        "api_url": settings.get("CIVITAI_API_URL"),
+        **crawl_query.query,
+        "split": ",".join(crawl_query.split) or None,
+        "max_pages": crawl_query.max_pages,
+        "stop_after_seen": crawl_query.stop_after_seen,
+        "with_tags": settings.getbool("CIVITAI_WITH_TAGS"),
     }
 
 

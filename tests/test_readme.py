@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from civitai_spider import settings
-from civitai_spider.spiders.civitai import ARGUMENTS
+from civitai_spider.query import ARGUMENTS
 from tests.support.crawls import REPOSITORY
 
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")

@@ -37,7 +37,7 @@ class Command(ScrapyCrawlCommand):
 
     def long_desc(self) -> str:
         # Stock -h lists -a but none of the arguments a spider takes.
-        from civitai_spider.spiders.civitai import ARGUMENTS  # noqa: PLC0415 - only for -h
+        from civitai_spider.query import ARGUMENTS  # noqa: PLC0415 - only for -h
 
         return (
             "Run a spider of the current project, by name: here civitai, which saves Civitai's "

@@ -54,6 +54,14 @@ class Stop:
         # closes the spider with the reason "shutdown".
         return self.reason is not None or (self._engine is not None and not self._engine.running)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the crawl is on its way out: a stop, or any close (the crawl's own end, a
+        CloseSpider from a callback) that Scrapy has begun."""
+        # Scrapy has no public "closing" flag: close_spider sets its engine slot's closing.
+        slot = getattr(self._engine, "_slot", None)
+        return self.stopping or self._engine is None or (slot is not None and slot.closing is not None)
+
     def stop(self, reason: str) -> None:
         if self.reason is not None:
             return

@@ -4,10 +4,10 @@ The spider's ``start()`` runs :meth:`Worker.work` for as long as the crawl lasts
 page messages while fewer than ``CIVITAI_API_CONCURRENCY`` pages are in flight and image
 messages while fewer than twice ``CIVITAI_IMAGES_IN_FLIGHT + CIVITAI_VIDEOS_IN_FLIGHT`` are
 (so the downloads never wait for Redis, and a worker holds no more than it is working on),
-and yields page requests and items. A page's response is handed on by the spider
-(:meth:`Worker.hand_on`); an item's outcome (saved, dropped, failed) acknowledges its message
-(Scrapy's item signals), only once the item is through every pipeline: its files stored and
-its id recorded.
+and yields page requests and items. A page's answer is handed on
+(:mod:`civitai_spider.shared_crawl.walk`, :meth:`Worker.hand_on`); an item's outcome (saved,
+dropped, failed) acknowledges its message (Scrapy's item signals), only once the item is
+through every pipeline: its files stored and its id recorded.
 
 When Redis stays out of reach for ``CIVITAI_REDIS_TIMEOUT`` seconds the worker stops with
 the finish reason ``redis_error``; what it held is taken over by a live worker later.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
@@ -35,8 +35,6 @@ from civitai_spider.stores import stores_of
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
-
-    from civitai_spider.spiders.civitai import CivitaiSpider
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +73,10 @@ class Worker:
         crawler.signals.connect(self._spider_closed, signal=signals.spider_closed)
 
     async def work(
-        self, spider: CivitaiSpider, chains: Mapping[str, str]
+        self, chains: Mapping[str, str], page_request: Callable[[PageMessage], Request]
     ) -> AsyncIterator[Request | CivitaiImage]:
-        """Join the crawl and yield its work until it is done (``chains``: name -> first page)."""
+        """Join the crawl and yield its work until it is done (``chains``: name -> first page):
+        items, and the requests ``page_request`` makes of page messages."""
         try:
             seeded = await self.crawl.join(chains)
             logger.info(
@@ -90,12 +89,14 @@ class Worker:
             await self.crawl.release_dead_local_workers()
             self._heartbeat = asyncio.ensure_future(self._beat())
             self._closing_watch = asyncio.ensure_future(_finish_closing_scraper(self.crawler))
-            async for element in self._work(spider):
+            async for element in self._work(page_request):
                 yield element
         except OSError as error:  # SharedCrawlError, or the id store out of reach
             self.stop_for_redis(str(error))
 
-    async def _work(self, spider: CivitaiSpider) -> AsyncIterator[Request | CivitaiImage]:
+    async def _work(
+        self, page_request: Callable[[PageMessage], Request]
+    ) -> AsyncIterator[Request | CivitaiImage]:
         ids = stores_of(self.crawler).ids
         engine = self.crawler.engine
         while True:
@@ -122,7 +123,7 @@ class Worker:
                             page.deliveries,
                         )
                     self.pages[page.message_id] = page
-                    yield spider.shared_page_request(page)
+                    yield page_request(page)
             free_images = self.max_images - len(self.images)
             if free_images > 0:
                 held = {message.message_id for message, _ in self.images.values()}

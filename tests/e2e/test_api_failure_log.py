@@ -42,7 +42,7 @@ def test_an_api_page_that_fails_is_one_error_line(
     lines = [line for line in result.stderr.splitlines() if ERROR_LINE.match(line)]
     assert len(lines) == 1, "\n".join(lines)
     [line] = lines
-    assert "[civitai_spider.spiders.civitai] ERROR: The API request failed, stopping the crawl: " in line
+    assert "[civitai_spider.api] ERROR: The API request failed, stopping the crawl: " in line
     assert reason in line and "<twisted" not in line, line
     first_page = server.api_url + "?" + server.api_requests()[0].raw_query
     assert line.endswith(f" ({first_page})"), line

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from civitai_spider.spiders.civitai import parse_arguments
+from civitai_spider.query import parse_arguments
 from tests.support import images
 from tests.support.crawls import run_crawl
 from tests.support.fake_civitai import FakeCivitai, Fault
@@ -113,8 +113,8 @@ def test_defaults_ask_for_meta_and_the_largest_pages(server: FakeCivitai, store:
     run_crawl(server, store)
 
     [page] = server.api_requests()
-    # The defaults themselves are pinned in tests/unit/spiders/test_civitai.py; here, that they are sent.
-    assert page.query == parse_arguments({})[0]
+    # The defaults themselves are pinned in tests/unit/test_query.py; here, that they are sent.
+    assert page.query == parse_arguments({}).query
     assert page.query["limit"] == "200" and page.query["withMeta"] == page.query["flatMeta"] == "true"
 
 

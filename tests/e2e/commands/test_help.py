@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from civitai_spider.spiders.civitai import ARGUMENTS
+from civitai_spider.query import ARGUMENTS
 from tests.support.crawls import REPOSITORY, crawl_environment
 
 COMMANDS = ("crawl", "civitai-manifest", "civitai-export", "civitai-ids", "civitai-status")

@@ -220,7 +220,7 @@ def test_an_image_delivered_too_often_is_given_up_as_failed(redis_url: str, tmp_
         yielded: list[Any] = []
         try:
             async with asyncio.timeout(5):
-                async for element in worker.work(None, CHAINS):  # type: ignore[arg-type]
+                async for element in worker.work(CHAINS, _no_page_request):
                     yielded.append(element)
         except TimeoutError:
             pass  # the walk never ended: the assertions below say what is left
@@ -247,7 +247,7 @@ def test_a_worker_does_not_take_back_what_it_still_holds(redis_url: str, tmp_pat
         yielded: list[Any] = []
         try:
             async with asyncio.timeout(1.5):  # claimed back at each scan for stalled work
-                async for element in worker.work(None, CHAINS):  # type: ignore[arg-type]
+                async for element in worker.work(CHAINS, _no_page_request):
                     yielded.append(element)
         except TimeoutError:
             pass
@@ -310,3 +310,7 @@ def test_a_hand_on_without_redis_closes_the_spider_and_releases_the_page(tmp_pat
     assert pages == {}
     stop = crawler.get_extension(Stop)
     assert stop is not None and stop.reason == outcomes.REDIS_ERROR
+
+
+def _no_page_request(page: PageMessage) -> Any:
+    raise AssertionError(f"no page is asked in this test, not {page}")

@@ -19,8 +19,9 @@ from civitai_spider.chains import Chain
 from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
+from civitai_spider.query import parse_arguments
 from civitai_spider.setting_rules import check_settings
-from civitai_spider.spiders.civitai import CivitaiSpider, model_to_list, parse_arguments
+from civitai_spider.spiders.civitai import CivitaiSpider
 from civitai_spider.stores import stores_of
 from tests.support.crawls import project_crawler
 
@@ -35,150 +36,14 @@ DEFAULT_QUERY = {
 }
 
 
-# --- parse_arguments -------------------------------------------------------------------
-
-
-def test_defaults() -> None:
-    assert parse_arguments({}) == (DEFAULT_QUERY, None, None)
-
-
-def test_every_argument_maps_to_its_api_name() -> None:
-    query, max_pages, stop_after_seen = parse_arguments(
-        {
-            "limit": "50",
-            "sort": "Newest",
-            "period": "Week",
-            "nsfw": "X",
-            "username": "bolero_537",
-            "model_id": "4201",
-            "model_version_id": "788385",
-            "post_id": "6030721",
-            "user_id": "41",
-            "image_id": "26962948",
-            "tags": " 5133, 4,,0012 ",
-            "media": "video",
-            "base_models": " SDXL 1.0 , Pony,,Flux.1 D ",
-            "max_pages": "3",
-            "stop_after_seen": "20",
-        }
-    )
-    assert query == {
-        "limit": "50",
-        "withMeta": "true",
-        "flatMeta": "true",
-        "sort": "Newest",
-        "period": "Week",
-        "nsfw": "X",
-        "type": "video",
-        "username": "bolero_537",
-        "userId": "41",
-        "modelId": "4201",
-        "modelVersionId": "788385",
-        "postId": "6030721",
-        "imageId": "26962948",
-        "tags": "5133,4,12",
-        "baseModels": "SDXL 1.0,Pony,Flux.1 D",
-    }
-    assert max_pages == 3
-    assert stop_after_seen == 20
-
-
-def test_media_all_sends_no_type() -> None:
-    assert "type" not in parse_arguments({"media": "all"})[0]
-
-
-@pytest.mark.parametrize("level", ["1", "28", "31"])
-def test_browsing_level_is_sent_instead_of_nsfw(level: str) -> None:
-    query = parse_arguments({"browsing_level": level, "nsfw": "None"})[0]
-    assert query["browsingLevel"] == level and "nsfw" not in query
-
-
-@pytest.mark.parametrize("limit", ["1", "200"])
-def test_limit_bounds_are_allowed(limit: str) -> None:
-    assert parse_arguments({"limit": limit})[0]["limit"] == limit
-
-
-@pytest.mark.parametrize(
-    "arguments, name, value, allowed",
-    [
-        ({"sort": "Best"}, "sort", "'Best'", "'Most Reactions'"),
-        ({"sort": "newest"}, "sort", "'newest'", "'Newest'"),
-        ({"period": "Decade"}, "period", "'Decade'", "'AllTime'"),
-        ({"nsfw": "Maybe"}, "nsfw", "'Maybe'", "'Mature'"),
-        ({"nsfw": ""}, "nsfw", "''", "'Soft'"),
-        ({"limit": "0"}, "limit", "'0'", "1 to 200"),
-        ({"limit": "201"}, "limit", "'201'", "1 to 200"),
-        ({"limit": "x"}, "limit", "'x'", "1 to 200"),
-        ({"limit": "-5"}, "limit", "'-5'", "1 to 200"),
-        ({"username": "a b"}, "username", "'a b'", "letters, digits and _"),
-        ({"username": "../x"}, "username", "'../x'", "letters, digits and _"),
-        ({"username": ""}, "username", "''", "letters, digits and _"),
-        ({"model_id": "-1"}, "model_id", "'-1'", "an integer from 1 to 2147483647"),
-        ({"model_id": "x"}, "model_id", "'x'", "an integer from 1 to 2147483647"),
-        ({"model_version_id": "1.5"}, "model_version_id", "'1.5'", "positive integer"),
-        ({"post_id": "0"}, "post_id", "'0'", "positive integer"),
-        ({"max_pages": "0"}, "max_pages", "'0'", "positive integer"),
-        ({"sort": "Newest", "stop_after_seen": "0"}, "stop_after_seen", "'0'", "positive integer"),
-        ({"sort": "Newest", "stop_after_seen": "-2"}, "stop_after_seen", "'-2'", "positive integer"),
-        ({"sort": "Newest", "stop_after_seen": "ten"}, "stop_after_seen", "'ten'", "positive integer"),
-        ({"sort": "Newest", "stop_after_seen": "2.5"}, "stop_after_seen", "'2.5'", "positive integer"),
-        ({"user_id": "x"}, "user_id", "'x'", "positive integer"),
-        ({"image_id": "-2"}, "image_id", "'-2'", "positive integer"),
-        ({"tags": "cats"}, "tags", "'cats'", "comma-separated tag ids"),
-        ({"tags": "1,0"}, "tags", "'1,0'", "comma-separated tag ids"),
-        ({"tags": "1;2"}, "tags", "'1;2'", "comma-separated tag ids"),
-        ({"tags": ""}, "tags", "''", "comma-separated tag ids"),
-        ({"browsing_level": "0"}, "browsing_level", "'0'", "1 to 31, a sum of PG=1"),
-        ({"browsing_level": "64"}, "browsing_level", "'64'", "1 to 31, a sum of PG=1"),
-        ({"browsing_level": "X"}, "browsing_level", "'X'", "1 to 31, a sum of PG=1"),
-        ({"browsing_level": "32"}, "browsing_level", "'32'", "the Blocked level (32), which the API never"),
-        ({"browsing_level": "63"}, "browsing_level", "'63'", "the Blocked level (32), which the API never"),
-        ({"model_id": "2147483648"}, "model_id", "'2147483648'", "an integer from 1 to 2147483647"),
-        ({"media": "images"}, "media", "'images'", "'image', 'video', 'all'"),
-        ({"media": "audio"}, "media", "'audio'", "'image', 'video', 'all'"),
-        ({"base_models": ""}, "base_models", "''", "comma-separated"),
-        ({"base_models": " , "}, "base_models", "' , '", "comma-separated"),
-    ],
-)
-def test_bad_values_are_rejected_naming_the_value(
-    arguments: dict[str, str], name: str, value: str, allowed: str
-) -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_arguments(arguments)
-    message = str(caught.value)
-    assert f"{name}={value}" in message
-    assert allowed in message
-
-
-@pytest.mark.parametrize("value", ["1", "50"])
-def test_stop_after_seen_with_newest(value: str) -> None:
-    query, _, stop_after_seen = parse_arguments({"sort": "Newest", "stop_after_seen": value})
-    assert stop_after_seen == int(value)
-    assert "stop_after_seen" not in query  # the API never hears of it
-
-
-@pytest.mark.parametrize("sort", [None, "Most Reactions", "Oldest", "Random"])
-def test_stop_after_seen_requires_sort_newest(sort: str | None) -> None:
-    arguments = {"stop_after_seen": "5"} if sort is None else {"sort": sort, "stop_after_seen": "5"}
-    with pytest.raises(ValueError) as caught:
-        parse_arguments(arguments)
-    message = str(caught.value)
-    assert "stop_after_seen='5'" in message and "requires sort='Newest'" in message
-    assert repr(sort or "Most Reactions") in message
+# --- arguments ---------------------------------------------------------------------------
 
 
 def test_spider_keeps_stop_after_seen() -> None:
-    assert CivitaiSpider(sort="Newest", stop_after_seen="7").stop_after_seen == 7
-    assert CivitaiSpider(sort="Newest").stop_after_seen is None
+    assert CivitaiSpider(sort="Newest", stop_after_seen="7").crawl_query.stop_after_seen == 7
+    assert CivitaiSpider(sort="Newest").crawl_query.stop_after_seen is None
     with pytest.raises(ValueError, match="requires sort='Newest'"):
         CivitaiSpider.check_arguments({"stop_after_seen": "7"})
-
-
-def test_sort_error_lists_every_allowed_value() -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_arguments({"sort": "Best"})
-    for sort in ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random"):
-        assert repr(sort) in str(caught.value)
 
 
 def test_check_arguments_rejects_unknown_names_but_not_scrapyd_ones() -> None:
@@ -509,7 +374,7 @@ def test_a_cursor_that_is_neither_text_nor_an_integer_is_no_cursor(tmp_path: Pat
     ],
 )
 def test_only_a_model_alone_has_its_versions_listed(arguments: dict[str, str], model: int | None) -> None:
-    assert model_to_list(parse_arguments(arguments)[0]) == model
+    assert parse_arguments(arguments).model_id == model
     spider = CivitaiSpider(**arguments)
     assert spider.model_id == model
     assert spider.chain_queries == ({} if model else {"all": spider.query})
