@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO, Any, TypedDict
 
 from civitai_spider import settings as project_settings
 from civitai_spider.local_files import TEMPORARY_PREFIX
@@ -102,7 +103,9 @@ class Server:
             stdout=subprocess.PIPE,
             text=True,
         )
-        line = self.process.stdout.readline()
+        assert self.process.stdout is not None  # stdout=PIPE
+        self.output: IO[str] = self.process.stdout
+        line = self.output.readline()
         if not line.startswith("PORT "):
             raise RuntimeError(f"benchmark server did not start: {line!r}")
         self.base = f"http://127.0.0.1:{int(line.split()[1])}"
@@ -119,7 +122,7 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
-        self.process.stdout.close()
+        self.output.close()
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -229,11 +232,19 @@ def start_crawl(command: CrawlCommand, *, one_core: bool = False) -> subprocess.
     )
 
 
-def finished_probe(command: CrawlCommand, label: str, returncode: int) -> dict[str, object]:
+class Probed(TypedDict):
+    """What the probe (``benchmarks/probe.py``) wrote at the end of a crawl."""
+
+    stats: dict[str, Any]  # Scrapy's stats as JSON: numbers, and the rest as strings
+    worst_stall_seconds: float
+    worst_gc_seconds: float
+
+
+def finished_probe(command: CrawlCommand, label: str, returncode: int) -> Probed:
     """What the probe of a crawl that exited with ``returncode`` recorded; raises if the crawl failed."""
     if returncode != 0 or not command.probe_file.exists():
         raise RuntimeError(f"{label} failed ({returncode}): see {command.log_file}")
-    probe = json.loads(command.probe_file.read_text())
+    probe: Probed = json.loads(command.probe_file.read_text())
     if probe["stats"].get("civitai/failed"):
         raise RuntimeError(
             f"{label}: {probe['stats']['civitai/failed']} image(s) failed, see {command.log_file}"

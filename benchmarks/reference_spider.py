@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import scrapy
-from scrapy.http import Response
+from scrapy.http import Response, TextResponse
 
 
 class ReferenceSpider(scrapy.Spider):
@@ -35,6 +35,7 @@ class ReferenceSpider(scrapy.Spider):
         )
 
     def parse_page(self, response: Response) -> Iterator[Any]:
+        assert isinstance(response, TextResponse)  # the API answers JSON
         page = response.json()
         cursor = page["metadata"].get("nextCursor")
         if cursor is not None:

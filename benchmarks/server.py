@@ -98,7 +98,7 @@ class _Catalogue:
         end = min(offset + limit, len(listing))
         metadata: dict[str, object] = {}
         if end < len(listing):
-            following = {"limit": limit, "cursor": end}
+            following: dict[str, int | str] = {"limit": limit, "cursor": end}
             if mask is not None:
                 following["browsingLevel"] = mask
             metadata = {
@@ -140,6 +140,7 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[_Answer] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # create_server's connections are streams
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:

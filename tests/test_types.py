@@ -1,4 +1,4 @@
-"""The package type-checks (mypy, configured in pyproject.toml)."""
+"""The package and the benchmarks type-check (mypy, configured in pyproject.toml)."""
 
 from __future__ import annotations
 
