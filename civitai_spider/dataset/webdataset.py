@@ -4,7 +4,7 @@ A shard, ``shard-000000.tar``, ``shard-000001.tar``..., holds up to ``shard_size
 each as three members named after its id, the sample's key in the WebDataset convention
 (the members of a sample share the name before the first dot): ``<id>.jpg`` (``.png``,
 ``.mp4``, ``.webm``...: the stored bytes), ``<id>.json`` (its ``<id>_meta.json``) and
-``<id>.txt`` (its training caption, :func:`~civitai_spider.dataset.captions.caption_of`).
+``<id>.txt`` (its training caption, :func:`~civitai_spider.captions.caption_of`).
 The index, one Parquet part per shard (``index/shard-000000.parquet``...), says which id is
 in which shard.
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from civitai_spider.dataset.captions import caption_of
+from civitai_spider.captions import caption_of
 from civitai_spider.items import flat_meta
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-prompt.txt``
 (only with a non-empty negative prompt), ``<id>_meta.json`` (the whole API record plus
 ``image_file``) and, with ``CIVITAI_CAPTION_FILES``, ``<id>.txt``: the training caption
-(:func:`~civitai_spider.dataset.captions.caption_of`; the prompt as received with
+(:func:`~civitai_spider.captions.caption_of`; the prompt as received with
 ``CIVITAI_CAPTION_RAW``), empty without a prompt so that every image has one. The next
 pipeline records the id (:mod:`civitai_spider.pipelines.record_id`), once these files and the
 image are durably stored. A store error (disk full, read-only folder, a bucket out of reach)
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 
-from civitai_spider.dataset.captions import caption_of
+from civitai_spider.captions import caption_of
 from civitai_spider.outcomes import METADATA_FILES_SAVED
 from civitai_spider.stores import stores_of
 from civitai_spider.stores.failures import describe_store_error, item_failed

@@ -2,6 +2,7 @@
 
 :mod:`~civitai_spider.shared_crawl.crawl` is the Redis side (keys, streams, the atomic steps),
 :mod:`~civitai_spider.shared_crawl.worker` the Scrapy side (what a ``scrapy crawl`` process takes,
-yields and acknowledges), :mod:`~civitai_spider.shared_crawl.status` what ``scrapy civitai-status``
-reads.
+yields and acknowledges), :mod:`~civitai_spider.shared_crawl.walk` how the spider joins it and
+what becomes of a page a worker fetched, :mod:`~civitai_spider.shared_crawl.status` what
+``scrapy civitai-status`` reads.
 """

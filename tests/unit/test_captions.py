@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from civitai_spider.dataset.captions import caption_of
+from civitai_spider.captions import caption_of
 
 CLEANED = [
     # Pony / SDXL tag prompts as Civitai lists them.
