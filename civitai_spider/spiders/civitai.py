@@ -5,7 +5,7 @@ is requested as soon as a page arrives, before its items go through the pipeline
 ``split`` a crawl is several chains (:mod:`civitai_spider.chains`), walked at once, at most
 ``CIVITAI_API_CONCURRENCY`` pages in flight.
 
-With ``CIVITAI_REDIS_URL`` the crawl is shared by every worker with the same arguments
+With ``CIVITAI_SHARED_CRAWL`` the crawl is shared by every worker with the same arguments
 (:mod:`civitai_spider.shared_crawl`): pages and images come from Redis, a page's new images go
 back there, and any worker saves them.
 
@@ -236,7 +236,7 @@ class CivitaiSpider(scrapy.Spider):
                 self.api_concurrency,
                 ", ".join(first_pages),
             )
-        if settings.get("CIVITAI_REDIS_URL"):
+        if settings.getbool("CIVITAI_SHARED_CRAWL"):
             self.worker = Worker(self.crawler, self._shared_crawl(settings))
             async for element in self.worker.work(self, first_pages):
                 yield element
@@ -341,8 +341,6 @@ class CivitaiSpider(scrapy.Spider):
             "max_pages": self.max_pages,
             "stop_after_seen": self.stop_after_seen,
         }
-        if getattr(self, "state", None) is not None:
-            logger.warning("JOBDIR is not used by a shared crawl: its state is in Redis")
         return SharedCrawl(
             settings.get("CIVITAI_REDIS_URL"),
             settings.get("CIVITAI_REDIS_PREFIX"),
