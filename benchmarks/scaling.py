@@ -2,9 +2,9 @@
 
 Two measurements, each ratio taken within one invocation, against targets:
 
-- workers: 1, 2 and 4 ``scrapy crawl civitai`` processes, started together with the same
-  arguments and the same Redis (``CIVITAI_REDIS_URL``, a new key prefix per run), share one
-  crawl; the CDN answers each image after 200 ms and each worker has
+- workers: 1, 2 and 4 ``scrapy crawl civitai -s CIVITAI_SHARED_CRAWL=true`` processes, started
+  together with the same arguments and the same Redis (``CIVITAI_REDIS_URL``, a new key prefix
+  per run), share one crawl; the CDN answers each image after 200 ms and each worker has
   ``CIVITAI_IMAGES_IN_FLIGHT=4`` (one machine's link), so one worker makes at most 20 images/s.
   The rate is images saved per second of wall time, from the start of the first worker to the
   exit of the last: what a user sees, start-up included. Target: 4 workers at least 3.2x one.
@@ -151,6 +151,7 @@ def measure_workers(images: int, work: Path, stores: Path) -> list[Scaled]:
             with redis.client() as client:
                 client.flushall()  # and a new prefix: nothing of the run before is seen
             settings = {
+                "CIVITAI_SHARED_CRAWL": "true",
                 "CIVITAI_REDIS_URL": redis.url,
                 "CIVITAI_REDIS_PREFIX": name,
                 "CIVITAI_IMAGES_IN_FLIGHT": str(IMAGES_IN_FLIGHT),

@@ -11,8 +11,10 @@ Scrapy does and check nothing themselves.
 
 :data:`SETTINGS` covers every ``CIVITAI_*`` setting of ``settings.py`` and every Scrapy setting
 of the README's settings tables; the README's tables list the same names (a test holds both).
-Whether a store can work (an ``IMAGES_STORE`` scheme, a bucket, Redis answering) is the store's
-own check, made after this one.
+Settings that are each allowed but cannot work together (a shared crawl without Redis, or
+with JOBDIR) are :data:`COMBINATIONS`, checked once every value is. Whether a store can work
+(an ``IMAGES_STORE`` scheme, a bucket, Redis answering) is the store's own check, made after
+this one.
 """
 
 from __future__ import annotations
@@ -226,6 +228,7 @@ SETTINGS: dict[str, Rule] = {
     "CIVITAI_ID_FILE": Text("a file's path", r"(?s).+"),
     "CIVITAI_REDIS_URL": Url(("redis", "rediss", "unix"), empty=True, host=False),
     "CIVITAI_REDIS_PREFIX": Text("a non-empty name without spaces or * ? [ ]", r"[^\s*?\[\]]+"),
+    "CIVITAI_SHARED_CRAWL": Boolean(),
     "CIVITAI_REDIS_CLAIM_AFTER": Number(1),
     "CIVITAI_REDIS_TIMEOUT": Number(1),
     "CIVITAI_CAPTION_FILES": Boolean(),
@@ -295,9 +298,57 @@ SETTINGS: dict[str, Rule] = {
 }
 
 
+# --- settings that cannot work together ---------------------------------------------------
+# Each takes settings whose values passed their rules, and returns None when they can work
+# together, else one line naming them and saying what is allowed.
+
+
+def _shared_crawl_without_redis(settings: BaseSettings) -> str | None:
+    if not settings.getbool("CIVITAI_SHARED_CRAWL") or settings.get("CIVITAI_REDIS_URL"):
+        return None
+    return (
+        "CIVITAI_SHARED_CRAWL=true without CIVITAI_REDIS_URL: a shared crawl lives in Redis; allowed is "
+        "CIVITAI_SHARED_CRAWL=true with CIVITAI_REDIS_URL=redis://host:port/db, or "
+        "CIVITAI_SHARED_CRAWL=false (a crawl of this process alone)"
+    )
+
+
+def _shared_crawl_with_jobdir(settings: BaseSettings) -> str | None:
+    # Scrapyd gives each job a JOBDIR only when its jobs_dir is set (empty by default and in deploy/).
+    jobdir = settings.get("JOBDIR")
+    if not settings.getbool("CIVITAI_SHARED_CRAWL") or not jobdir:
+        return None
+    return (
+        f"CIVITAI_SHARED_CRAWL=true with JOBDIR={str(jobdir)!r}: a shared crawl keeps where it stands "
+        "in Redis, so JOBDIR would do nothing; allowed is CIVITAI_SHARED_CRAWL=true without JOBDIR, or "
+        "JOBDIR without CIVITAI_SHARED_CRAWL (a crawl of this process alone, paused and resumed there)"
+    )
+
+
+def _shared_crawl_with_new_walk(settings: BaseSettings) -> str | None:
+    # A shared crawl starts its next walk itself once the current one is done; none can be forced.
+    if not settings.getbool("CIVITAI_SHARED_CRAWL") or not settings.getbool("CIVITAI_NEW_WALK"):
+        return None
+    return (
+        "CIVITAI_SHARED_CRAWL=true with CIVITAI_NEW_WALK=true: a shared crawl starts its next walk "
+        "itself once the current one is done, so CIVITAI_NEW_WALK would do nothing; allowed is "
+        "CIVITAI_SHARED_CRAWL=true without CIVITAI_NEW_WALK, or CIVITAI_NEW_WALK=true with JOBDIR "
+        "(a paused job started over)"
+    )
+
+
+#: Settings that cannot work together, in the order they are checked.
+COMBINATIONS: tuple[Callable[[BaseSettings], str | None], ...] = (
+    _shared_crawl_without_redis,
+    _shared_crawl_with_jobdir,
+    _shared_crawl_with_new_walk,
+)
+
+
 def check_settings(settings: BaseSettings) -> None:
-    """Raise ``ValueError`` (one line) naming the first unknown ``CIVITAI_*`` setting, or the
-    first declared setting whose value is not allowed. An unset setting (None) passes."""
+    """Raise ``ValueError`` (one line) naming the first unknown ``CIVITAI_*`` setting, the first
+    declared setting whose value is not allowed, or the first :data:`COMBINATIONS` that cannot
+    work. An unset setting (None) passes."""
     for name in sorted(settings):
         if name.startswith(PREFIX) and name not in SETTINGS:
             raise ValueError(_unknown(name))
@@ -310,6 +361,10 @@ def check_settings(settings: BaseSettings) -> None:
             shown = _without_password(value) if isinstance(rule, Url) and isinstance(value, str) else value
             because = f" ({problem})" if problem else ""
             raise ValueError(f"{name}={shown!r} is not valid{because}: allowed is {rule.allowed}")
+    for combination in COMBINATIONS:
+        problem = combination(settings)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 def _unknown(name: str) -> str:

@@ -38,16 +38,21 @@ CIVITAI_WITH_TAGS = False
 # path is inside IMAGES_STORE for a folder, inside CIVITAI_LOG_DIR for a bucket.
 CIVITAI_ID_FILE = "downloaded_image_ID_DB.txt"
 # Keep the ids in Redis instead of the ID file, e.g. redis://127.0.0.1:6379/0 (rediss:// for
-# TLS; a password in the URL never reaches a log). Empty: the ID file.
+# TLS; a password in the URL never reaches a log). Empty: the ID file. Alone, it changes only
+# where the ids are: the crawl is this process's, JOBDIR and all.
 CIVITAI_REDIS_URL = ""
 # Every Redis key this project writes starts with this and a colon.
 CIVITAI_REDIS_PREFIX = "civitai"
-# With CIVITAI_REDIS_URL every worker with the same spider arguments shares one crawl
-# (README, "Many machines"). Seconds after which a page or image that a worker took and did
-# not finish is taken over by another: it must exceed the longest download with its retries.
+# Make this process a worker of the crawl shared through CIVITAI_REDIS_URL by every worker with
+# the same spider arguments (README, "Many machines"). Needs CIVITAI_REDIS_URL; the crawl keeps
+# where it stands in Redis, so JOBDIR and CIVITAI_NEW_WALK are refused with it.
+CIVITAI_SHARED_CRAWL = False
+# Shared crawl: seconds after which a page or image that a worker took and did not finish is
+# taken over by another: it must exceed the longest download with its retries.
 CIVITAI_REDIS_CLAIM_AFTER = 300
-# Seconds a worker waits (retrying with backoff) for Redis to answer again before it stops
-# with the finish reason redis_error (exit status 1).
+# Seconds Redis is waited for (retrying with backoff) when it does not answer. Then a worker of
+# a shared crawl stops with the finish reason redis_error (exit status 1); any other crawl
+# fails the item (CIVITAI_MAX_STORE_FAILURES of them in a row: store_error).
 CIVITAI_REDIS_TIMEOUT = 60
 # Also write <id>.txt beside each saved image or video: its training caption, the file that
 # kohya-ss sd-scripts, OneTrainer and SimpleTuner read next to an image of the same name. The

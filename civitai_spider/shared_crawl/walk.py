@@ -1,7 +1,7 @@
 """A shared crawl's walk: this process joins it as a worker, and walks the pages it takes.
 
 :func:`walk` is what the spider's ``start()`` runs instead of its own walk with
-``CIVITAI_REDIS_URL``. The :class:`~civitai_spider.shared_crawl.worker.Worker` takes page
+``CIVITAI_SHARED_CRAWL``. The :class:`~civitai_spider.shared_crawl.worker.Worker` takes page
 messages from Redis and yields :meth:`SharedPages.request` for each; the answer is read like any page
 (:class:`~civitai_spider.page.PageReader`), and its new images and the chain's next page go
 back to Redis in one step (:meth:`Worker.hand_on`). A page that could not be read or handed

@@ -6,7 +6,7 @@ is requested as soon as a page arrives, before its items go through the pipeline
 ``CIVITAI_API_CONCURRENCY`` pages in flight. Each page is read by
 :class:`~civitai_spider.page.PageReader`; the spider keeps where its chains stand.
 
-With ``CIVITAI_REDIS_URL`` the crawl is shared by every worker with the same arguments
+With ``CIVITAI_SHARED_CRAWL`` the crawl is shared by every worker with the same arguments
 (:mod:`civitai_spider.shared_crawl`): pages and images come from Redis, a page's new images go
 back there, and any worker saves them.
 
@@ -139,9 +139,7 @@ class CivitaiSpider(scrapy.Spider):
                 ", ".join(first_pages),
             )
         self.reader = PageReader(self.crawler, self.crawl_query, self.chain_queries)
-        if settings.get("CIVITAI_REDIS_URL"):
-            if getattr(self, "state", None) is not None:
-                logger.warning("JOBDIR is not used by a shared crawl: its state is in Redis")
+        if settings.getbool("CIVITAI_SHARED_CRAWL"):
             async for element in shared_walk.walk(self.crawler, self.crawl_query, self.reader, first_pages):
                 yield element
             return

@@ -18,8 +18,9 @@ restart keeps every acknowledged write.
 The async client of redis-py runs on the asyncio reactor; nothing blocks the reactor
 thread. A dropped connection is retried with backoff for ``CIVITAI_REDIS_TIMEOUT`` seconds,
 so a Redis restart costs no item; a longer outage fails the items it hits (their files are
-stored, their ids not recorded: they are downloaded again) and the worker stops
-(:mod:`civitai_spider.shared_crawl.worker`).
+stored, their ids not recorded: they are downloaded again) and ends the crawl:
+``CIVITAI_MAX_STORE_FAILURES`` such items in a row (:mod:`civitai_spider.stores.failures`), or
+at once for a worker of a shared crawl (:mod:`civitai_spider.shared_crawl.worker`).
 """
 
 from __future__ import annotations

@@ -499,11 +499,14 @@ def test_a_paused_model_crawl_resumes_its_version_chains(store: Path, tmp_path: 
 
 
 def run_workers(server: FakeCivitai, store: Path, logs: Path, count: int, *arguments: str, **settings: str):
+    """``count`` workers of one shared crawl (``settings`` give its Redis), waited for together."""
     logs.mkdir(parents=True, exist_ok=True)
     processes = []
     for index in range(count):
         with (logs / f"worker-{index}.log").open("w") as output:
-            command = crawl_command(server, store, *arguments, LOG_LEVEL="INFO", **settings)
+            command = crawl_command(
+                server, store, *arguments, LOG_LEVEL="INFO", CIVITAI_SHARED_CRAWL="true", **settings
+            )
             processes.append(
                 subprocess.Popen(command, cwd=REPOSITORY, env=crawl_environment(), stderr=output)
             )

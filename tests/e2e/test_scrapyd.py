@@ -31,7 +31,7 @@ import pytest
 from tests.support import images
 from tests.support.crawls import FAST_SETTINGS, REPOSITORY, run_crawl
 from tests.support.fake_civitai import ME_PATH, FakeCivitai
-from tests.support.servers import SeaweedS3Server, bucket_objects, redis_ids
+from tests.support.servers import SeaweedS3Server, bucket_objects, redis_ids, redis_keys_besides_ids
 
 PROJECT = "civitai_spider"  # the project name of scrapy.cfg's [deploy] section
 USERNAME, PASSWORD = "civitai", "scrapyd-test-password-8d1f"
@@ -141,6 +141,7 @@ def _write_configuration(home: Path, port: int) -> None:
     configuration.read(REPOSITORY / "deploy" / "scrapyd.conf")
     section = configuration["scrapyd"]
     assert section["bind_address"] == "127.0.0.1"
+    assert "jobs_dir" not in section  # a JOBDIR for every job: the shared crawl's jobs would exit 2
     section["http_port"] = str(port)
     section["poll_interval"] = "0.2"
     for name in ("eggs_dir", "logs_dir", "items_dir", "dbs_dir"):
@@ -399,6 +400,7 @@ def test_scheduled_crawl_to_a_bucket_with_redis_ids(
     log = scrapyd.job_log(job)
     assert "'finish_reason': 'finished'" in log and "'civitai/saved': 5" in log, log
     assert redis_ids(redis_url) == set(ids)
+    assert redis_keys_besides_ids(redis_url) == []  # a crawl of its own: Redis holds its ids alone
     objects = bucket_objects(s3_server, bucket, "civitai/")
     assert {f"{image_id}.jpg" for image_id in ids} <= set(objects)
     for data, _ in objects.values():
@@ -421,11 +423,15 @@ def test_the_same_job_on_two_scrapyd_nodes_is_one_shared_crawl(
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    # The README's loop over nodes: the same arguments, Redis and bucket on each.
+    # The README's loop over nodes: the shared crawl, the same arguments, Redis and bucket on each.
     body = images.jpeg_rgb((96, 64))
     ids = [server.add_image_item(body, browsingLevel=(1, 2, 4, 8, 16)[n % 5])["id"] for n in range(400)]
     server.cdn_delay = 0.03  # long enough for both nodes to take part
-    settings = {**_bucket_and_redis(server, s3_server, bucket, redis_url), "CIVITAI_IMAGES_IN_FLIGHT": "8"}
+    settings = {
+        **_bucket_and_redis(server, s3_server, bucket, redis_url),
+        "CIVITAI_SHARED_CRAWL": "true",
+        "CIVITAI_IMAGES_IN_FLIGHT": "8",
+    }
     arguments = ("nsfw=X", "split=browsing_level", "limit=20")
     with _running_scrapyd(tmp_path_factory.mktemp("scrapyd-node-2"), s3_server) as second:
         jobs = [

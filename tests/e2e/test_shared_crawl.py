@@ -268,7 +268,9 @@ def test_a_worker_that_cannot_reach_redis_exits_2_before_any_request(
     add_items(server, 3)
     [port] = free_ports(1)
     url = f"redis://127.0.0.1:{port}/0"
-    command = crawl_command(server, store, *SHARED_ARGUMENTS, CIVITAI_REDIS_URL=url)
+    command = crawl_command(
+        server, store, *SHARED_ARGUMENTS, CIVITAI_SHARED_CRAWL="true", CIVITAI_REDIS_URL=url
+    )
     process = subprocess.run(
         command, cwd=REPOSITORY, env=crawl_environment(), capture_output=True, text=True, timeout=60
     )
@@ -278,6 +280,44 @@ def test_a_worker_that_cannot_reach_redis_exits_2_before_any_request(
     assert f"error: CIVITAI_REDIS_URL=redis://127.0.0.1:{port}/0: Redis does not answer" in line
     assert "Traceback" not in process.stderr
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        pytest.param({}, "CIVITAI_SHARED_CRAWL=true without CIVITAI_REDIS_URL: ", id="without_redis"),
+        pytest.param(
+            {"CIVITAI_REDIS_URL": "{redis}", "JOBDIR": "{job}"},
+            "CIVITAI_SHARED_CRAWL=true with JOBDIR='{job}': ",
+            id="jobdir",
+        ),
+        pytest.param(
+            {"CIVITAI_REDIS_URL": "{redis}", "CIVITAI_NEW_WALK": "true"},
+            "CIVITAI_SHARED_CRAWL=true with CIVITAI_NEW_WALK=true: ",
+            id="new_walk",
+        ),
+    ],
+)
+def test_a_shared_crawl_with_settings_it_cannot_work_with_exits_2_before_any_request(
+    server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path, settings: dict[str, str], named: str
+) -> None:
+    add_items(server, 3)
+    job = tmp_path / "job"
+    given = {name: value.format(redis=redis_url, job=job) for name, value in settings.items()}
+    command = crawl_command(server, store, *SHARED_ARGUMENTS, CIVITAI_SHARED_CRAWL="true", **given)
+    process = subprocess.run(
+        command, cwd=REPOSITORY, env=crawl_environment(), capture_output=True, text=True, timeout=60
+    )
+
+    assert process.returncode == 2, process.stderr[-3000:]
+    [line] = [line for line in process.stderr.splitlines() if "error" in line.lower()]
+    assert "error: " + named.format(job=job) in line, line
+    assert "; allowed is " in line
+    assert "Traceback" not in process.stderr
+    assert server.requests == []
+    assert not store.exists() and not job.exists()
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.dbsize() == 0
 
 
 def test_the_same_arguments_after_the_crawl_is_done_start_a_new_walk(

@@ -527,3 +527,17 @@ def redis_ids(url: str, prefix: str = "civitai") -> set[int]:
                     if byte & (0x80 >> bit):  # Redis numbers a string's bits from the top
                         ids.add((chunk << 20) + index * 8 + bit)
     return ids
+
+
+def redis_keys_besides_ids(url: str, prefix: str = "civitai") -> list[str]:
+    """Every key of the Redis at ``url`` that is not a bitmap of the id store under ``prefix``
+    (``<prefix>:ids:<n>``), and any other database that holds keys (as ``db<n>``): what a crawl
+    that keeps nothing but its ids there leaves, an empty list."""
+    import redis
+
+    ids = re.compile(rf"{re.escape(prefix)}:ids:\d+")
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        database = f"db{client.connection_pool.connection_kwargs.get('db', 0)}"
+        others = [name for name in client.info("keyspace") if name != database]
+        keys = [key for key in client.scan_iter() if not ids.fullmatch(key)]
+    return sorted(others + keys)

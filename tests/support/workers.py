@@ -1,4 +1,5 @@
-"""Workers of one shared crawl (``scrapy crawl`` processes on one Redis), for the tests that run them."""
+"""Workers of one shared crawl (``scrapy crawl -s CIVITAI_SHARED_CRAWL=true`` processes on one
+Redis), for the tests that run them."""
 
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ class Workers:
 
     def __init__(self, server: FakeCivitai, store: Path, redis_url: str, logs: Path, **settings: str) -> None:
         self.server, self.store, self.redis_url, self.logs = server, store, redis_url, logs
-        self.settings = {"LOG_LEVEL": "INFO", "CIVITAI_REDIS_URL": redis_url, **settings}
+        self.settings = {
+            "LOG_LEVEL": "INFO",
+            "CIVITAI_SHARED_CRAWL": "true",
+            "CIVITAI_REDIS_URL": redis_url,
+            **settings,
+        }
         self.processes: list[subprocess.Popen[bytes]] = []
         logs.mkdir(parents=True, exist_ok=True)
 

@@ -29,8 +29,13 @@ def project_settings_with(**overrides: Any) -> Settings:
 
 def problem_with(name: str, value: Any) -> str | None:
     """The one-line error for ``name=value`` over the project's settings, None if it passes."""
+    return problem_with_all(**{name: value})
+
+
+def problem_with_all(**overrides: Any) -> str | None:
+    """The one-line error for ``overrides`` given together over the project's settings, or None."""
     try:
-        check_settings(project_settings_with(**{name: value}))
+        check_settings(project_settings_with(**overrides))
     except ValueError as error:
         return str(error)
     return None
@@ -208,6 +213,70 @@ def test_redis_urls_hide_a_password_in_the_query_too() -> None:
 
 def test_an_unset_setting_passes() -> None:
     check_settings(Settings({"CIVITAI_API_URL": None, "JOBDIR": None}))
+
+
+# --- settings that cannot work together ----------------------------------------------------
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"CIVITAI_REDIS_URL": REDIS},
+        {"CIVITAI_REDIS_URL": REDIS, "JOBDIR": "jobs/daily"},
+        {"CIVITAI_REDIS_URL": REDIS, "JOBDIR": "jobs/daily", "CIVITAI_NEW_WALK": "true"},
+        {"CIVITAI_SHARED_CRAWL": "true", "CIVITAI_REDIS_URL": REDIS},
+        {"CIVITAI_SHARED_CRAWL": "1", "CIVITAI_REDIS_URL": "unix:///run/redis.sock", "JOBDIR": ""},
+        {"CIVITAI_SHARED_CRAWL": "false", "JOBDIR": "jobs/daily", "CIVITAI_NEW_WALK": "true"},
+        {"CIVITAI_SHARED_CRAWL": "0"},
+    ],
+    ids=repr,
+)
+def test_settings_that_work_together_pass(overrides: dict[str, str]) -> None:
+    assert problem_with_all(**overrides) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"CIVITAI_SHARED_CRAWL": "true"},
+            "CIVITAI_SHARED_CRAWL=true without CIVITAI_REDIS_URL: a shared crawl lives in Redis; allowed is "
+            "CIVITAI_SHARED_CRAWL=true with CIVITAI_REDIS_URL=redis://host:port/db, or "
+            "CIVITAI_SHARED_CRAWL=false (a crawl of this process alone)",
+        ),
+        (
+            {"CIVITAI_SHARED_CRAWL": True, "CIVITAI_REDIS_URL": "", "JOBDIR": "jobs/daily"},
+            "CIVITAI_SHARED_CRAWL=true without CIVITAI_REDIS_URL",
+        ),
+        (
+            {"CIVITAI_SHARED_CRAWL": "1", "CIVITAI_REDIS_URL": REDIS, "JOBDIR": "jobs/daily"},
+            "CIVITAI_SHARED_CRAWL=true with JOBDIR='jobs/daily': a shared crawl keeps where it stands in "
+            "Redis, so JOBDIR would do nothing; allowed is CIVITAI_SHARED_CRAWL=true without JOBDIR, or "
+            "JOBDIR without CIVITAI_SHARED_CRAWL (a crawl of this process alone, paused and resumed there)",
+        ),
+        (
+            {"CIVITAI_SHARED_CRAWL": "true", "CIVITAI_REDIS_URL": REDIS, "CIVITAI_NEW_WALK": "True"},
+            "CIVITAI_SHARED_CRAWL=true with CIVITAI_NEW_WALK=true: a shared crawl starts its next walk "
+            "itself once the current one is done, so CIVITAI_NEW_WALK would do nothing; allowed is "
+            "CIVITAI_SHARED_CRAWL=true without CIVITAI_NEW_WALK, or CIVITAI_NEW_WALK=true with JOBDIR "
+            "(a paused job started over)",
+        ),
+    ],
+    ids=["without_redis", "without_redis_first", "jobdir", "new_walk"],
+)
+def test_settings_that_cannot_work_together_are_one_line_naming_them(
+    overrides: dict[str, Any], message: str
+) -> None:
+    problem = problem_with_all(**overrides)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(message)
+
+
+def test_a_bad_value_is_named_before_any_combination() -> None:
+    problem = problem_with_all(CIVITAI_SHARED_CRAWL="yes", JOBDIR="jobs/daily")
+    assert problem == "CIVITAI_SHARED_CRAWL='yes' is not valid: allowed is true or false (also 1 or 0)"
 
 
 # --- unknown names -------------------------------------------------------------------------

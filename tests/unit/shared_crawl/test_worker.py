@@ -56,7 +56,7 @@ def new_worker(redis_url: str, tmp_path: Path, **options: Any) -> Worker:
     """A worker of the crawl :data:`DEFINITION` in ``redis_url`` (``options``: SharedCrawl's)."""
     store = tmp_path / "store"
     store.mkdir(exist_ok=True)  # as the pipelines make it when the spider opens
-    crawler = project_crawler(CIVITAI_REDIS_URL=redis_url, IMAGES_STORE=str(store))
+    crawler = project_crawler(CIVITAI_SHARED_CRAWL=True, CIVITAI_REDIS_URL=redis_url, IMAGES_STORE=str(store))
     crawler.engine = _Engine()  # type: ignore[assignment]
     values = {"timeout": 5.0, "claim_after": 300.0, **options}
     return Worker(crawler, SharedCrawl(redis_url, "test", DEFINITION, worker="worker-0", **values))
