@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from civitai_spider.errors import describe_os_error
+
 logger = logging.getLogger(__name__)
 
 #: Temporary files start with this prefix; leftovers of a killed run are removed at start.
@@ -242,11 +244,6 @@ class LogFile:
                 )
         else:
             self._failing = False
-
-
-def describe_os_error(error: OSError) -> str:
-    """``Type: reason`` of a file system error, without the file's name (the caller says which)."""
-    return f"{type(error).__name__}: {error.strerror or error}"
 
 
 def prove_writable(folder: Path) -> None:
