@@ -306,7 +306,10 @@ def _writer_may_be_alive(leftover: Path, now: float) -> bool:
         return False  # not a name write_atomically makes, so nobody is writing it
     host, pid_text = match.groups()
     if host is None or host == _THIS_HOST:
-        return _pid_is_alive(int(pid_text))
+        # Our own pid counts as dead: a file of ours when the store opens is the leftover of an
+        # earlier process that had the same pid. Pid 0 would ask about our process group.
+        pid = int(pid_text)
+        return pid not in (0, os.getpid()) and pid_alive(pid)
     try:
         modified = leftover.stat().st_mtime
     except FileNotFoundError:
@@ -314,11 +317,9 @@ def _writer_may_be_alive(leftover: Path, now: float) -> bool:
     return now - modified < FOREIGN_LEFTOVER_AGE
 
 
-def _pid_is_alive(pid: int) -> bool:
-    # Our own pid counts as dead: a file of ours when the store opens is the leftover of an
-    # earlier process that had the same pid. Pid 0 would ask about our process group.
-    if pid in (0, os.getpid()):
-        return False
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (another user's too); 0 and below name
+    process groups, not processes: the caller rules them out."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that big

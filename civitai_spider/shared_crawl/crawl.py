@@ -5,7 +5,8 @@ Redis Streams with one consumer group give what a shared crawl needs: a message 
 that stayed pending longer than ``CIVITAI_REDIS_CLAIM_AFTER`` to a live worker. So a worker
 that dies loses nothing: what it held is taken over, and only the glue below is ours.
 
-Every step that changes the crawl is one Lua script, atomic in Redis:
+Every step that changes the crawl is one Lua script, atomic in Redis (``scripts/<step>.lua``,
+each saying what its keys and its one argument, a JSON object, are):
 
 - *join*: the first worker of a crawl seeds it (one page message per chain); the others
   join it; once a walk is done, the next worker with the same arguments starts a new one.
@@ -29,7 +30,9 @@ arguments and API URL, and ``R`` the walk's number::
     P:crawl:D:R:stats           HASH crawl-wide counts (items_seen, saved, dropped/<reason>...)
     P:crawl:D:R:workers         HASH worker -> JSON heartbeat
     P:crawl:D:R:cursors         SET chain + cursor, for the loop check (deleted when done)
-    P:crawl:D:R:queued:<n>      bitmaps of the ids queued in this walk (deleted when done)
+    P:crawl:D:R:queued:<n>      bitmaps of the ids queued in this walk, in chunks as the id
+                                store's (CHUNK_BITS); deleted when done
+    P:crawl:D:R:queued-chunks   SET of those bitmaps' keys (deleted when done)
 
 Acknowledged messages are deleted, so a stream's length is its outstanding work. The scripts
 name keys they build themselves: fine on one Redis server, not on Redis Cluster.
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -53,101 +57,31 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from civitai_spider.stores.redis_ids import safe_url
+from civitai_spider.local_files import pid_alive
+from civitai_spider.outcomes import CURSOR_LOOP
+from civitai_spider.stores.redis_ids import CHUNK_BITS, CHUNK_MASK, safe_url
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 GROUP = "workers"
-#: Ids per queued-ids bitmap (the id store's chunking, for the same reason: ids near 2^32
-#: must not make one 512 MB string).
-_CHUNK_BITS = 20
 #: Deliveries of an image after which it is given up (failed, logged): a message whose
 #: workers keep dying must not go round for ever.
 MAX_DELIVERIES = 3
 #: Seconds between two XAUTOCLAIM scans of one stream.
 _CLAIM_SCAN_INTERVAL = 1.0
+#: Seconds between two heartbeats of a worker (``scrapy civitai-status`` shows the last one).
+HEARTBEAT_INTERVAL = 5.0
 
-_JOIN = """
-local base = ARGV[4]
-local run = tonumber(redis.call('HGET', KEYS[2], 'run') or '0')
-if run > 0 and redis.call('HGET', base .. ':' .. run .. ':state', 'status') ~= 'done' then
-  return {run, 0}
-end
-run = run + 1
-local prefix = base .. ':' .. run .. ':'
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'definition', ARGV[2], 'run', run)
-redis.call('DEL', prefix .. 'state', prefix .. 'chains', prefix .. 'pages', prefix .. 'images',
-           prefix .. 'stats', prefix .. 'workers')
-redis.call('HSET', prefix .. 'state', 'status', 'running', 'started', ARGV[3], 'chains', ARGV[5])
-redis.call('XGROUP', 'CREATE', prefix .. 'pages', 'workers', '$', 'MKSTREAM')
-redis.call('XGROUP', 'CREATE', prefix .. 'images', 'workers', '$', 'MKSTREAM')
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', prefix .. 'chains', ARGV[i], cjson.encode({pages = 0, url = ARGV[i + 1]}))
-  redis.call('XADD', prefix .. 'pages', '*', 'chain', ARGV[i], 'step', 0, 'url', ARGV[i + 1], 'streak', 0,
-             'full', 0)
-end
-return {run, 1}
-"""
 
-_HAND_ON = """
-local raw = redis.call('HGET', KEYS[1], ARGV[2])
-if not raw then return {0, 0, 0, ''} end
-local chain = cjson.decode(raw)
-if chain['end'] or chain.pages ~= tonumber(ARGV[3]) then return {0, 0, 0, ''} end
-local ending = ARGV[6]
-if ending == '' and ARGV[5] ~= '' and redis.call('SADD', KEYS[5], ARGV[2] .. '\\n' .. ARGV[5]) == 0 then
-  ending = 'cursor_loop'
-end
-local queued, duplicates = 0, 0
-for i = 0, tonumber(ARGV[10]) - 1 do
-  local at = 11 + 3 * i
-  if redis.call('SETBIT', KEYS[tonumber(ARGV[at])], tonumber(ARGV[at + 1]), 1) == 0 then
-    redis.call('XADD', KEYS[3], '*', 'record', ARGV[at + 2])
-    queued = queued + 1
-  else
-    duplicates = duplicates + 1
-  end
-end
-for i = 7, #KEYS do redis.call('SADD', KEYS[6], KEYS[i]) end
-chain.pages = chain.pages + 1
-if ending == '' then
-  chain.url = ARGV[4]
-  redis.call('XADD', KEYS[2], '*', 'chain', ARGV[2], 'step', chain.pages, 'url', ARGV[4], 'streak', ARGV[7],
-             'full', ARGV[9])
-else
-  chain.url = nil
-  chain['end'] = ending
-end
-redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(chain))
-redis.call('XACK', KEYS[2], 'workers', ARGV[1])
-redis.call('XDEL', KEYS[2], ARGV[1])
-for field, value in pairs(cjson.decode(ARGV[8])) do redis.call('HINCRBY', KEYS[4], field, value) end
-redis.call('HINCRBY', KEYS[4], 'queued', queued)
-if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'dropped/duplicate', duplicates) end
-redis.call('HINCRBY', KEYS[4], 'pages', 1)
-return {1, queued, duplicates, ending}
-"""
+def _script(name: str) -> str:
+    """The Lua source of the step ``name``: ``scripts/<name>.lua``, package data (in the egg too)."""
+    scripts = importlib.resources.files("civitai_spider.shared_crawl") / "scripts"
+    return (scripts / f"{name}.lua").read_text(encoding="utf-8")
 
-_FINISH = """
-if redis.call('XACK', KEYS[1], 'workers', ARGV[1]) == 1 then
-  redis.call('XDEL', KEYS[1], ARGV[1])
-  for i = 2, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
-  return 1
-end
-return 0
-"""
 
-_DONE = """
-if redis.call('HGET', KEYS[1], 'status') == 'done' then return 1 end
-if redis.call('XLEN', KEYS[2]) > 0 or redis.call('XLEN', KEYS[3]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'done', 'finished', ARGV[1])
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', key) end
-redis.call('DEL', KEYS[4], KEYS[5])
-return 1
-"""
+_JOIN, _HAND_ON, _FINISH, _DONE = (_script(name) for name in ("join", "hand_on", "finish", "done"))
 
 
 class SharedCrawlError(OSError):
@@ -242,17 +176,17 @@ class SharedCrawl:
 
     async def join(self, chains: Mapping[str, str]) -> bool:
         """Join the crawl's current walk, or seed a new one (chain -> first page URL); True if seeded."""
-        arguments: list[Any] = [
-            self.digest,
-            json.dumps(self.definition, sort_keys=True),
-            _now(),
-            self.crawl_key,
-            json.dumps(list(chains)),  # their order, for civitai-status
-        ]
-        for chain, url in chains.items():
-            arguments += [chain, url]
+        argument = _json_argument(
+            {
+                "digest": self.digest,
+                "definition": json.dumps(self.definition, sort_keys=True),
+                "started": _now(),
+                "order": json.dumps(list(chains)),  # for civitai-status
+                "chains": [{"name": chain, "url": url} for chain, url in chains.items()],
+            }
+        )
         run, seeded = await self._call(
-            lambda: self._join(keys=[f"{self.prefix}:crawls", self.crawl_key], args=arguments)
+            lambda: self._join(keys=[f"{self.prefix}:crawls", self.crawl_key], args=[argument])
         )
         self.run = int(run)
         return bool(seeded)
@@ -270,7 +204,7 @@ class SharedCrawl:
             for consumer in await self._call(lambda key=key: self.client.xinfo_consumers(key, GROUP)):
                 name = consumer["name"]
                 parts = name.rsplit(":", 2)  # host:pid:token, see worker_name()
-                if len(parts) != 3 or name == self.worker or parts[0] != host or _pid_alive(parts[1]):
+                if len(parts) != 3 or name == self.worker or parts[0] != host or not _is_dead(parts[1]):
                     continue
                 if not consumer["pending"]:
                     await self._call(
@@ -390,38 +324,44 @@ class SharedCrawl:
         """
         chunk_keys: dict[int, int] = {}
         keys = [self.key(name) for name in ("chains", "pages", "images", "stats", "cursors", "queued-chunks")]
-        arguments: list[Any] = [
-            page.message_id,
-            page.chain,
-            page.step,
-            next_url or "",
-            cursor_key or "",
-            end or "",
-            streak,
-            json.dumps(dict(counts)),
-            int(full),
-            len(images),
-        ]
+        queued_images = []
         for image_id, record in images:
-            chunk = image_id >> _CHUNK_BITS
+            chunk = image_id >> CHUNK_BITS
             if chunk not in chunk_keys:
                 keys.append(self.key(f"queued:{chunk}"))
                 chunk_keys[chunk] = len(keys)  # Lua's KEYS are 1-based
-            arguments += [chunk_keys[chunk], image_id & ((1 << _CHUNK_BITS) - 1), record]
+            queued_images.append({"key": chunk_keys[chunk], "bit": image_id & CHUNK_MASK, "record": record})
+        argument = _json_argument(
+            {
+                "message_id": page.message_id,
+                "chain": page.chain,
+                "step": page.step,
+                "next_url": next_url or "",
+                "cursor_key": cursor_key or "",
+                "end_reason": end or "",
+                "loop_end": CURSOR_LOOP,
+                "streak": streak,
+                "full": int(full),
+                "counts": dict(counts),
+                "images": queued_images,
+            }
+        )
         accepted, queued, duplicates, ending = await self._call(
-            lambda: self._hand_on(keys=keys, args=arguments)
+            lambda: self._hand_on(keys=keys, args=[argument])
         )
         return HandOn(bool(accepted), int(queued), int(duplicates), ending or "")
 
     async def finish_image(self, message_id: str, outcomes: Sequence[str]) -> bool:
         """Acknowledge an image and count ``outcomes`` (stats fields); False if it was already."""
         keys = [self.key("images"), self.key("stats")]
-        return bool(await self._call(lambda: self._finish(keys=keys, args=[message_id, *outcomes])))
+        argument = _json_argument({"message_id": message_id, "counts": list(outcomes)})
+        return bool(await self._call(lambda: self._finish(keys=keys, args=[argument])))
 
     async def is_done(self) -> bool:
         """Whether the walk is over (marking it so when nothing is left in either stream)."""
         keys = [self.key(name) for name in ("state", "pages", "images", "queued-chunks", "cursors")]
-        return bool(await self._call(lambda: self._done(keys=keys, args=[_now()])))
+        argument = _json_argument({"finished": _now()})
+        return bool(await self._call(lambda: self._done(keys=keys, args=[argument])))
 
     async def chain_ends(self) -> dict[str, str | None]:
         # str (decode_responses), which redis-py types as bytes | str whatever the client.
@@ -480,16 +420,16 @@ class SharedCrawl:
                 return result
 
 
-def _pid_alive(pid: str) -> bool:
-    if not pid.isascii() or not pid.isdigit() or not 0 < int(pid) < 2**31:
-        return True  # not a name of ours: leave it alone
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _is_dead(pid: str) -> bool:
+    """Whether ``pid``, of a consumer name of this host, is a process that no longer runs."""
+    # Not a pid (not a name of ours, see worker_name()): the consumer is left alone.
+    return pid.isascii() and pid.isdigit() and 0 < int(pid) < 2**31 and not pid_alive(int(pid))
+
+
+def _json_argument(fields: Mapping[str, Any]) -> str:
+    """A script's one argument. Not ASCII-escaped: the texts in it (records, URLs) reach Redis
+    as the same bytes they would as arguments of their own."""
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def _now() -> str:
