@@ -73,6 +73,8 @@ MAX_DELIVERIES = 3
 _CLAIM_SCAN_INTERVAL = 1.0
 #: Seconds between two heartbeats of a worker (``scrapy civitai-status`` shows the last one).
 HEARTBEAT_INTERVAL = 5.0
+#: Pending entries read per XPENDING call when a worker reads back what it was given.
+_PENDING_PAGE = 1000
 
 
 def _script(name: str) -> str:
@@ -165,6 +167,9 @@ class SharedCrawl:
         self._claim_cursor = {"pages": "0-0", "images": "0-0"}
         self._last_claim_scan = {"pages": 0.0, "images": 0.0}
         self._unreachable_since: float | None = None
+        #: Streams whose next take reads back what Redis gave this worker: set when a command
+        #: had to be sent again (see _take_back).
+        self._take_back_due: set[str] = set()
 
     @property
     def crawl_key(self) -> str:
@@ -256,8 +261,15 @@ class SharedCrawl:
         return int(await self._call(lambda: self.client.xlen(self.key("images"))))
 
     async def _take(self, stream: str, count: int) -> list[tuple[str, dict[str, str], int]]:
-        """Up to ``count`` messages: first any a stopped worker left, then new ones."""
+        """Up to ``count`` messages: first any a stopped worker left, then new ones.
+
+        After a command had to be sent again, this worker's own pending messages instead (see
+        :meth:`_take_back`), those it holds among them: the caller skips those.
+        """
         key = self.key(stream)
+        if stream in self._take_back_due:
+            self._take_back_due.discard(stream)  # set again if this take has to be sent again
+            return await self._take_back(stream, key)
         taken: list[tuple[str, dict[str, str], int]] = []
         if time.monotonic() - self._last_claim_scan[stream] >= _CLAIM_SCAN_INTERVAL:
             self._last_claim_scan[stream] = time.monotonic()
@@ -272,6 +284,55 @@ class SharedCrawl:
             )
             for _, messages in answer or []:
                 taken += [(message_id, fields, 1) for message_id, fields in messages if fields]
+        return taken
+
+    async def _take_back(self, stream: str, key: str) -> list[tuple[str, dict[str, str], int]]:
+        """Every message pending under this worker's name in the stream ``key``, with its deliveries.
+
+        An XREADGROUP or XAUTOCLAIM whose reply was lost (the connection broke after Redis ran
+        it: a restart) gave this worker messages it never saw; sent again, it skips them, and
+        they would wait ``claim_after`` for a claim scan, the crawl idle meanwhile. XPENDING
+        then XRANGE, not XREADGROUP with id 0: reading the history counts one more delivery of
+        each message (Redis 7), those this worker is working on too. The fields are read last,
+        so that a message handed on or finished meanwhile, deleted, is not returned.
+        """
+        entries: list[dict[str, Any]] = []
+        start = "-"
+        while True:
+            # [{message_id, consumer, time_since_delivered, times_delivered}], str values.
+            part = cast(
+                "list[dict[str, Any]]",
+                await self._call(
+                    lambda start=start: self.client.xpending_range(
+                        key, GROUP, start, "+", _PENDING_PAGE, self.worker
+                    )
+                ),
+            )
+            entries += part
+            if len(part) < _PENDING_PAGE:
+                break
+            start = "(" + part[-1]["message_id"]  # exclusive
+        if not entries:
+            return []
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipeline:
+                for entry in entries:
+                    pipeline.xrange(key, entry["message_id"], entry["message_id"])
+                return await pipeline.execute()
+
+        answers = await self._call(read)
+        taken = [
+            (message_id, fields, int(entry["times_delivered"]))
+            for entry, messages in zip(entries, answers, strict=True)
+            for message_id, fields in messages
+        ]
+        if taken:
+            logger.info(
+                "After a lost connection, read back the %d %s message(s) Redis holds as this worker's",
+                len(taken),
+                stream,
+            )
         return taken
 
     async def _claim(self, stream: str, key: str, count: int) -> list[tuple[str, dict[str, str], int]]:
@@ -411,6 +472,9 @@ class SharedCrawl:
                 delay = min(delay * 2, 2.0)
             else:
                 if self._unreachable_since is not None:
+                    # The command that broke may have been run, its reply lost: a take's
+                    # messages are then this worker's without its knowing.
+                    self._take_back_due.update(("pages", "images"))
                     logger.info(
                         "Redis %s answers again after %.1f s",
                         safe_url(self.url),
