@@ -49,7 +49,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -170,6 +171,9 @@ class SharedCrawl:
         #: Streams whose next take reads back what Redis gave this worker: set when a command
         #: had to be sent again (see _take_back).
         self._take_back_due: set[str] = set()
+        #: Messages whose hand-on or finish is under way: this worker's in Redis until it is
+        #: through, but no longer work the worker holds (see _take_back).
+        self._acknowledging: set[str] = set()
 
     @property
     def crawl_key(self) -> str:
@@ -294,7 +298,9 @@ class SharedCrawl:
         they would wait ``claim_after`` for a claim scan, the crawl idle meanwhile. XPENDING
         then XRANGE, not XREADGROUP with id 0: reading the history counts one more delivery of
         each message (Redis 7), those this worker is working on too. The fields are read last,
-        so that a message handed on or finished meanwhile, deleted, is not returned.
+        so that a message handed on or finished meanwhile, deleted, is not returned; nor is one
+        whose hand-on or finish is under way: the worker forgets an image once its finish
+        starts, and after a reconnection that finish may still be retrying while this reads.
         """
         entries: list[dict[str, Any]] = []
         start = "-"
@@ -326,6 +332,7 @@ class SharedCrawl:
             (message_id, fields, int(entry["times_delivered"]))
             for entry, messages in zip(entries, answers, strict=True)
             for message_id, fields in messages
+            if message_id not in self._acknowledging
         ]
         if taken:
             logger.info(
@@ -407,16 +414,26 @@ class SharedCrawl:
                 "images": queued_images,
             }
         )
-        accepted, queued, duplicates, ending = await self._call(
-            lambda: self._hand_on(keys=keys, args=[argument])
-        )
+        with self._acknowledging_message(page.message_id):
+            accepted, queued, duplicates, ending = await self._call(
+                lambda: self._hand_on(keys=keys, args=[argument])
+            )
         return HandOn(bool(accepted), int(queued), int(duplicates), ending or "")
 
     async def finish_image(self, message_id: str, outcomes: Sequence[str]) -> bool:
         """Acknowledge an image and count ``outcomes`` (stats fields); False if it was already."""
         keys = [self.key("images"), self.key("stats")]
         argument = _json_argument({"message_id": message_id, "counts": list(outcomes)})
-        return bool(await self._call(lambda: self._finish(keys=keys, args=[argument])))
+        with self._acknowledging_message(message_id):
+            return bool(await self._call(lambda: self._finish(keys=keys, args=[argument])))
+
+    @contextmanager
+    def _acknowledging_message(self, message_id: str) -> Iterator[None]:
+        self._acknowledging.add(message_id)
+        try:
+            yield
+        finally:
+            self._acknowledging.discard(message_id)
 
     async def is_done(self) -> bool:
         """Whether the walk is over (marking it so when nothing is left in either stream)."""

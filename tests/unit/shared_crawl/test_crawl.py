@@ -341,6 +341,31 @@ def test_messages_whose_reply_was_lost_come_with_the_next_take(redis_url: str) -
     assert [(entry["consumer"], entry["times_delivered"]) for entry in pending] == [("worker-0", 1)] * 2
 
 
+def test_an_image_whose_finish_is_under_way_is_not_read_back(redis_url: str) -> None:
+    # The worker forgets an image once its finish starts; after a reconnection the finish
+    # may still be on its way (retrying) when the next take reads back this worker's pending
+    # messages: that image is not work to do again.
+    async def work(view: SharedCrawl) -> Any:
+        await view.join({"a": FIRST_PAGES["a"]})
+        [page] = await view.take_pages(1)
+        await hand_on(view, page, images=[7, 8], next_url=None)
+        finished, held = await view.take_images(2)
+        with redis.Redis.from_url(redis_url) as side:
+            side.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # scripts wait, reads go on
+            try:
+                finish = asyncio.ensure_future(view.finish_image(finished.message_id, ["saved"]))
+                await asyncio.sleep(0.1)
+                view._take_back_due.add("images")  # as after a reconnection
+                taken_back = await view.take_images(10)
+            finally:
+                side.execute_command("CLIENT", "UNPAUSE")
+        return held, taken_back, await finish
+
+    held, taken_back, finished = run(redis_url, work)
+    assert [image.message_id for image in taken_back] == [held.message_id]
+    assert finished
+
+
 def test_redis_out_of_reach_for_longer_than_the_timeout_raises(caplog: pytest.LogCaptureFixture) -> None:
     [port] = free_ports(1)
     started = time.monotonic()
