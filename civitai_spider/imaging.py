@@ -32,6 +32,8 @@ from typing import cast
 from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from civitai_spider.errors import describe
+
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_START_OF_SCAN = 0xDA
@@ -90,7 +92,7 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
     except UnidentifiedImageError:
         raise ImageRejected(f"not an image (body starts with {body[:16]!r})") from None
     except Exception as error:  # Pillow raises many types for broken headers
-        raise ImageRejected(f"unreadable image header: {_describe(error)}") from None
+        raise ImageRejected(f"unreadable image header: {describe(error)}") from None
 
     with image:
         width, height = image.size
@@ -185,7 +187,7 @@ def _convert(image: Image.Image, jpeg_quality: int) -> tuple[bytes, str]:
     except ImageRejected:
         raise
     except Exception as error:
-        raise ImageRejected(f"cannot decode {image.format or 'image'}: {_describe(error)}") from None
+        raise ImageRejected(f"cannot decode {image.format or 'image'}: {describe(error)}") from None
 
 
 def _rgb_or_rgba(image: Image.Image) -> Image.Image:
@@ -229,8 +231,3 @@ def _encode(image: Image.Image, image_format: str, **options: int) -> bytes:
         image.save(file, image_format, **options)
         file.seek(0)
         return file.read()
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from civitai_spider.errors import describe_os_error
+
 logger = logging.getLogger(__name__)
 
 #: Temporary files start with this prefix; leftovers of a killed run are removed at start.
@@ -244,11 +246,6 @@ class LogFile:
             self._failing = False
 
 
-def describe_os_error(error: OSError) -> str:
-    """``Type: reason`` of a file system error, without the file's name (the caller says which)."""
-    return f"{type(error).__name__}: {error.strerror or error}"
-
-
 def prove_writable(folder: Path) -> None:
     """Create ``folder`` (and its parents) and write, fsync and remove a temporary file in it.
 
@@ -309,7 +306,10 @@ def _writer_may_be_alive(leftover: Path, now: float) -> bool:
         return False  # not a name write_atomically makes, so nobody is writing it
     host, pid_text = match.groups()
     if host is None or host == _THIS_HOST:
-        return _pid_is_alive(int(pid_text))
+        # Our own pid counts as dead: a file of ours when the store opens is the leftover of an
+        # earlier process that had the same pid. Pid 0 would ask about our process group.
+        pid = int(pid_text)
+        return pid not in (0, os.getpid()) and pid_alive(pid)
     try:
         modified = leftover.stat().st_mtime
     except FileNotFoundError:
@@ -317,11 +317,9 @@ def _writer_may_be_alive(leftover: Path, now: float) -> bool:
     return now - modified < FOREIGN_LEFTOVER_AGE
 
 
-def _pid_is_alive(pid: int) -> bool:
-    # Our own pid counts as dead: a file of ours when the store opens is the leftover of an
-    # earlier process that had the same pid. Pid 0 would ask about our process group.
-    if pid in (0, os.getpid()):
-        return False
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (another user's too); 0 and below name
+    process groups, not processes: the caller rules them out."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that big

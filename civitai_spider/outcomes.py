@@ -16,6 +16,8 @@ from typing import cast
 
 from scrapy.exceptions import DropItem
 
+from civitai_spider.errors import describe
+
 #: Every stat of this project starts with it (a shared crawl's Redis counts are the same without it).
 STATS_PREFIX = "civitai/"
 ITEMS_SEEN = "civitai/items_seen"
@@ -119,12 +121,7 @@ def describe_error(error: BaseException) -> str:
         # Twisted failures (each has its exception as value), or exceptions. cast: mypy types
         # getattr() with a default of type Any as "Any | None".
         inner = "; ".join(
-            _describe(cast(BaseException, getattr(reason, "value", reason))) for reason in reasons
+            describe(cast(BaseException, getattr(reason, "value", reason))) for reason in reasons
         )
         return f"{type(error).__name__}: {inner}"
-    return _describe(error)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return describe(error)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from civitai_spider.local_files import ERROR_LOG_NAME, append_line, log_line
 from civitai_spider.stores import file_store_at, file_store_class, id_store_class, log_directory
+from civitai_spider.stores.failures import describe_store_error
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -134,7 +135,7 @@ class StoredItems:
             try:
                 item.media = self.files.read(item.file)
             except OSError as error:  # removed since the listing, a bucket out of reach
-                item.problem = f"{self.files.describe(item.file)} unreadable: {_describe(error)}"
+                item.problem = f"{self.files.describe(item.file)} unreadable: {describe_store_error(error)}"
         return item
 
     def _read_chunk(self, ids: list[int], sizes: dict[str, int]) -> list[StoredItem]:
@@ -146,7 +147,7 @@ class StoredItems:
         try:
             item.metadata = self.files.read(name)
         except OSError as error:  # removed since the listing, a bucket out of reach
-            item.problem = f"{self.files.describe(name)} unreadable: {_describe(error)}"
+            item.problem = f"{self.files.describe(name)} unreadable: {describe_store_error(error)}"
             return item
         try:
             record = json.loads(item.metadata)
@@ -160,7 +161,7 @@ class StoredItems:
         try:
             item.size = sizes[item.file] if item.file in sizes else self.files.size(item.file)
         except OSError as error:
-            item.problem = f"{self.files.describe(item.file)} unreadable: {_describe(error)}"
+            item.problem = f"{self.files.describe(item.file)} unreadable: {describe_store_error(error)}"
         return item
 
 
@@ -195,10 +196,6 @@ def _id_in(name: str) -> int | None:
     return int(match[0]) if match else None
 
 
-def _describe(error: OSError) -> str:
-    return str(error) if error.strerror is None else f"{type(error).__name__}: {error.strerror}"
-
-
 def stored_items(settings: BaseSettings) -> StoredItems:
     """The complete items of the crawl ``settings`` describe; ``ValueError`` (one line) when its
     store or id store cannot work (a bad ``IMAGES_STORE`` or one that holds nothing, a bucket or
@@ -226,7 +223,7 @@ def _check_something_stored(files: ReadableFileStore, settings: BaseSettings) ->
     except FileNotFoundError:
         raise ValueError(f"IMAGES_STORE={uri!r}: no such folder") from None
     except OSError as error:
-        raise ValueError(f"IMAGES_STORE={uri!r} cannot be listed: {_describe(error)}") from None
+        raise ValueError(f"IMAGES_STORE={uri!r} cannot be listed: {describe_store_error(error)}") from None
     if empty:
         raise ValueError(f"IMAGES_STORE={uri!r}: nothing is stored there")
 

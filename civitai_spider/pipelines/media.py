@@ -45,10 +45,10 @@ from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
 from twisted.internet.defer import CancelledError
 
+from civitai_spider.errors import describe_os_error
 from civitai_spider.extensions.stop import STOPPED_REASON, Stop, stop_of
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
 from civitai_spider.items import media_of
-from civitai_spider.local_files import describe_os_error
 from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.stores import log_directory, stores_of
 from civitai_spider.stores.base import FileStore, StoreError

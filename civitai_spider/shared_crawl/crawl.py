@@ -5,7 +5,8 @@ Redis Streams with one consumer group give what a shared crawl needs: a message 
 that stayed pending longer than ``CIVITAI_REDIS_CLAIM_AFTER`` to a live worker. So a worker
 that dies loses nothing: what it held is taken over, and only the glue below is ours.
 
-Every step that changes the crawl is one Lua script, atomic in Redis:
+Every step that changes the crawl is one Lua script, atomic in Redis (``scripts/<step>.lua``,
+each saying what its keys and its one argument, a JSON object, are):
 
 - *join*: the first worker of a crawl seeds it (one page message per chain); the others
   join it; once a walk is done, the next worker with the same arguments starts a new one.
@@ -29,7 +30,9 @@ arguments and API URL, and ``R`` the walk's number::
     P:crawl:D:R:stats           HASH crawl-wide counts (items_seen, saved, dropped/<reason>...)
     P:crawl:D:R:workers         HASH worker -> JSON heartbeat
     P:crawl:D:R:cursors         SET chain + cursor, for the loop check (deleted when done)
-    P:crawl:D:R:queued:<n>      bitmaps of the ids queued in this walk (deleted when done)
+    P:crawl:D:R:queued:<n>      bitmaps of the ids queued in this walk, in chunks as the id
+                                store's (CHUNK_BITS); deleted when done
+    P:crawl:D:R:queued-chunks   SET of those bitmaps' keys (deleted when done)
 
 Acknowledged messages are deleted, so a stream's length is its outstanding work. The scripts
 name keys they build themselves: fine on one Redis server, not on Redis Cluster.
@@ -39,13 +42,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -53,101 +58,33 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from civitai_spider.stores.redis_ids import safe_url
+from civitai_spider.local_files import pid_alive
+from civitai_spider.outcomes import CURSOR_LOOP
+from civitai_spider.stores.redis_ids import CHUNK_BITS, CHUNK_MASK, safe_url
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 GROUP = "workers"
-#: Ids per queued-ids bitmap (the id store's chunking, for the same reason: ids near 2^32
-#: must not make one 512 MB string).
-_CHUNK_BITS = 20
 #: Deliveries of an image after which it is given up (failed, logged): a message whose
 #: workers keep dying must not go round for ever.
 MAX_DELIVERIES = 3
 #: Seconds between two XAUTOCLAIM scans of one stream.
 _CLAIM_SCAN_INTERVAL = 1.0
+#: Seconds between two heartbeats of a worker (``scrapy civitai-status`` shows the last one).
+HEARTBEAT_INTERVAL = 5.0
+#: Pending entries read per XPENDING call when a worker reads back what it was given.
+_PENDING_PAGE = 1000
 
-_JOIN = """
-local base = ARGV[4]
-local run = tonumber(redis.call('HGET', KEYS[2], 'run') or '0')
-if run > 0 and redis.call('HGET', base .. ':' .. run .. ':state', 'status') ~= 'done' then
-  return {run, 0}
-end
-run = run + 1
-local prefix = base .. ':' .. run .. ':'
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'definition', ARGV[2], 'run', run)
-redis.call('DEL', prefix .. 'state', prefix .. 'chains', prefix .. 'pages', prefix .. 'images',
-           prefix .. 'stats', prefix .. 'workers')
-redis.call('HSET', prefix .. 'state', 'status', 'running', 'started', ARGV[3], 'chains', ARGV[5])
-redis.call('XGROUP', 'CREATE', prefix .. 'pages', 'workers', '$', 'MKSTREAM')
-redis.call('XGROUP', 'CREATE', prefix .. 'images', 'workers', '$', 'MKSTREAM')
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', prefix .. 'chains', ARGV[i], cjson.encode({pages = 0, url = ARGV[i + 1]}))
-  redis.call('XADD', prefix .. 'pages', '*', 'chain', ARGV[i], 'step', 0, 'url', ARGV[i + 1], 'streak', 0,
-             'full', 0)
-end
-return {run, 1}
-"""
 
-_HAND_ON = """
-local raw = redis.call('HGET', KEYS[1], ARGV[2])
-if not raw then return {0, 0, 0, ''} end
-local chain = cjson.decode(raw)
-if chain['end'] or chain.pages ~= tonumber(ARGV[3]) then return {0, 0, 0, ''} end
-local ending = ARGV[6]
-if ending == '' and ARGV[5] ~= '' and redis.call('SADD', KEYS[5], ARGV[2] .. '\\n' .. ARGV[5]) == 0 then
-  ending = 'cursor_loop'
-end
-local queued, duplicates = 0, 0
-for i = 0, tonumber(ARGV[10]) - 1 do
-  local at = 11 + 3 * i
-  if redis.call('SETBIT', KEYS[tonumber(ARGV[at])], tonumber(ARGV[at + 1]), 1) == 0 then
-    redis.call('XADD', KEYS[3], '*', 'record', ARGV[at + 2])
-    queued = queued + 1
-  else
-    duplicates = duplicates + 1
-  end
-end
-for i = 7, #KEYS do redis.call('SADD', KEYS[6], KEYS[i]) end
-chain.pages = chain.pages + 1
-if ending == '' then
-  chain.url = ARGV[4]
-  redis.call('XADD', KEYS[2], '*', 'chain', ARGV[2], 'step', chain.pages, 'url', ARGV[4], 'streak', ARGV[7],
-             'full', ARGV[9])
-else
-  chain.url = nil
-  chain['end'] = ending
-end
-redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(chain))
-redis.call('XACK', KEYS[2], 'workers', ARGV[1])
-redis.call('XDEL', KEYS[2], ARGV[1])
-for field, value in pairs(cjson.decode(ARGV[8])) do redis.call('HINCRBY', KEYS[4], field, value) end
-redis.call('HINCRBY', KEYS[4], 'queued', queued)
-if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'dropped/duplicate', duplicates) end
-redis.call('HINCRBY', KEYS[4], 'pages', 1)
-return {1, queued, duplicates, ending}
-"""
+def _script(name: str) -> str:
+    """The Lua source of the step ``name``: ``scripts/<name>.lua``, package data (in the egg too)."""
+    scripts = importlib.resources.files("civitai_spider.shared_crawl") / "scripts"
+    return (scripts / f"{name}.lua").read_text(encoding="utf-8")
 
-_FINISH = """
-if redis.call('XACK', KEYS[1], 'workers', ARGV[1]) == 1 then
-  redis.call('XDEL', KEYS[1], ARGV[1])
-  for i = 2, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
-  return 1
-end
-return 0
-"""
 
-_DONE = """
-if redis.call('HGET', KEYS[1], 'status') == 'done' then return 1 end
-if redis.call('XLEN', KEYS[2]) > 0 or redis.call('XLEN', KEYS[3]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'done', 'finished', ARGV[1])
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', key) end
-redis.call('DEL', KEYS[4], KEYS[5])
-return 1
-"""
+_JOIN, _HAND_ON, _FINISH, _DONE = (_script(name) for name in ("join", "hand_on", "finish", "done"))
 
 
 class SharedCrawlError(OSError):
@@ -231,6 +168,12 @@ class SharedCrawl:
         self._claim_cursor = {"pages": "0-0", "images": "0-0"}
         self._last_claim_scan = {"pages": 0.0, "images": 0.0}
         self._unreachable_since: float | None = None
+        #: Streams whose next take reads back what Redis gave this worker: set when a command
+        #: had to be sent again (see _take_back).
+        self._take_back_due: set[str] = set()
+        #: Messages whose hand-on or finish is under way: this worker's in Redis until it is
+        #: through, but no longer work the worker holds (see _take_back).
+        self._acknowledging: set[str] = set()
 
     @property
     def crawl_key(self) -> str:
@@ -242,17 +185,17 @@ class SharedCrawl:
 
     async def join(self, chains: Mapping[str, str]) -> bool:
         """Join the crawl's current walk, or seed a new one (chain -> first page URL); True if seeded."""
-        arguments: list[Any] = [
-            self.digest,
-            json.dumps(self.definition, sort_keys=True),
-            _now(),
-            self.crawl_key,
-            json.dumps(list(chains)),  # their order, for civitai-status
-        ]
-        for chain, url in chains.items():
-            arguments += [chain, url]
+        argument = _json_argument(
+            {
+                "digest": self.digest,
+                "definition": json.dumps(self.definition, sort_keys=True),
+                "started": _now(),
+                "order": json.dumps(list(chains)),  # for civitai-status
+                "chains": [{"name": chain, "url": url} for chain, url in chains.items()],
+            }
+        )
         run, seeded = await self._call(
-            lambda: self._join(keys=[f"{self.prefix}:crawls", self.crawl_key], args=arguments)
+            lambda: self._join(keys=[f"{self.prefix}:crawls", self.crawl_key], args=[argument])
         )
         self.run = int(run)
         return bool(seeded)
@@ -270,7 +213,7 @@ class SharedCrawl:
             for consumer in await self._call(lambda key=key: self.client.xinfo_consumers(key, GROUP)):
                 name = consumer["name"]
                 parts = name.rsplit(":", 2)  # host:pid:token, see worker_name()
-                if len(parts) != 3 or name == self.worker or parts[0] != host or _pid_alive(parts[1]):
+                if len(parts) != 3 or name == self.worker or parts[0] != host or not _is_dead(parts[1]):
                     continue
                 if not consumer["pending"]:
                     await self._call(
@@ -322,8 +265,15 @@ class SharedCrawl:
         return int(await self._call(lambda: self.client.xlen(self.key("images"))))
 
     async def _take(self, stream: str, count: int) -> list[tuple[str, dict[str, str], int]]:
-        """Up to ``count`` messages: first any a stopped worker left, then new ones."""
+        """Up to ``count`` messages: first any a stopped worker left, then new ones.
+
+        After a command had to be sent again, this worker's own pending messages instead (see
+        :meth:`_take_back`), those it holds among them: the caller skips those.
+        """
         key = self.key(stream)
+        if stream in self._take_back_due:
+            self._take_back_due.discard(stream)  # set again if this take has to be sent again
+            return await self._take_back(stream, key)
         taken: list[tuple[str, dict[str, str], int]] = []
         if time.monotonic() - self._last_claim_scan[stream] >= _CLAIM_SCAN_INTERVAL:
             self._last_claim_scan[stream] = time.monotonic()
@@ -338,6 +288,58 @@ class SharedCrawl:
             )
             for _, messages in answer or []:
                 taken += [(message_id, fields, 1) for message_id, fields in messages if fields]
+        return taken
+
+    async def _take_back(self, stream: str, key: str) -> list[tuple[str, dict[str, str], int]]:
+        """Every message pending under this worker's name in the stream ``key``, with its deliveries.
+
+        An XREADGROUP or XAUTOCLAIM whose reply was lost (the connection broke after Redis ran
+        it: a restart) gave this worker messages it never saw; sent again, it skips them, and
+        they would wait ``claim_after`` for a claim scan, the crawl idle meanwhile. XPENDING
+        then XRANGE, not XREADGROUP with id 0: reading the history counts one more delivery of
+        each message (Redis 7), those this worker is working on too. The fields are read last,
+        so that a message handed on or finished meanwhile, deleted, is not returned; nor is one
+        whose hand-on or finish is under way: the worker forgets an image once its finish
+        starts, and after a reconnection that finish may still be retrying while this reads.
+        """
+        entries: list[dict[str, Any]] = []
+        start = "-"
+        while True:
+            # [{message_id, consumer, time_since_delivered, times_delivered}], str values.
+            part = cast(
+                "list[dict[str, Any]]",
+                await self._call(
+                    lambda start=start: self.client.xpending_range(
+                        key, GROUP, start, "+", _PENDING_PAGE, self.worker
+                    )
+                ),
+            )
+            entries += part
+            if len(part) < _PENDING_PAGE:
+                break
+            start = "(" + part[-1]["message_id"]  # exclusive
+        if not entries:
+            return []
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipeline:
+                for entry in entries:
+                    pipeline.xrange(key, entry["message_id"], entry["message_id"])
+                return await pipeline.execute()
+
+        answers = await self._call(read)
+        taken = [
+            (message_id, fields, int(entry["times_delivered"]))
+            for entry, messages in zip(entries, answers, strict=True)
+            for message_id, fields in messages
+            if message_id not in self._acknowledging
+        ]
+        if taken:
+            logger.info(
+                "After a lost connection, read back the %d %s message(s) Redis holds as this worker's",
+                len(taken),
+                stream,
+            )
         return taken
 
     async def _claim(self, stream: str, key: str, count: int) -> list[tuple[str, dict[str, str], int]]:
@@ -390,38 +392,54 @@ class SharedCrawl:
         """
         chunk_keys: dict[int, int] = {}
         keys = [self.key(name) for name in ("chains", "pages", "images", "stats", "cursors", "queued-chunks")]
-        arguments: list[Any] = [
-            page.message_id,
-            page.chain,
-            page.step,
-            next_url or "",
-            cursor_key or "",
-            end or "",
-            streak,
-            json.dumps(dict(counts)),
-            int(full),
-            len(images),
-        ]
+        queued_images = []
         for image_id, record in images:
-            chunk = image_id >> _CHUNK_BITS
+            chunk = image_id >> CHUNK_BITS
             if chunk not in chunk_keys:
                 keys.append(self.key(f"queued:{chunk}"))
                 chunk_keys[chunk] = len(keys)  # Lua's KEYS are 1-based
-            arguments += [chunk_keys[chunk], image_id & ((1 << _CHUNK_BITS) - 1), record]
-        accepted, queued, duplicates, ending = await self._call(
-            lambda: self._hand_on(keys=keys, args=arguments)
+            queued_images.append({"key": chunk_keys[chunk], "bit": image_id & CHUNK_MASK, "record": record})
+        argument = _json_argument(
+            {
+                "message_id": page.message_id,
+                "chain": page.chain,
+                "step": page.step,
+                "next_url": next_url or "",
+                "cursor_key": cursor_key or "",
+                "end_reason": end or "",
+                "loop_end": CURSOR_LOOP,
+                "streak": streak,
+                "full": int(full),
+                "counts": dict(counts),
+                "images": queued_images,
+            }
         )
+        with self._acknowledging_message(page.message_id):
+            accepted, queued, duplicates, ending = await self._call(
+                lambda: self._hand_on(keys=keys, args=[argument])
+            )
         return HandOn(bool(accepted), int(queued), int(duplicates), ending or "")
 
     async def finish_image(self, message_id: str, outcomes: Sequence[str]) -> bool:
         """Acknowledge an image and count ``outcomes`` (stats fields); False if it was already."""
         keys = [self.key("images"), self.key("stats")]
-        return bool(await self._call(lambda: self._finish(keys=keys, args=[message_id, *outcomes])))
+        argument = _json_argument({"message_id": message_id, "counts": list(outcomes)})
+        with self._acknowledging_message(message_id):
+            return bool(await self._call(lambda: self._finish(keys=keys, args=[argument])))
+
+    @contextmanager
+    def _acknowledging_message(self, message_id: str) -> Iterator[None]:
+        self._acknowledging.add(message_id)
+        try:
+            yield
+        finally:
+            self._acknowledging.discard(message_id)
 
     async def is_done(self) -> bool:
         """Whether the walk is over (marking it so when nothing is left in either stream)."""
         keys = [self.key(name) for name in ("state", "pages", "images", "queued-chunks", "cursors")]
-        return bool(await self._call(lambda: self._done(keys=keys, args=[_now()])))
+        argument = _json_argument({"finished": _now()})
+        return bool(await self._call(lambda: self._done(keys=keys, args=[argument])))
 
     async def chain_ends(self) -> dict[str, str | None]:
         # str (decode_responses), which redis-py types as bytes | str whatever the client.
@@ -471,6 +489,9 @@ class SharedCrawl:
                 delay = min(delay * 2, 2.0)
             else:
                 if self._unreachable_since is not None:
+                    # The command that broke may have been run, its reply lost: a take's
+                    # messages are then this worker's without its knowing.
+                    self._take_back_due.update(("pages", "images"))
                     logger.info(
                         "Redis %s answers again after %.1f s",
                         safe_url(self.url),
@@ -480,16 +501,16 @@ class SharedCrawl:
                 return result
 
 
-def _pid_alive(pid: str) -> bool:
-    if not pid.isascii() or not pid.isdigit() or not 0 < int(pid) < 2**31:
-        return True  # not a name of ours: leave it alone
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _is_dead(pid: str) -> bool:
+    """Whether ``pid``, of a consumer name of this host, is a process that no longer runs."""
+    # Not a pid (not a name of ours, see worker_name()): the consumer is left alone.
+    return pid.isascii() and pid.isdigit() and 0 < int(pid) < 2**31 and not pid_alive(int(pid))
+
+
+def _json_argument(fields: Mapping[str, Any]) -> str:
+    """A script's one argument. Not ASCII-escaped: the texts in it (records, URLs) reach Redis
+    as the same bytes they would as arguments of their own."""
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def _now() -> str:

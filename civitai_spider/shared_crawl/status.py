@@ -13,8 +13,7 @@ from typing import Any, cast
 import redis
 
 from civitai_spider.chains import cursor_of
-from civitai_spider.shared_crawl.crawl import GROUP
-from civitai_spider.shared_crawl.worker import HEARTBEAT_INTERVAL
+from civitai_spider.shared_crawl.crawl import GROUP, HEARTBEAT_INTERVAL
 
 #: A worker whose last heartbeat is older than this many heartbeats is shown as silent.
 _SILENT_AFTER_BEATS = 3

@@ -29,7 +29,14 @@ from civitai_spider import outcomes
 from civitai_spider.chains import crawl_end
 from civitai_spider.extensions.stop import STOPPED_REASON, stop_crawl
 from civitai_spider.items import CivitaiImage, InvalidApiItem, media_of
-from civitai_spider.shared_crawl.crawl import MAX_DELIVERIES, HandOn, ImageMessage, PageMessage, SharedCrawl
+from civitai_spider.shared_crawl.crawl import (
+    HEARTBEAT_INTERVAL,
+    MAX_DELIVERIES,
+    HandOn,
+    ImageMessage,
+    PageMessage,
+    SharedCrawl,
+)
 from civitai_spider.stores import stores_of
 
 if TYPE_CHECKING:
@@ -38,8 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two heartbeats of a worker (``scrapy civitai-status`` shows the last one).
-HEARTBEAT_INTERVAL = 5.0
 #: Seconds between two looks for new work while there is none.
 _POLL_INTERVAL = 0.25
 #: No new page is taken while this many images wait in the stream: the pages can run far

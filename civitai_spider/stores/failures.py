@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 
+from civitai_spider.errors import describe_os_error
 from civitai_spider.extensions.stop import stop_crawl
-from civitai_spider.local_files import describe_os_error
 from civitai_spider.outcomes import FAILED_REASON, STORE_ERROR, DropImage
 from civitai_spider.stores.base import StoreError
 

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 #: Bits per bitmap key: 2**20 ids, 128 KiB once full.
 CHUNK_BITS = 20
-_CHUNK_MASK = (1 << CHUNK_BITS) - 1
+CHUNK_MASK = (1 << CHUNK_BITS) - 1
 #: The largest id a bitmap offset can hold (Redis strings are at most 2**32 bits).
 MAX_ID = (1 << 32) - 1
 #: Prefetched answers kept for the pipeline; items of a page that never reach it (below
@@ -233,7 +233,7 @@ def _by_chunk(ids: Iterable[int]) -> dict[int, list[int]]:
     for image_id in ids:
         if not 0 <= image_id <= MAX_ID:
             raise StoreError(f"id {image_id} is outside the Redis id store's range 0..{MAX_ID}")
-        chunks.setdefault(image_id >> CHUNK_BITS, []).append(image_id & _CHUNK_MASK)
+        chunks.setdefault(image_id >> CHUNK_BITS, []).append(image_id & CHUNK_MASK)
     return chunks
 
 

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
+from civitai_spider.errors import describe
 from civitai_spider.stores import check_writable
 from civitai_spider.stores.base import ReadableFileStore, StoreError
 from civitai_spider.stores.id_file import check_id_file_folder
@@ -133,7 +134,7 @@ class S3Store(ReadableFileStore):
                 Bucket=self.bucket, Key=self.prefix + name, Body=data, ContentType=content_type(name), **extra
             )
         except Exception as error:
-            raise StoreError(f"upload of {self.describe(name)} failed: {_describe(error)}") from None
+            raise StoreError(f"upload of {self.describe(name)} failed: {describe(error)}") from None
 
     async def save(self, files: Mapping[str, bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -154,7 +155,7 @@ class S3Store(ReadableFileStore):
                 **extra,
             )
         except Exception as error:
-            raise StoreError(f"copy to {self.describe(target)} failed: {_describe(error)}") from None
+            raise StoreError(f"copy to {self.describe(target)} failed: {describe(error)}") from None
 
     async def commit(self) -> None:
         # Every PUT that returned is stored: nothing waits for a flush.
@@ -172,7 +173,7 @@ class S3Store(ReadableFileStore):
                 for entry in page.get("Contents", ()):
                     yield entry["Key"][len(self.prefix) :], entry["Size"]
         except Exception as error:
-            raise StoreError(f"listing of {self.describe('')} failed: {_describe(error)}") from None
+            raise StoreError(f"listing of {self.describe('')} failed: {describe(error)}") from None
 
     def size(self, name: str) -> int:
         return self._call("head_object", name)["ContentLength"]
@@ -206,9 +207,9 @@ class S3Store(ReadableFileStore):
         except botocore.exceptions.ClientError as error:
             if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
                 raise FileNotFoundError(f"{self.describe(name)} does not exist") from None
-            raise StoreError(f"{self.describe(name)}: {_describe(error)}") from None
+            raise StoreError(f"{self.describe(name)}: {describe(error)}") from None
         except Exception as error:
-            raise StoreError(f"{self.describe(name)}: {_describe(error)}") from None
+            raise StoreError(f"{self.describe(name)}: {describe(error)}") from None
 
 
 class _ObjectReader(io.RawIOBase):
@@ -267,7 +268,7 @@ def _client(settings: BaseSettings, connections: int) -> Any:
             config=Config(max_pool_connections=connections),
         )
     except Exception as error:  # botocore's ValueError for a bad endpoint, a bad region...
-        raise ValueError(f"IMAGES_STORE={settings.get('IMAGES_STORE')!r}: {_describe(error)}") from None
+        raise ValueError(f"IMAGES_STORE={settings.get('IMAGES_STORE')!r}: {describe(error)}") from None
     # botocore sends every PUT with "Expect: 100-continue": headers first, the body only after the
     # server's interim answer, a round trip more per upload (four per image). It spares sending a
     # body the server would refuse, which for files of a few MB costs less than that round trip on
@@ -289,7 +290,3 @@ def _verify(value: Any) -> bool | str | None:
     if text.lower() in {"0", "false", "no", "off"}:
         return False
     return text
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
