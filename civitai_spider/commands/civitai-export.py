@@ -11,18 +11,20 @@ the store, the id store or the output fails on the way.
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 from typing import TYPE_CHECKING
 
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
-from scrapy.utils.log import configure_logging
 
-from civitai_spider.commands import check_command_settings, quiet_logging
-from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
+from civitai_spider.commands import add_output_option, refuse_arguments, write_dataset
+from civitai_spider.dataset.stored import ProblemLog
 
 if TYPE_CHECKING:
     import argparse
+
+    from civitai_spider.dataset.stored import StoredItems
+    from civitai_spider.stores.base import ReadableFileStore
 
 #: The shards' folder inside the store, unless --output says otherwise.
 EXPORT_FOLDER = "webdataset"
@@ -61,12 +63,7 @@ class Command(ScrapyCommand):
             default=FORMATS[0],
             help=f"the dataset's format, {' or '.join(FORMATS)} (the default)",
         )
-        parser.add_argument(
-            "--output",
-            metavar="DIR",
-            help=f"folder or s3://bucket/prefix of the shards; by default the folder {EXPORT_FOLDER} "
-            "in IMAGES_STORE",
-        )
+        add_output_option(parser, "the shards", EXPORT_FOLDER)
         parser.add_argument(
             "--shard-size",
             metavar="N",
@@ -75,53 +72,46 @@ class Command(ScrapyCommand):
         )
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
-        assert self.settings is not None
-        if args:
-            message = f"unexpected argument {args[0]!r}: civitai-export takes none"
-            raise UsageError(message, print_help=False)
+        refuse_arguments(args, "civitai-export")
         if opts.format not in FORMATS:
             message = f"--format {opts.format!r} is not valid: allowed is {' or '.join(FORMATS)}"
             raise UsageError(message, print_help=False)
-        shard_size = _shard_size(opts.shard_size)
-        check_command_settings(self.settings)
-        quiet_logging(self.settings)
-        configure_logging(self.settings)
-        try:
-            items = stored_items(self.settings)
-            shards = output_store(self.settings, opts.output, EXPORT_FOLDER)
-            index = output_store(self.settings, opts.output, EXPORT_FOLDER, INDEX_FOLDER)
-        except ValueError as error:
-            raise UsageError(str(error), print_help=False) from None
+        export = partial(self._export, shard_size=_shard_size(opts.shard_size))
+        write_dataset(self, export, opts.output, EXPORT_FOLDER, ("", INDEX_FOLDER))
+
+    def _export(self, items: StoredItems, outputs: list[ReadableFileStore], *, shard_size: int) -> list[str]:
+        """Add shards of the ids in none yet, and their index; the summary's lines."""
+        assert self.settings is not None
         # Here, not at the top: Scrapy imports every command to start any of them, and pyarrow
         # (with numpy and their threads) would cost every `scrapy crawl` 0.1 s and more.
         from civitai_spider.dataset.webdataset import export_webdataset  # noqa: PLC0415
 
-        try:
-            run = export_webdataset(
-                items,
-                shards,
-                index,
-                shard_size=shard_size,
-                raw_captions=self.settings.getbool("CIVITAI_CAPTION_RAW"),
-                on_problem=ProblemLog(self.settings),
-            )
-        except OSError as error:  # the store, the id store or the output, after the checks
-            print(f"error: {error}", file=sys.stderr)
-            self.exitcode = 1
-            return
-        finally:
-            for store in (items.files, shards, index):
-                store.close()
-        print(
+        shards, index = outputs
+        run = export_webdataset(
+            items,
+            shards,
+            index,
+            shard_size=shard_size,
+            raw_captions=self.settings.getbool("CIVITAI_CAPTION_RAW"),
+            on_problem=ProblemLog(self.settings),
+        )
+        summary = [
             f"Added {run.added} item(s) in {run.shards} new shard(s) to {shards.describe('')}: "
             f"{run.items} item(s) in all"
-        )
+        ]
         if run.removed:
-            print(f"Removed {run.removed} shard(s) or index part(s) that a killed run left half done")
+            summary.append(
+                f"Removed {run.removed} shard(s) or index part(s) that a killed run left half done"
+            )
         if run.problems:
-            print(f"{run.problems} recorded id(s) left out: their files are unreadable (error_log.txt)")
+            summary.append(
+                f"{run.problems} recorded id(s) left out: their files are unreadable (error_log.txt)"
+            )
         if run.without_metadata:
-            print(f"{run.without_metadata} recorded id(s) have no metadata file in the store: in no shard")
+            summary.append(
+                f"{run.without_metadata} recorded id(s) have no metadata file in the store: in no shard"
+            )
+        return summary
 
 
 def _shard_size(value: str) -> int:

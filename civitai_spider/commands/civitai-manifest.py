@@ -11,18 +11,18 @@ next run tries it again. Exit status 2 for a bad option or setting, before anyth
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from scrapy.commands import ScrapyCommand
-from scrapy.exceptions import UsageError
-from scrapy.utils.log import configure_logging
 
-from civitai_spider.commands import check_command_settings, quiet_logging
-from civitai_spider.dataset.stored import ProblemLog, output_store, stored_items
+from civitai_spider.commands import add_output_option, refuse_arguments, write_dataset
+from civitai_spider.dataset.stored import ProblemLog
 
 if TYPE_CHECKING:
     import argparse
+
+    from civitai_spider.dataset.stored import StoredItems
+    from civitai_spider.stores.base import ReadableFileStore
 
 #: The manifest's folder inside the store, unless --output says otherwise.
 MANIFEST_FOLDER = "manifest"
@@ -49,51 +49,36 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        # No help line may end with a colon: Scrapy's help formatter takes such a line for a
-        # section heading ("Options:") and underlines it.
-        parser.add_argument(
-            "--output",
-            metavar="DIR",
-            help=f"folder or s3://bucket/prefix of the manifest; by default the folder {MANIFEST_FOLDER} "
-            "in IMAGES_STORE",
-        )
+        add_output_option(parser, "the manifest", MANIFEST_FOLDER)
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        refuse_arguments(args, "civitai-manifest")
+        write_dataset(self, self._update, opts.output, MANIFEST_FOLDER)
+
+    def _update(self, items: StoredItems, outputs: list[ReadableFileStore]) -> list[str]:
+        """Add the rows the manifest lacks; the summary's lines."""
         assert self.settings is not None
-        if args:
-            message = f"unexpected argument {args[0]!r}: civitai-manifest takes none"
-            raise UsageError(message, print_help=False)
-        check_command_settings(self.settings)
-        quiet_logging(self.settings)
-        configure_logging(self.settings)
-        try:
-            items = stored_items(self.settings)
-            output = output_store(self.settings, opts.output, MANIFEST_FOLDER)
-        except ValueError as error:
-            raise UsageError(str(error), print_help=False) from None
         # Here, not at the top: Scrapy imports every command to start any of them, and pyarrow
         # (with numpy and their threads) would cost every `scrapy crawl` 0.1 s and more.
         from civitai_spider.dataset.manifest import update_manifest  # noqa: PLC0415
 
-        try:
-            run = update_manifest(
-                items,
-                output,
-                part_rows=self.settings.getint("CIVITAI_MANIFEST_PART_ROWS"),
-                on_problem=ProblemLog(self.settings),
-            )
-        except OSError as error:  # the store, the id store or the output, after the checks
-            print(f"error: {error}", file=sys.stderr)
-            self.exitcode = 1
-            return
-        finally:
-            items.files.close()
-            output.close()
-        print(
+        [output] = outputs
+        run = update_manifest(
+            items,
+            output,
+            part_rows=self.settings.getint("CIVITAI_MANIFEST_PART_ROWS"),
+            on_problem=ProblemLog(self.settings),
+        )
+        summary = [
             f"Added {run.added} row(s) in {run.parts} new part file(s) to {output.describe('')}: "
             f"{run.rows} row(s) in all"
-        )
+        ]
         if run.problems:
-            print(f"{run.problems} recorded id(s) left out: their files are unreadable (error_log.txt)")
+            summary.append(
+                f"{run.problems} recorded id(s) left out: their files are unreadable (error_log.txt)"
+            )
         if run.without_metadata:
-            print(f"{run.without_metadata} recorded id(s) have no metadata file in the store: not in it")
+            summary.append(
+                f"{run.without_metadata} recorded id(s) have no metadata file in the store: not in it"
+            )
+        return summary

@@ -3,7 +3,8 @@
 A mistyped ``IMAGES_STORE`` (a folder that does not exist, a bucket prefix with nothing under
 it) is one ``error:`` line naming it, exit status 2, and nothing made; an ``--output`` that
 cannot be used is one ``error:`` line naming ``--output``, not the ``IMAGES_STORE`` that the
-stores' own messages would name.
+stores' own messages would name. An output that fails on the way, after the checks, is one
+``error:`` line and exit status 1.
 """
 
 from __future__ import annotations
@@ -79,3 +80,22 @@ def test_an_output_that_cannot_be_used_is_named_as_output(
     error = error_line(run(command, "--output", output, **settings))
     assert f"--output {output!r}" in error and problem in error
     assert "IMAGES_STORE" not in error
+
+
+#: Each command's first file in its output: a folder there makes the rename into place fail.
+FIRST_FILE = {
+    "civitai-manifest": "manifest/part-000000.parquet",
+    "civitai-export": "webdataset/shard-000000.tar",
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_output_that_fails_on_the_way_is_one_line_and_status_1(command: str, store: Path) -> None:
+    # A folder is no file to the listing: the command writes that name and the rename fails.
+    (store / FIRST_FILE[command]).mkdir(parents=True)
+    result = run(command, IMAGES_STORE=str(store))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert error.startswith("error: ") and FIRST_FILE[command] in error
+    assert result.stdout == ""  # no summary of a run that did not complete

@@ -1,0 +1,31 @@
+"""End to end: a crawl does not import pyarrow, which only the dataset commands use.
+
+Scrapy imports every command of the project to start any of them, ``scrapy crawl`` too: the
+dataset commands import pyarrow (with numpy and their threads, 0.1 s and more) only when they
+run. Python's own import log (``PYTHONPROFILEIMPORTTIME``) says what a real crawl imported.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.support.crawls import run_crawl
+from tests.support.datasets import CRAWL_SETTINGS, add_items
+from tests.support.fake_civitai import FakeCivitai
+
+#: A line of the import log, ``import time: self | cumulative | module``: the module.
+_IMPORTED = re.compile(r"^import time:[^|]*\|[^|]*\|\s*(\S+)$", re.MULTILINE)
+
+
+def test_a_crawl_does_not_import_pyarrow(fake: FakeCivitai, tmp_path: Path) -> None:
+    items = add_items(fake)
+    result = run_crawl(
+        fake, tmp_path / "store", "media=all", environment={"PYTHONPROFILEIMPORTTIME": "1"}, **CRAWL_SETTINGS
+    )
+    assert result.returncode == 0 and len(result.ids_recorded()) == len(items), result.stderr[-3000:]
+    imported = set(_IMPORTED.findall(result.stderr))
+    # Scrapy imports the commands themselves with importlib, which the log leaves out: what
+    # they import with an import statement is in it, their reading of the store too.
+    assert "civitai_spider.dataset.stored" in imported
+    assert not {name for name in imported if name.split(".")[0] in {"pyarrow", "numpy"}}
