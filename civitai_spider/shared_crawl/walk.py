@@ -92,7 +92,7 @@ class SharedPages:
                 response, page.chain, page.step, page.after_full, page.streak, new=True
             )
         except OSError as error:  # the id store
-            self.worker.stop_for_redis(f"the id store does not answer: {error}")
+            self.worker.stop_for_redis(str(error))  # it names Redis and the id keys
             raise CloseSpider(outcomes.REDIS_ERROR) from None
         read.counts["dropped/already_downloaded"] += sum(read.recorded.values())
         result = await self.worker.hand_on(

@@ -64,7 +64,7 @@ _QUERY_PASSWORD = re.compile(r"(^|&)password=[^&]*")
 
 class RedisIds(IdStore):
     def __init__(self, url: str, prefix: str, timeout: float = 60.0) -> None:
-        self.url, self.prefix = url, prefix
+        self.url, self.prefix, self.timeout = url, prefix, timeout
         self.client = redis.asyncio.Redis.from_url(
             url,
             retry=retry_for(timeout),
@@ -95,7 +95,7 @@ class RedisIds(IdStore):
         except redis.ResponseError:
             return  # CONFIG is disabled on many managed servers: nothing to tell then
         except redis.RedisError as error:
-            raise StoreError(f"Redis {self.describe()}: {error}") from None
+            raise self._failed(error) from None
         # str in redis-py 8 (CONFIG GET is decoded), bytes in older releases.
         if config.get(b"appendonly", config.get("appendonly")) in {b"no", "no"}:
             logger.warning(
@@ -136,7 +136,7 @@ class RedisIds(IdStore):
         try:
             replies = await pipeline.execute()
         except redis.RedisError as error:
-            raise StoreError(f"Redis {self.describe()}: {error}") from None
+            raise self._failed(error) from None
         answers: dict[int, bool] = {}
         for (chunk, offsets), bits in zip(chunks.items(), replies, strict=True):
             for offset, bit in zip(offsets, bits, strict=True):
@@ -162,7 +162,7 @@ class RedisIds(IdStore):
         try:
             await pipeline.execute()
         except redis.RedisError as error:
-            raise StoreError(f"Redis {self.describe()}: {error}") from None
+            raise self._failed(error) from None
         for image_id in ids:
             self._prefetched.pop(image_id, None)
 
@@ -176,10 +176,20 @@ class RedisIds(IdStore):
                 bitmap = cast("bytes | None", await self.client.get(self._key(chunk)))
                 yield list(_ids_in(chunk, bitmap or b""))
         except redis.RedisError as error:
-            raise StoreError(f"Redis {self.describe()}: {error}") from None
+            raise self._failed(error) from None
 
     def describe(self) -> str:
         return f"{safe_url(self.url)} (keys {self.prefix}:ids:*)"
+
+    def _failed(self, error: redis.RedisError) -> StoreError:
+        """The store's error for ``error``; one that is out of reach has been retried, and says
+        so as the shared crawl's Redis side does (either may be the first to give up)."""
+        if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+            return StoreError(
+                f"Redis {safe_url(self.url)} did not answer for {self.timeout:g} s "
+                f"(keys {self.prefix}:ids:*): {error}"
+            )
+        return StoreError(f"Redis {self.describe()}: {error}")
 
     def _key(self, chunk: int | str) -> str:
         return f"{self.prefix}:ids:{chunk}"

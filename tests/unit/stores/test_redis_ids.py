@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -459,7 +460,12 @@ def test_redis_down_for_good_is_a_store_error_without_the_password(
         messages = with_store(url, fail_after_stop)
 
     for message in messages:
-        assert message.startswith(f"Redis redis://:***@127.0.0.1:{server.port}/0 (keys civitai:ids:*): ")
+        # Out of reach: retried, and said as the shared crawl's Redis side says it.
+        assert re.match(
+            rf"Redis redis://:\*\*\*@127\.0\.0\.1:{server.port}/0 did not answer for [\d.]+ s "
+            r"\(keys civitai:ids:\*\): ",
+            message,
+        ), message
         assert PASSWORD not in message and "\n" not in message
 
 
