@@ -70,3 +70,28 @@ def test_the_test_command_installs_redis_with_sudo_or_without(tmp_path: Path, su
     if sudo:
         expected = [line for step in expected for line in ("sudo apt-get", step)]
     assert calls.read_text().splitlines() == expected
+
+
+# --- the architecture section names the package as it is -----------------------------------
+
+ARCHITECTURE = README.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+PACKAGE = REPOSITORY / "civitai_spider"
+MODULES = sorted(path.relative_to(PACKAGE) for path in PACKAGE.rglob("*.py") if path.name != "__init__.py")
+
+
+@pytest.mark.parametrize("module", MODULES, ids=str)
+def test_the_architecture_section_names_every_module(module: Path) -> None:
+    assert re.search(rf"(?<![\w-]){re.escape(module.stem)}(?![\w-])", ARCHITECTURE), (
+        f"README section Architecture does not name civitai_spider/{module}"
+    )
+
+
+def test_every_module_the_architecture_section_names_exists() -> None:
+    named = {
+        name for name in re.findall(r"([\w/]+)\.(?:py|lua)\b", ARCHITECTURE) if not name.startswith("tests/")
+    }
+    existing = {str(path.with_suffix("")) for path in PACKAGE.rglob("*.py")} | {
+        str(path.with_suffix("")) for path in PACKAGE.rglob("*.lua")
+    }
+    gone = sorted(name for name in named if not any(path.endswith(f"/{name}") for path in existing))
+    assert not gone, f"README section Architecture names modules that are not in the package: {gone}"
