@@ -26,14 +26,8 @@ from civitai_spider.stores import stores_of
 from tests.support.crawls import project_crawler
 
 API_URL = "http://127.0.0.1:9/api/v1/images"
-DEFAULT_QUERY = {
-    "limit": "200",
-    "withMeta": "true",
-    "flatMeta": "true",
-    "sort": "Most Reactions",
-    "period": "AllTime",
-    "type": "image",
-}
+#: What the spider asks without arguments (pinned in tests/unit/test_query.py).
+DEFAULT_QUERY = parse_arguments({}).query
 
 
 # --- arguments ---------------------------------------------------------------------------
