@@ -13,7 +13,8 @@ from typing import Any, cast
 import redis
 
 from civitai_spider.chains import cursor_of
-from civitai_spider.shared_crawl.crawl import GROUP, HEARTBEAT_INTERVAL
+from civitai_spider.shared_crawl.consumer import GROUP
+from civitai_spider.shared_crawl.crawl import HEARTBEAT_INTERVAL
 
 #: A worker whose last heartbeat is older than this many heartbeats is shown as silent.
 _SILENT_AFTER_BEATS = 3

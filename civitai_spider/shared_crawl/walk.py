@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from civitai_spider.query import CrawlQuery
-    from civitai_spider.shared_crawl.crawl import PageMessage
+    from civitai_spider.shared_crawl.messages import PageMessage
 
 logger = logging.getLogger(__name__)
 

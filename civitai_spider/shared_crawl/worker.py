@@ -29,14 +29,8 @@ from civitai_spider import outcomes
 from civitai_spider.chains import crawl_end
 from civitai_spider.extensions.stop import STOPPED_REASON, stop_crawl
 from civitai_spider.items import CivitaiImage, InvalidApiItem, media_of
-from civitai_spider.shared_crawl.crawl import (
-    HEARTBEAT_INTERVAL,
-    MAX_DELIVERIES,
-    HandOn,
-    ImageMessage,
-    PageMessage,
-    SharedCrawl,
-)
+from civitai_spider.shared_crawl.crawl import HEARTBEAT_INTERVAL, SharedCrawl
+from civitai_spider.shared_crawl.messages import MAX_DELIVERIES, HandOn, ImageMessage, PageMessage
 from civitai_spider.stores import stores_of
 
 if TYPE_CHECKING:

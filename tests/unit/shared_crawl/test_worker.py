@@ -24,7 +24,9 @@ from civitai_spider import outcomes
 from civitai_spider.extensions.stop import STOPPED_REASON, Stop
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
-from civitai_spider.shared_crawl.crawl import GROUP, PageMessage, SharedCrawl, crawl_digest
+from civitai_spider.shared_crawl.consumer import GROUP
+from civitai_spider.shared_crawl.crawl import SharedCrawl, crawl_digest
+from civitai_spider.shared_crawl.messages import PageMessage
 from civitai_spider.shared_crawl.worker import Worker
 from tests.support.crawls import project_crawler
 from tests.support.servers import RedisServer
