@@ -44,7 +44,10 @@ async def walk(
 ) -> AsyncIterator[scrapy.Request | CivitaiImage]:
     """Join (or seed) the shared crawl of these arguments and yield its work until it is done."""
     settings = crawler.settings
-    # What makes two workers' crawls the same crawl: the same API and spider arguments.
+    # What makes two workers' crawls the same crawl: the same API and chains' queries. Unlike
+    # a JOBDIR's walk (job.walk, checked before any request), it is known only once a model's
+    # versions are listed; its digest names the crawl in Redis, so a change would orphan the
+    # crawls already there.
     definition: dict[str, Any] = {
         "api_url": reader.api_url,
         "chains": reader.chain_queries,
