@@ -85,6 +85,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+#: Messages a leaving worker makes claimable at once, per stream: it holds a few dozen at most
+#: (what it takes is bounded by its downloads in flight).
+_RELEASED_AT_ONCE = 10_000
+
+
 class SharedCrawl(Consumer):
     """One walk of one crawl in Redis, seen by one worker (consumer ``worker``)."""
 
@@ -152,18 +157,7 @@ class SharedCrawl(Consumer):
                         lambda key=key, name=name: self.client.xgroup_delconsumer(key, GROUP, name)
                     )
                     continue
-                entries = await self._call(
-                    lambda key=key, name=name, count=consumer["pending"]: self.client.xpending_range(
-                        key, GROUP, "-", "+", count, name
-                    )
-                )
-                ids = [entry["message_id"] for entry in entries]
-                await self._call(
-                    lambda key=key, name=name, ids=ids: self.client.xclaim(
-                        key, GROUP, name, 0, ids, idle=int(self.claim_after * 1000), justid=True
-                    )
-                )
-                released += len(ids)
+                released += await self._release(key, name, consumer["pending"])
         if released:
             logger.info(
                 "%d message(s) held by stopped workers of this host can be taken over at once", released
@@ -253,14 +247,35 @@ class SharedCrawl(Consumer):
         await self._call(lambda: self.client.hset(self.key("workers"), self.worker, json.dumps(beat)))
 
     async def leave(self) -> None:
-        """Forget this worker as a consumer if it holds nothing (what it holds stays claimable)."""
+        """Leave the crawl: forget this worker as a consumer if it holds nothing, else make what
+        it holds (what a stop left unstarted) claimable by a live worker now, not after
+        ``claim_after``."""
         for stream in ("pages", "images"):
             key = self.key(stream)
-            summary = await self._call(
-                lambda key=key: self.client.xpending_range(key, GROUP, "-", "+", 1, self.worker)
+            held = await self._call(
+                lambda key=key: self.client.xpending_range(
+                    key, GROUP, "-", "+", _RELEASED_AT_ONCE, self.worker
+                )
             )
-            if not summary:
+            if not held:
                 await self._call(lambda key=key: self.client.xgroup_delconsumer(key, GROUP, self.worker))
+                continue
+            released = await self._release(key, self.worker, len(held))
+            logger.info("Left %d %s message(s) to the other workers", released, stream)
+
+    async def _release(self, key: str, consumer: str, count: int) -> int:
+        """Make up to ``count`` messages ``consumer`` holds in stream ``key`` claimable now: their
+        idle time becomes ``claim_after``, so the next claim scan of any worker takes them (the
+        delivery count is left as it is). How many."""
+        entries = await self._call(lambda: self.client.xpending_range(key, GROUP, "-", "+", count, consumer))
+        ids = [entry["message_id"] for entry in entries]
+        if ids:
+            await self._call(
+                lambda ids=ids: self.client.xclaim(
+                    key, GROUP, consumer, 0, ids, idle=int(self.claim_after * 1000), justid=True
+                )
+            )
+        return len(ids)
 
 
 def _is_dead(pid: str) -> bool:

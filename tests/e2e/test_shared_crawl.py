@@ -341,6 +341,28 @@ def test_the_same_arguments_after_the_crawl_is_done_start_a_new_walk(
     assert (stats["dropped/already_downloaded"], stats["saved"], stats["items_seen"]) == (len(items), 5, 65)
 
 
+def test_what_a_stopped_worker_did_not_start_is_taken_over_at_once_by_a_live_one(
+    server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path
+) -> None:
+    items = add_items(server, 500)
+    server.cdn_delay = 0.01  # the live worker is still at work when the other one stops
+    stopping = Workers(server, store, redis_url, tmp_path / "stopping", CLOSESPIDER_ITEMCOUNT="30")
+    live = Workers(server, store, redis_url, tmp_path / "live")  # CIVITAI_REDIS_CLAIM_AFTER: 300 s
+    live.start()
+    stopping.start()
+    [stopped] = stopping.wait()
+    started = time.monotonic()
+    [finished] = live.wait(timeout=120)
+
+    assert (stopped.returncode, stopped.finish_reason) == (0, "closespider_itemcount"), stopped.stderr[-3000:]
+    assert stopped.stats.get("civitai/dropped/stopped", 0) > 0  # it left work unstarted...
+    assert re.search(r"Left \d+ images message\(s\) to the other workers", stopped.stderr)
+    # ...which the live worker took without waiting CIVITAI_REDIS_CLAIM_AFTER.
+    assert (finished.returncode, finished.finish_reason) == (0, "finished"), finished.stderr[-3000:]
+    assert time.monotonic() - started < 100
+    check_everything_saved_once(server, store, redis_url, items)
+
+
 def test_a_worker_stopped_by_closespider_itemcount_leaves_what_it_did_not_start_queued(
     server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from civitai_spider.shared_crawl.consumer import GROUP
 from civitai_spider.shared_crawl.crawl import SharedCrawl, crawl_digest
 from tests.support.shared_views import DEFINITION, FIRST_PAGES, crawl, hand_on, run
 from tests.support.workers import dead_pid
@@ -185,6 +186,37 @@ def test_what_a_dead_worker_of_this_host_held_is_taken_at_once(redis_url: str) -
     released, pages = run(redis_url, work)  # claim_after is 300 s
     assert released == 1
     assert [(page.chain, page.deliveries) for page in pages] == [("a", 2)]  # not the other host's
+
+
+def test_what_a_leaving_worker_still_holds_is_taken_at_once_by_a_live_one(redis_url: str) -> None:
+    async def work(leaving: SharedCrawl, live: SharedCrawl) -> Any:
+        await leaving.join(FIRST_PAGES)
+        await live.join(FIRST_PAGES)
+        held = await leaving.take_pages(1)  # a stop left it unstarted
+        await leaving.leave()
+        return held, await live.take_pages(5)
+
+    held, taken = run(redis_url, work, workers=2)  # claim_after is 300 s
+    assert [page.chain for page in held] == ["a"]
+    # The chain's page comes back at once, counted as a second delivery; with the other chain's.
+    assert sorted((page.chain, page.deliveries) for page in taken) == [("a", 2), ("b", 1)]
+
+
+def test_a_worker_that_holds_nothing_leaves_the_group(redis_url: str) -> None:
+    async def work(view: SharedCrawl) -> Any:
+        await view.join(FIRST_PAGES)
+        [page] = await view.take_pages(1)
+        await view.hand_on(
+            page, next_url=None, cursor_key=None, end="end", streak=0, full=False, counts={}, images=[]
+        )
+        await view.leave()
+        return [
+            consumer["name"]
+            for stream in ("pages", "images")
+            for consumer in await view.client.xinfo_consumers(view.key(stream), GROUP)
+        ]
+
+    assert run(redis_url, work) == []
 
 
 def test_the_crawl_is_named_by_its_definition() -> None:
