@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from civitai_spider.errors import safe_url
 from civitai_spider.items import STAT_NAMES
 from civitai_spider.setting_values import (
     Boolean,
@@ -36,7 +37,6 @@ from civitai_spider.setting_values import (
     Text,
     Url,
 )
-from civitai_spider.stores.redis_ids import safe_url
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings

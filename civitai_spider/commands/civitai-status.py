@@ -11,13 +11,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-import redis
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from civitai_spider.commands import check_command_settings
-from civitai_spider.shared_crawl.status import as_json, as_text, crawl_statuses
-from civitai_spider.stores.redis_ids import RedisIds, safe_url
+from civitai_spider.errors import safe_url
 
 if TYPE_CHECKING:
     import argparse
@@ -50,6 +48,13 @@ class Command(ScrapyCommand):
         if args:
             raise UsageError(f"unexpected argument {args[0]!r}: civitai-status takes none", print_help=False)
         check_command_settings(self.settings)
+        # Here, not at the top: Scrapy imports every command to start any of them, and redis with
+        # the shared crawl would cost every `scrapy crawl` 0.05 s and more.
+        import redis  # noqa: PLC0415
+
+        from civitai_spider.shared_crawl.status import as_json, as_text, crawl_statuses  # noqa: PLC0415
+        from civitai_spider.stores.redis_ids import RedisIds  # noqa: PLC0415
+
         url = str(self.settings.get("CIVITAI_REDIS_URL") or "")
         if not url:
             raise UsageError("CIVITAI_REDIS_URL is not set: a shared crawl lives in Redis", print_help=False)

@@ -12,7 +12,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from civitai_spider.stores.redis_ids import safe_url
+from civitai_spider.errors import safe_url
 
 logger = logging.getLogger(__name__)
 

@@ -26,17 +26,17 @@ at once for a worker of a shared crawl (:mod:`civitai_spider.shared_crawl.worker
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from civitai_spider.errors import safe_url
 from civitai_spider.stores.base import IdStore, StoreError
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ _BITMAP_WRITE_MIN = 1_000
 #: Backoff between retries of a command whose connection broke: 0.1 s, 0.2 s ... then 1 s.
 _BACKOFF_CAP = 1.0
 _TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 30}
-_QUERY_PASSWORD = re.compile(r"(^|&)password=[^&]*")
 
 
 class RedisIds(IdStore):
@@ -207,21 +206,6 @@ def retry_for(timeout: float) -> Retry:
         waits += min(0.1 * 2**retries, _BACKOFF_CAP)
         retries += 1
     return Retry(ExponentialBackoff(cap=_BACKOFF_CAP, base=0.1), retries=retries)
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its password, for log lines and error messages."""
-    parts = urlsplit(url)
-    # redis-py takes a password from the query string too (?password=...).
-    query = _QUERY_PASSWORD.sub(r"\1password=***", parts.query)
-    if parts.password is None and query == parts.query:
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        host = parts.hostname or ""
-        netloc = user + (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _url_and_prefix(settings: BaseSettings) -> tuple[str, str]:

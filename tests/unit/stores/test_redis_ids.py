@@ -19,12 +19,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from scrapy.settings import Settings
 
+from civitai_spider.errors import safe_url
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines.already_downloaded import AlreadyDownloadedPipeline
 from civitai_spider.stores import redis_ids
 from civitai_spider.stores.base import StoreError
-from civitai_spider.stores.redis_ids import _PREFETCHED_LIMIT, MAX_ID, RedisIds, safe_url
+from civitai_spider.stores.redis_ids import _PREFETCHED_LIMIT, MAX_ID, RedisIds
 from tests.support.crawls import project_crawler
 from tests.support.servers import RedisServer, free_ports
 from tests.support.servers import redis_ids as stored_ids

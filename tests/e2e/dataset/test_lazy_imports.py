@@ -1,8 +1,10 @@
-"""End to end: a crawl does not import pyarrow, which only the dataset commands use.
+"""End to end: a crawl into a folder imports nothing its settings do not need.
 
 Scrapy imports every command of the project to start any of them, ``scrapy crawl`` too: the
 dataset commands import pyarrow (with numpy and their threads, 0.1 s and more) only when they
-run. Python's own import log (``PYTHONPROFILEIMPORTTIME``) says what a real crawl imported.
+run, ``civitai-status`` redis only when it runs; the spider imports the shared crawl (redis)
+only for a shared crawl, and the stores load their backend (redis, botocore) by the settings.
+Python's own import log (``PYTHONPROFILEIMPORTTIME``) says what a real crawl imported.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tests.support.fake_civitai import FakeCivitai
 _IMPORTED = re.compile(r"^import time:[^|]*\|[^|]*\|\s*(\S+)$", re.MULTILINE)
 
 
-def test_a_crawl_does_not_import_pyarrow(fake: FakeCivitai, tmp_path: Path) -> None:
+def test_a_folder_crawl_imports_no_pyarrow_redis_or_botocore(fake: FakeCivitai, tmp_path: Path) -> None:
     items = add_items(fake)
     result = run_crawl(
         fake, tmp_path / "store", "media=all", environment={"PYTHONPROFILEIMPORTTIME": "1"}, **CRAWL_SETTINGS
@@ -28,4 +30,5 @@ def test_a_crawl_does_not_import_pyarrow(fake: FakeCivitai, tmp_path: Path) -> N
     # Scrapy imports the commands themselves with importlib, which the log leaves out: what
     # they import with an import statement is in it, their reading of the store too.
     assert "civitai_spider.dataset.stored" in imported
-    assert not {name for name in imported if name.split(".")[0] in {"pyarrow", "numpy"}}
+    unneeded = {"pyarrow", "numpy", "redis", "botocore", "boto3"}
+    assert not {name for name in imported if name.split(".")[0] in unneeded}
