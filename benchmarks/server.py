@@ -3,10 +3,13 @@
 The tests' fake (``tests/support/fake_civitai.py``) favours checks and fault injection over speed: a
 thread per connection, Python's ``http.server``. Here one asyncio process answers the API
 (``/api/v1/images``, offset cursors, ``nextCursor`` and ``nextPage``) and the image CDN
-(``/images/<id>``) on one port, so that the crawler, not the server, is what gets measured.
+(``/images/<uuid>/<quality>/<id>.<ext>``, or ``/images/<id>``) on one port, so that the
+crawler, not the server, is what gets measured.
 
 Run it as ``python -m benchmarks.server KIND COUNT [--video-bytes N] [--image-latency S]
 [--page-latency S]``: it prints ``PORT <n>`` once listening.
+Items carry what this project and gallery-dl's REST path read (``user: {"username": ...}``
+among them), so that both can be measured against the same server (``benchmarks/peers.py``).
 ``GET /_counts`` answers ``{"api": pages served, "images": image requests}`` and resets them.
 
 Latency (none by default) stands in for a far CDN or a slow API: each image or page is
@@ -34,6 +37,8 @@ _API_PATH = b"/api/v1/images"
 _IMAGES_PATH = b"/images/"
 #: The items' browsingLevel, in turn by index: PG, PG13, R, X (the API's bits 1, 2, 4, 8).
 LEVELS = (1, 2, 4, 8)
+_UUID_PREFIX = "00000000-0000-4000-8000-"
+_EXTENSIONS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
 
 
 class _Catalogue:
@@ -50,8 +55,10 @@ class _Catalogue:
             self.bodies, self.content_type = make_images(kind)
             self.size = image_size(kind)
         self.kind = "video" if kind == "video" else "image"
-        self.count = count
+        self.extension = _EXTENSIONS[self.content_type]
         self.base = f"http://127.0.0.1:{port}"
+        self.images_base = f"{self.base}/images/{_UUID_PREFIX}"
+        self.count = count
         self.counts = {"api": 0, "images": 0}
         #: browsingLevel mask -> the indexes it lists, made on first use.
         self._listings: dict[int, list[int]] = {}
@@ -60,7 +67,9 @@ class _Catalogue:
         image_id = 1_000_000 + index
         return {
             "id": image_id,
-            "url": f"{self.base}/images/{image_id}",
+            # Shaped as Civitai's (``<uuid>/<quality>/<name>``): gallery-dl takes the uuid from
+            # the part before the last two and puts its own quality in place of the one here.
+            "url": f"{self.images_base}{image_id:012d}/original=true/{image_id}.{self.extension}",
             "width": self.size[0],
             "height": self.size[1],
             "nsfwLevel": "None",
@@ -86,6 +95,8 @@ class _Catalogue:
                 "Model": "boleromix_XL_V1.3",
             },
             "username": "benchmark",
+            # What gallery-dl's REST path reads (it names the folder after it): our spider keeps it.
+            "user": {"id": 4_000_001, "username": "benchmark"},
             "baseModel": "SDXL 1.0",
         }
 
@@ -168,7 +179,8 @@ class _Connection(asyncio.Protocol):
         elif path.startswith(_IMAGES_PATH):
             catalogue.counts["images"] += 1
             content_type = catalogue.content_type.encode()
-            body = catalogue.image(int(path[len(_IMAGES_PATH) :]))
+            # The id is the last part's name: ``/images/<id>``, or the items' ``.../<id>.jpeg``.
+            body = catalogue.image(int(path.rsplit(b"/", 1)[1].split(b".", 1)[0]))
             latency = self.latencies[_IMAGES_PATH]
         elif path == b"/_counts":
             body = json.dumps(catalogue.counts).encode()

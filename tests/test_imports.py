@@ -53,9 +53,10 @@ PACKAGE_LAYERS: tuple[tuple[str, ...], ...] = (
 BENCHMARK_LAYERS: tuple[tuple[str, ...], ...] = (
     # 0. The toolkit: running and measuring a crawl (and the server, probe and reference spider
     # it runs), the generated media, the common report.
-    ("__init__", "measure", "report", "server", "images", "videos", "probe", "reference_spider"),
+    ("__init__", "measure", "report", "server", "images", "videos", "probe", "reference_spider")
+    + ("gallery_dl_civitai",),
     # 1. The scenarios, each measuring one thing with the toolkit.
-    ("disk", "formats", "manifest", "scaling", "stores"),
+    ("disk", "formats", "manifest", "peers", "scaling", "stores"),
     # 2. The command line, which runs the scenarios.
     ("run",),
 )
