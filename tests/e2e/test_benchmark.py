@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import scaling
+from benchmarks import peers, scaling
 from benchmarks.measure import Server, alternated, serving
 from tests.support.crawls import REPOSITORY
 
@@ -349,3 +349,72 @@ def test_benchmark_times_whole_processes_saving_to_disk(tmp_path: Path) -> None:
     assert "| JPEG kept, 20 images, store on disk | 1 each |" in process.stdout
     assert "| PNG kept, 10 images, store on disk | 1 each |" in process.stdout
     assert not list(tmp_path.glob("civitai-benchmark-*")), "the stores on disk are removed at the end"
+
+
+def test_benchmark_runs_this_crawl_and_gallery_dl_on_the_same_server(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--scenarios", "peers", "--peers-images", str(IMAGES)]
+        + ["--peers-rounds", "1", "--peers-latency-images", str(IMAGES), "--peers-image-latency", "0.01"]
+        + [
+            "--peers-page-latency",
+            "0.05",
+            "--ids",
+            "1000",
+            "--disk-dir",
+            str(tmp_path),
+            "--json",
+            str(output),
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert process.returncode == 0, process.stderr
+
+    results = json.loads(output.read_text())["peers"]
+    fast, latency = results["series"]
+    assert (fast["images"], fast["image_latency"], latency["image_latency"]) == (IMAGES, 0.0, 0.01)
+    tools = ["civitai", "gallery-dl", "gallery-dl --write-metadata"]
+    for series in (fast, latency):
+        assert list(series["runs"]) == tools and series["incomplete"] == dict.fromkeys(tools, 0)
+        for tool, runs in series["runs"].items():
+            [run] = runs
+            # Every image asked for once and saved, as a file of its own; the metadata beside it.
+            assert run["images"] == run["saved"] == IMAGES, tool
+            assert run["metadata_files"] == (0 if tool == "gallery-dl" else IMAGES), tool
+            assert run["wall_seconds"] > 0 and run["cpu_seconds"] > 0 and run["api_pages"] == 1
+    for tool in tools:
+        [one] = fast["fixed"][tool]
+        assert one["images"] == one["saved"] == 1, tool
+    assert latency["fixed"] == {}
+    assert len(results["ratios"]) == 3 * 2 + 2 * 2  # the one-image ratios on the fast link only
+    assert all(ratio["value"] > 0 for ratio in results["ratios"])
+    assert "| fast link (loopback, no latency) | gallery-dl --write-metadata | 1 | 8 |" in process.stdout
+    assert "CPU per image (theirs / ours) |" in process.stdout and "INCOMPLETE" not in process.stdout
+    assert not list(tmp_path.glob("civitai-benchmark-*")), "the folders on disk are removed at the end"
+
+
+def test_peers_take_no_ratio_against_a_peer_that_did_not_save_every_file() -> None:
+    def run(tool: str, saved: int, metadata: int, seconds: float) -> peers.PeerRun:
+        return peers.PeerRun(tool, 100, saved, saved, metadata, 1, seconds, seconds / 2, 60.0)
+
+    series = peers.PeerSeries("fast link", 100, 0.0, 0.0)
+    series.runs = {
+        "civitai": [run("civitai", 100, 100, 2.0)],
+        "gallery-dl": [run("gallery-dl", 100, 0, 1.0)],
+        # Every image, but not every metadata file: incomplete all the same.
+        "gallery-dl --write-metadata": [run("gallery-dl --write-metadata", 100, 99, 1.0)],
+    }
+    values = {ratio.name.rsplit(": ours / ", 1)[1]: ratio.value for ratio in peers.ratios([series])}
+    assert values == {
+        "gallery-dl, images/s": 0.5,
+        "gallery-dl, CPU per image (theirs / ours)": 0.5,
+        "gallery-dl --write-metadata, images/s": None,
+        "gallery-dl --write-metadata, CPU per image (theirs / ours)": None,
+    }
+    report = "\n".join(peers.table([series]))
+    assert "| gallery-dl --write-metadata | 1 | 100 (INCOMPLETE: 1 run(s)) |" in report
+    assert "| - (the peer's runs were incomplete) | at least 1.3x |" in report
+    assert "| 0.50x | at least 1x: NOT met |" in report
