@@ -32,19 +32,14 @@ VIDEOS = 3
 
 
 def test_benchmark_runs_the_crawl_scenarios_and_reports_them(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenarios", "formats", "memory", "videos"]
+    results, report = run_benchmark(
+        tmp_path,
+        ["--scenarios", "formats", "memory", "videos"]
         + ["--images", str(IMAGES), "--memory-images", "16", "8"]
-        + ["--videos", str(VIDEOS), "--video-mb", "2", "--ids", "1000", "--json", str(output)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
+        + ["--videos", str(VIDEOS), "--video-mb", "2", "--ids", "1000"],
         timeout=300,
     )
-    assert process.returncode == 0, process.stderr
 
-    results = json.loads(output.read_text())
     runs = {(run["scenario"], run["crawler"]): run for run in results["runs"]}
     for scenario in ("JPEG kept", "PNG kept", "WebP converted"):
         for crawler in ("bare", "stock", "civitai"):
@@ -80,19 +75,24 @@ def test_benchmark_runs_the_crawl_scenarios_and_reports_them(tmp_path: Path) -> 
         "Videos: peak RSS / (videos in flight x video + JPEG crawl's peak RSS)",
     }
     assert results["machine"]["cores"] >= 1
-    assert "| JPEG kept | civitai |" in process.stdout and "ID file: 1,000 ids" in process.stdout
+    assert "| JPEG kept | civitai |" in report and "ID file: 1,000 ids" in report
 
 
 def run_store_scenario(tmp_path: Path, scenario: str, *options: str) -> tuple[dict[str, Any], str]:
     """Run one store scenario tiny; its raw results and its printed report."""
+    return run_benchmark(tmp_path, ["--scenarios", scenario, *options, "--ids", "1000"], timeout=120)
+
+
+def run_benchmark(tmp_path: Path, arguments: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+    """``python -m benchmarks.run ARGUMENTS`` as a user runs it, which must succeed; its JSON
+    results and its printed report."""
     output = tmp_path / "results.json"
     process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenarios", scenario, *options]
-        + ["--ids", "1000", "--json", str(output)],
+        [sys.executable, "-m", "benchmarks.run", *arguments, "--json", str(output)],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert process.returncode == 0, process.stderr
     return json.loads(output.read_text()), process.stdout
@@ -268,18 +268,14 @@ def test_scaling_ratios_and_report_put_each_target_beside_its_ratio() -> None:
 @pytest.mark.heavy
 @pytest.mark.skipif(bool(scaling.missing_features()), reason="; ".join(scaling.missing_features()))
 def test_benchmark_measures_workers_and_chains(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenarios", "scaling"]
-        + ["--scaling-images", "16", "--scaling-chain-pages", "2", "--ids", "1000", "--json", str(output)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
+    measured, report = run_benchmark(
+        tmp_path,
+        ["--scenarios", "scaling"]
+        + ["--scaling-images", "16", "--scaling-chain-pages", "2", "--ids", "1000"],
         timeout=180,
     )
-    assert process.returncode == 0, process.stderr
 
-    results = json.loads(output.read_text())["scaling"]
+    results = measured["scaling"]
     runs = {(run["measurement"], run["label"]): run for run in results["runs"]}
     assert list(runs) == [
         ("workers", "1 worker"),
@@ -295,22 +291,18 @@ def test_benchmark_measures_workers_and_chains(tmp_path: Path) -> None:
         run = runs["chains", f"{chains} chain{'s' if chains > 1 else ''}"]
         assert run["chains"] == chains and run["saved"] == 4 * 20 * 2 and run["api_pages"] == 8
     assert [ratio["target"] for ratio in results["ratios"]] == [None, 3.2, 3.0]
-    assert "| Scaling: 4 chains / 1 chain, API pages/s |" in process.stdout
+    assert "| Scaling: 4 chains / 1 chain, API pages/s |" in report
 
 
 def test_benchmark_measures_the_manifest_over_a_store_on_disk(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenarios", "manifest", "--manifest-records", "300"]
-        + ["--ids", "1000", "--disk-dir", str(tmp_path), "--json", str(output)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
+    measured, report = run_benchmark(
+        tmp_path,
+        ["--scenarios", "manifest", "--manifest-records", "300"]
+        + ["--ids", "1000", "--disk-dir", str(tmp_path)],
         timeout=180,
     )
-    assert process.returncode == 0, process.stderr
 
-    results = json.loads(output.read_text())["manifest"]
+    results = measured["manifest"]
     assert [(run["label"], run["records"], run["added"]) for run in results["runs"]] == [
         ("first run", 300, 300),
         ("unchanged store", 300, 0),
@@ -318,24 +310,20 @@ def test_benchmark_measures_the_manifest_over_a_store_on_disk(tmp_path: Path) ->
         ("a tenth", 30, 30),
     ]
     assert results["target_records_per_second"] == 5000 and results["peak_rss_ratio"] > 0
-    assert "| first run | 300 | 300 |" in process.stdout
-    assert "records/s over 300 records, target at least 5,000" in process.stdout
+    assert "| first run | 300 | 300 |" in report
+    assert "records/s over 300 records, target at least 5,000" in report
 
 
 def test_benchmark_times_whole_processes_saving_to_disk(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenarios", "disk", "--disk-jpeg-images", "20"]
+    measured, report = run_benchmark(
+        tmp_path,
+        ["--scenarios", "disk", "--disk-jpeg-images", "20"]
         + ["--disk-png-images", "10", "--disk-rounds", "1", "--ids", "1000"]
-        + ["--disk-dir", str(tmp_path), "--json", str(output)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
+        + ["--disk-dir", str(tmp_path)],
         timeout=180,
     )
-    assert process.returncode == 0, process.stderr
 
-    jpeg, png = json.loads(output.read_text())["disk"]
+    jpeg, png = measured["disk"]
     assert (jpeg["kind"], jpeg["images"], sorted(jpeg["runs"])) == ("jpeg", 20, ["bare", "civitai", "stock"])
     assert (png["kind"], png["images"], sorted(png["runs"])) == ("png", 10, ["bare", "civitai"])
     for series in (jpeg, png):
@@ -346,15 +334,15 @@ def test_benchmark_times_whole_processes_saving_to_disk(tmp_path: Path) -> None:
         rates = series["whole_process_images_per_second"]
         assert series["ratio_to_bare"] == rates["civitai"] / rates["bare"]
     assert jpeg["targets"] == [0.8, 6.0] and png["targets"] == [0.7, None]
-    assert "| JPEG kept, 20 images, store on disk | 1 each |" in process.stdout
-    assert "| PNG kept, 10 images, store on disk | 1 each |" in process.stdout
+    assert "| JPEG kept, 20 images, store on disk | 1 each |" in report
+    assert "| PNG kept, 10 images, store on disk | 1 each |" in report
     assert not list(tmp_path.glob("civitai-benchmark-*")), "the stores on disk are removed at the end"
 
 
 def test_benchmark_runs_this_crawl_and_gallery_dl_on_the_same_server(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--scenarios", "peers", "--peers-images", str(IMAGES)]
+    measured, report = run_benchmark(
+        tmp_path,
+        ["--scenarios", "peers", "--peers-images", str(IMAGES)]
         + ["--peers-rounds", "1", "--peers-latency-images", str(IMAGES), "--peers-image-latency", "0.01"]
         + [
             "--peers-page-latency",
@@ -363,17 +351,11 @@ def test_benchmark_runs_this_crawl_and_gallery_dl_on_the_same_server(tmp_path: P
             "1000",
             "--disk-dir",
             str(tmp_path),
-            "--json",
-            str(output),
         ],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
-    assert process.returncode == 0, process.stderr
 
-    results = json.loads(output.read_text())["peers"]
+    results = measured["peers"]
     fast, latency = results["series"]
     assert (fast["images"], fast["image_latency"], latency["image_latency"]) == (IMAGES, 0.0, 0.01)
     tools = ["civitai", "gallery-dl", "gallery-dl --write-metadata"]
@@ -391,8 +373,8 @@ def test_benchmark_runs_this_crawl_and_gallery_dl_on_the_same_server(tmp_path: P
     assert latency["fixed"] == {}
     assert len(results["ratios"]) == 3 * 2 + 2 * 2  # the one-image ratios on the fast link only
     assert all(ratio["value"] > 0 for ratio in results["ratios"])
-    assert "| fast link (loopback, no latency) | gallery-dl --write-metadata | 1 | 8 |" in process.stdout
-    assert "CPU per image (theirs / ours) |" in process.stdout and "INCOMPLETE" not in process.stdout
+    assert "| fast link (loopback, no latency) | gallery-dl --write-metadata | 1 | 8 |" in report
+    assert "CPU per image (theirs / ours) |" in report and "INCOMPLETE" not in report
     assert not list(tmp_path.glob("civitai-benchmark-*")), "the folders on disk are removed at the end"
 
 
