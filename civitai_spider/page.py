@@ -29,6 +29,7 @@ import scrapy
 from scrapy.exceptions import CloseSpider
 from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.defer import deferred_from_coro
 
 from civitai_spider import api, outcomes
 from civitai_spider.chains import CAUGHT_UP, END_OF_LISTING, MAX_PAGES
@@ -322,14 +323,22 @@ def stop_for_api_error(reason: str, url: str, status: int | None = None) -> NoRe
     raise CloseSpider(api.log_failure(reason, url, status))
 
 
-def failure_reason(failure: Failure) -> tuple[str, int | None]:
-    """Why a page request failed for good, and its HTTP status if it had an answer (an errback's Failure)."""
+def end_for_failure(crawler: Crawler, failure: Failure) -> None:
+    """End the crawl for a page request that failed for good (an errback's ``failure``): one
+    ERROR line with the reason, then ``api_error`` (or ``region_blocked``)."""
     if failure.check(HttpError):
         assert isinstance(failure.value, HttpError)
         response = failure.value.response
-        return f"HTTP {response.status}: {api.server_error_message(response)}", response.status
-    assert failure.value is not None  # a Failure always holds its exception
-    return outcomes.describe_error(failure.value), None
+        reason, status = f"HTTP {response.status}: {api.server_error_message(response)}", response.status
+    else:
+        assert failure.value is not None  # a Failure always holds its exception
+        reason, status = outcomes.describe_error(failure.value), None
+    # Scrapy sets request on the Failure it passes to an errback; Twisted's class lacks it.
+    url = failure.request.url  # type: ignore[attr-defined]
+    # CloseSpider raised from an errback would make Scrapy log the download error as a second
+    # ERROR ("Error downloading"). Close as CloseSpider would: what is in flight finishes,
+    # nothing new starts.
+    deferred_from_coro(crawler.engine.close_spider_async(reason=api.log_failure(reason, url, status)))
 
 
 def _page_of(response: Response) -> tuple[list[Any], dict[str, Any]]:

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import scrapy
 from scrapy.exceptions import CloseSpider
-from scrapy.utils.defer import deferred_from_coro
 
-from civitai_spider import api, outcomes
+from civitai_spider import outcomes
 from civitai_spider.items import CivitaiImage
-from civitai_spider.page import Interrupted, PageReader, failure_reason, log_cursor_loop
+from civitai_spider.page import Interrupted, PageReader, end_for_failure, log_cursor_loop
 from civitai_spider.shared_crawl.crawl import SharedCrawl
 from civitai_spider.shared_crawl.worker import Worker
 
@@ -121,10 +120,5 @@ class SharedPages:
     def failed(self, failure: Failure) -> None:
         """A page request that failed for good ends the crawl (``api_error``); its page stays queued."""
         # Scrapy sets request on the Failure it passes to an errback; Twisted's class lacks it.
-        request = failure.request  # type: ignore[attr-defined]
-        self.worker.page_done(request.meta[_PAGE_MESSAGE_META_KEY])
-        reason, status = failure_reason(failure)
-        # CloseSpider raised from an errback would make Scrapy log the download error as a
-        # second ERROR: close as CloseSpider would, what is in flight finishes.
-        finish_reason = api.log_failure(reason, request.url, status)
-        deferred_from_coro(self.worker.crawler.engine.close_spider_async(reason=finish_reason))
+        self.worker.page_done(failure.request.meta[_PAGE_MESSAGE_META_KEY])  # type: ignore[attr-defined]
+        end_for_failure(self.worker.crawler, failure)

@@ -28,12 +28,12 @@ from scrapy.http import Response
 from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
-from civitai_spider import api, job, outcomes, preflight
+from civitai_spider import job, outcomes, preflight
 from civitai_spider.api import API_DOWNLOAD_SLOT
 from civitai_spider.chains import Chain, ListedPage, crawl_end
 from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage
-from civitai_spider.page import Interrupted, PageReader, failure_reason, in_chain, log_cursor_loop
+from civitai_spider.page import Interrupted, PageReader, end_for_failure, in_chain, log_cursor_loop
 from civitai_spider.query import ARGUMENTS, parse_arguments
 
 if TYPE_CHECKING:
@@ -299,13 +299,7 @@ class CivitaiSpider(scrapy.Spider):
     def api_failed(self, failure: Failure) -> None:
         """A page request that failed for good ends the crawl (``api_error``)."""
         self._pages_in_flight -= 1
-        reason, status = failure_reason(failure)
-        # CloseSpider raised from an errback would make Scrapy log the download error as a
-        # second ERROR ("Error downloading"). Close as CloseSpider would: what is in flight
-        # finishes, nothing new starts.
-        # Scrapy sets request on the Failure it passes to an errback; Twisted's class lacks it.
-        finish_reason = api.log_failure(reason, failure.request.url, status)  # type: ignore[attr-defined]
-        deferred_from_coro(self.crawler.engine.close_spider_async(reason=finish_reason))
+        end_for_failure(self.crawler, failure)
 
 
 def _drop_queued_requests(scheduler: BaseScheduler) -> int:

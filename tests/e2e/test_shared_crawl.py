@@ -341,6 +341,26 @@ def test_the_same_arguments_after_the_crawl_is_done_start_a_new_walk(
     assert (stats["dropped/already_downloaded"], stats["saved"], stats["items_seen"]) == (len(items), 5, 65)
 
 
+def test_a_page_that_fails_for_good_ends_the_worker_with_api_error_and_stays_queued(
+    server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path
+) -> None:
+    items = add_items(server, 100)
+    server.inject_page(None, Fault.status(400))  # the first page a worker asks: not retried
+    first = Workers(server, store, redis_url, tmp_path / "first")
+    first.start()
+    [failed] = first.wait()
+
+    assert (failed.returncode, failed.finish_reason) == (1, "api_error"), failed.stderr[-3000:]
+    errors = [line for line in failed.stderr.splitlines() if " ERROR: " in line]
+    assert len(errors) == 1 and "The API request failed, stopping the crawl: HTTP 400" in errors[0]
+    # The page was not handed on: the next worker asks it again, and the crawl ends whole.
+    second = Workers(server, store, redis_url, tmp_path / "second")
+    second.start()
+    [finished] = second.wait()
+    assert (finished.returncode, finished.finish_reason) == (0, "finished"), finished.stderr[-3000:]
+    check_everything_saved_once(server, store, redis_url, items)
+
+
 def test_what_a_stopped_worker_did_not_start_is_taken_over_at_once_by_a_live_one(
     server: FakeCivitai, store: Path, redis_url: str, tmp_path: Path
 ) -> None:
