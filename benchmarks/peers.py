@@ -1,13 +1,16 @@
 """The peers scenario: this project against gallery-dl, whole processes, on the same server and disk.
 
 Against one benchmark server (``benchmarks/server.py``) of ``--peers-images`` JPEGs of ~490 KB,
-three tools run alternately, ``--peers-rounds`` times each, every run a whole process timed from
+the tools run alternately, ``--peers-rounds`` times each, every run a whole process timed from
 its start to its exit and saving to a new folder on ``--disk-dir``:
 
 - ``scrapy crawl civitai``, run as every scenario runs it (``benchmarks/measure.py``);
 - gallery-dl (PyPI) on its REST API path, its civitai root pointed at the server by
   ``benchmarks/gallery_dl_civitai.py``, every sleep at 0, without and with ``--write-metadata``
-  (this project writes each item's metadata beside its image: the second is the same work).
+  (this project writes each item's metadata beside its image: the second is the same work);
+- on the fast link, bare Scrapy (``benchmarks/reference_spider.py``, as the formats scenario runs
+  it): it downloads every image and discards it, writing nothing. Its CPU per image is what any
+  crawl built on Scrapy's downloader pays at least, the bound of ours against gallery-dl.
 
 Each run's CPU and peak RSS come from ``wait4``; its images/s is images saved per second of
 wall time. The files each tool left are counted: a gallery-dl run that did not save every
@@ -40,7 +43,10 @@ KIND = "jpeg"  # 1024x1536, ~490 KB: the issue's images
 OURS = "civitai"
 GALLERY_DL = "gallery-dl"
 GALLERY_DL_METADATA = "gallery-dl --write-metadata"
-TOOLS = (OURS, GALLERY_DL, GALLERY_DL_METADATA)
+BARE = "bare Scrapy (discards)"
+#: Every tool of a series on the fast link; with latency, bare Scrapy has nothing to show.
+TOOLS = (OURS, GALLERY_DL, GALLERY_DL_METADATA, BARE)
+PEERS = (GALLERY_DL, GALLERY_DL_METADATA)
 #: The least CPU ratio asked for (theirs per image / ours per image), by peer: issue 25, target 1.
 CPU_TARGETS: dict[str, float] = {GALLERY_DL: 1.0, GALLERY_DL_METADATA: 1.3}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".mp4")
@@ -55,7 +61,7 @@ class PeerRun:
     tool: str
     expected: int  # images it was to save (and as many metadata files, but for plain gallery-dl)
     images: int  # image requests the server answered
-    saved: int  # image files the tool left in its folder
+    saved: int  # image files the tool left in its folder (bare Scrapy: images it downloaded)
     metadata_files: int  # .json files beside them
     api_pages: int
     wall_seconds: float
@@ -65,7 +71,7 @@ class PeerRun:
     @property
     def complete(self) -> bool:
         """Whether it left every image it was to save, and every metadata file."""
-        metadata = 0 if self.tool == GALLERY_DL else self.expected
+        metadata = 0 if self.tool in (GALLERY_DL, BARE) else self.expected
         return self.saved == self.expected and self.metadata_files >= metadata
 
     @property
@@ -89,6 +95,12 @@ class PeerSeries:
     file_system: str = "unknown"  # of the folders the tools saved to
     runs: dict[str, list[PeerRun]] = field(default_factory=dict)
     fixed: dict[str, list[PeerRun]] = field(default_factory=dict)
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        """The tools it runs: bare Scrapy on the fast link only (with latency, what it costs a crawl
+        that writes nothing tells nothing more)."""
+        return TOOLS if not self.image_latency and not self.page_latency else TOOLS[:-1]
 
     def incomplete(self, tool: str) -> list[PeerRun]:
         """The runs of ``tool`` (one-image runs too) that did not leave every file they were to."""
@@ -130,12 +142,13 @@ def measure(
         with serving(
             KIND, measured.images, image_latency=measured.image_latency, page_latency=measured.page_latency
         ) as server:
-            measured.runs = _run_tools(server, measured.images, rounds, work, disk, f"peers-{index}")
+            tools = measured.tools
+            measured.runs = _run_tools(server, tools, measured.images, rounds, work, disk, f"peers-{index}")
         if not measured.image_latency and not measured.page_latency:
             print(f"Peers: one-image runs, {rounds} round(s)...", file=sys.stderr, flush=True)
             with serving(KIND, 1) as server:
-                measured.fixed = _run_tools(server, 1, rounds, work, disk, "peers-fixed")
-        for tool in TOOLS:
+                measured.fixed = _run_tools(server, tools, 1, rounds, work, disk, "peers-fixed")
+        for tool in measured.runs:
             for run in measured.incomplete(tool):
                 print(
                     f"Peers, {measured.label}: {tool} saved {run.saved} images and "
@@ -146,18 +159,21 @@ def measure(
 
 
 def _run_tools(
-    server: Server, images: int, rounds: int, work: Path, disk: Path, prefix: str
+    server: Server, tools: tuple[str, ...], images: int, rounds: int, work: Path, disk: Path, prefix: str
 ) -> dict[str, list[PeerRun]]:
-    runs: dict[str, list[PeerRun]] = {tool: [] for tool in TOOLS}
-    for number, tool in alternated(rounds, *TOOLS):
-        name = f"{prefix}-{tool.replace(' --', '-')}-{number}"
+    runs: dict[str, list[PeerRun]] = {tool: [] for tool in tools}
+    for number, tool in alternated(rounds, *tools):
+        name = f"{prefix}-{tool.split(' (')[0].replace(' --', '-').replace(' ', '-')}-{number}"
         store = disk / name
-        if tool == OURS:
-            run = crawl(server, "peers", OURS, work, store, name=name)
-            check_saved(run, images)  # ours must not fail: that is what the other scenarios check
-            saved, metadata = _count(store)
+        if tool in (OURS, BARE):
+            run = crawl(server, "peers", OURS if tool == OURS else "bare", work, store, name=name)
+            if tool == OURS:
+                check_saved(run, images)  # ours must not fail: that is what the other scenarios check
+                saved, metadata = _count(store)
+            else:
+                saved, metadata = run.images, 0
             measured = PeerRun(
-                OURS,
+                tool,
                 images,
                 run.images,
                 saved,
@@ -240,10 +256,12 @@ def _count(store: Path) -> tuple[int, int]:
 
 def ratios(series: list[PeerSeries]) -> list[Ratio]:
     """Ours against each gallery-dl, per series: images/s (ours / theirs), CPU per image (theirs /
-    ours: above 1, ours spends less) and, where measured, the one-image run's time (ours / theirs)."""
+    ours: above 1, ours spends less) and, where measured, the one-image run's time (ours / theirs).
+    Then, where bare Scrapy ran, the same CPU ratio for it (the most any crawl on Scrapy's
+    downloader can reach) and ours against it."""
     found = []
     for measured in series:
-        for peer in (GALLERY_DL, GALLERY_DL_METADATA):
+        for peer in PEERS:
             complete = not measured.incomplete(peer)
             name = f"Peers, {measured.label}: ours / {peer}"
             rate = measured.median(OURS, "images_per_second") / measured.median(peer, "images_per_second")
@@ -256,6 +274,16 @@ def ratios(series: list[PeerSeries]) -> list[Ratio]:
                 found.append(
                     Ratio(f"{name}, one-image run seconds (ours / theirs)", ours_fixed / theirs_fixed, None)
                 )
+        if BARE not in measured.runs or measured.incomplete(BARE):
+            continue
+        bare = measured.median(BARE, "cpu_per_thousand")
+        for peer in PEERS:
+            cpu = measured.median(peer, "cpu_per_thousand") / bare
+            name = f"Peers, {measured.label}: {BARE} / {peer}, CPU per image (theirs / bare)"
+            found.append(Ratio(name, cpu if not measured.incomplete(peer) else None, None))
+        ours = bare / measured.median(OURS, "cpu_per_thousand")
+        name = f"Peers, {measured.label}: ours / {BARE}, CPU per image (bare / ours)"
+        found.append(Ratio(name, ours, None))
     return found
 
 
@@ -267,8 +295,7 @@ def table(series: list[PeerSeries]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for measured in series:
-        for tool in TOOLS:
-            runs = measured.runs[tool]
+        for tool, runs in measured.runs.items():
             fixed = measured.fixed_seconds(tool)
             incomplete = measured.incomplete(tool)
             saved = f"{min(run.saved for run in runs)}" + (
@@ -307,7 +334,7 @@ def raw(series: list[PeerSeries]) -> dict[str, object]:
                 "image_latency": measured.image_latency,
                 "page_latency": measured.page_latency,
                 "file_system": measured.file_system,
-                "incomplete": {tool: len(measured.incomplete(tool)) for tool in TOOLS},
+                "incomplete": {tool: len(measured.incomplete(tool)) for tool in measured.runs},
                 "runs": {tool: [_raw_run(run) for run in runs] for tool, runs in measured.runs.items()},
                 "fixed": {tool: [_raw_run(run) for run in runs] for tool, runs in measured.fixed.items()},
             }

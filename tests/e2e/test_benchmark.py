@@ -359,20 +359,32 @@ def test_benchmark_runs_this_crawl_and_gallery_dl_on_the_same_server(tmp_path: P
     fast, latency = results["series"]
     assert (fast["images"], fast["image_latency"], latency["image_latency"]) == (IMAGES, 0.0, 0.01)
     tools = ["civitai", "gallery-dl", "gallery-dl --write-metadata"]
-    for series in (fast, latency):
-        assert list(series["runs"]) == tools and series["incomplete"] == dict.fromkeys(tools, 0)
+    bare = "bare Scrapy (discards)"
+    # Bare Scrapy, the bound of any crawl on Scrapy's downloader, on the fast link only.
+    for series, its_tools in ((fast, [*tools, bare]), (latency, tools)):
+        assert list(series["runs"]) == its_tools and series["incomplete"] == dict.fromkeys(its_tools, 0)
         for tool, runs in series["runs"].items():
             [run] = runs
             # Every image asked for once and saved, as a file of its own; the metadata beside it.
+            # (Bare Scrapy's "saved" are the images it downloaded and threw away.)
             assert run["images"] == run["saved"] == IMAGES, tool
-            assert run["metadata_files"] == (0 if tool == "gallery-dl" else IMAGES), tool
+            assert run["metadata_files"] == (0 if tool in ("gallery-dl", bare) else IMAGES), tool
             assert run["wall_seconds"] > 0 and run["cpu_seconds"] > 0 and run["api_pages"] == 1
-    for tool in tools:
+    for tool in [*tools, bare]:
         [one] = fast["fixed"][tool]
         assert one["images"] == one["saved"] == 1, tool
     assert latency["fixed"] == {}
-    assert len(results["ratios"]) == 3 * 2 + 2 * 2  # the one-image ratios on the fast link only
+    # Ours against each gallery-dl (the one-image ratios on the fast link only), then bare Scrapy
+    # against each gallery-dl and ours against bare Scrapy, on the fast link.
+    assert len(results["ratios"]) == 3 * 2 + 2 * 2 + 3
     assert all(ratio["value"] > 0 for ratio in results["ratios"])
+    bare_names = [ratio["name"] for ratio in results["ratios"] if bare in ratio["name"]]
+    assert bare_names == [
+        f"Peers, fast link (loopback, no latency): {bare} / gallery-dl, CPU per image (theirs / bare)",
+        f"Peers, fast link (loopback, no latency): {bare} / gallery-dl --write-metadata, "
+        "CPU per image (theirs / bare)",
+        f"Peers, fast link (loopback, no latency): ours / {bare}, CPU per image (bare / ours)",
+    ]
     assert "| fast link (loopback, no latency) | gallery-dl --write-metadata | 1 | 8 |" in report
     assert "CPU per image (theirs / ours) |" in report and "INCOMPLETE" not in report
     assert not list(tmp_path.glob("civitai-benchmark-*")), "the folders on disk are removed at the end"
