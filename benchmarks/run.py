@@ -22,10 +22,10 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
   (``split=browsing_level``) against one chain, the API at 1 s per page.
 - the disk (``benchmarks/disk.py``): bare Scrapy, the stock pipeline and our crawl, whole
   processes, alternately, saving JPEGs and PNGs to ``--disk-dir`` and keeping them.
-- the peers (``benchmarks/peers.py``): ``scrapy crawl civitai`` against gallery-dl (PyPI, its REST
-  API, no sleeps, without and with ``--write-metadata``), whole processes, alternately, on one
-  server and ``--disk-dir``: images/s, CPU per 1,000 images, a one-image run's time, and their
-  ratios; then the same against a server with per-image and per-page latency.
+- the peers (``benchmarks/peers.py``): ``scrapy crawl civitai`` and bare Scrapy against
+  gallery-dl (PyPI, its REST API, no sleeps, without and with ``--write-metadata``), whole
+  processes, alternately, on one server and ``--disk-dir``: images/s, CPU per 1,000 images, a
+  one-image run's time, and their ratios; then the same against a server with per-image and per-page latency.
 - the datasets (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` and ``civitai-export``
   over a folder store of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole
   process.
