@@ -1,7 +1,8 @@
 """Decide whether downloaded bytes are a whole video, and the extension to save it under.
 
-Pure functions of the bytes (no Scrapy, no files, no decoder), run in a worker thread by
-the pipeline. A structural check, as for JPEG and PNG in ``imaging``: a video cut short
+Functions of the bytes (no Scrapy, no decoder), run in a worker thread by the pipeline, on
+the file a video was downloaded to (:func:`check_video_file`) or on bytes in memory
+(:func:`check_video`). A structural check, as for JPEG and PNG in ``imaging``: a video cut short
 or followed by an error page is refused, without decoding a frame.
 
 - MP4 (ISO-BMFF, first box ``ftyp``): the top-level box sizes add up to the file length
@@ -14,10 +15,16 @@ or followed by an error page is refused, without decoding a frame.
   ends where the next child of the Segment starts (a Cluster, Cues...), and its blocks must
   fit. A live file cut between two blocks looks whole; one cut inside a block is refused.
 - Bodies are up to 1 GiB: nothing is copied; headers are read a few bytes at a time,
-  and the work is proportional to the number of boxes or elements, not of bytes.
+  and the work is proportional to the number of boxes or elements, not of bytes. A file is
+  read with ``pread``, a window of :data:`_WINDOW` bytes at a time, never mapped: mapped
+  pages that the walk touches would count in the crawl's peak RSS, and the walk skips
+  ``mdat`` and the frames without reading them.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Protocol, SupportsIndex, overload
 
 _EBML = 0x1A45DFA3
 _DOC_TYPE = 0x4282
@@ -54,15 +61,80 @@ _ENDS_A_CLUSTER = _LEVEL_1.keys() - {_VOID, _CRC32}
 _EXTENSIONS = {"webm": "webm", "matroska": "mkv"}
 
 
+#: Bytes a file's walk reads at once: the headers of a Cluster's blocks are often a few
+#: kilobytes apart, and one read then serves many of them.
+_WINDOW = 64 * 1024
+
+
 class VideoRejected(Exception):
     """The bytes cannot be stored as a video; the message is the reason."""
+
+
+class _Bytes(Protocol):
+    """What the walk needs of the bytes: their length, a byte, a slice."""
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, key: SupportsIndex, /) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice, /) -> bytes | memoryview: ...
+
+
+class _FileBytes:
+    """A file's bytes, read as the walk asks for them (``pread``, a window at a time)."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor = descriptor
+        self._size = os.fstat(descriptor).st_size
+        self._window, self._window_start = b"", 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, key: SupportsIndex, /) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice, /) -> bytes: ...
+
+    def __getitem__(self, key: SupportsIndex | slice, /) -> int | bytes:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self._size)
+            return self._read(start, stop)
+        index = key.__index__()
+        if not 0 <= index < self._size:
+            raise IndexError(index)
+        return self._read(index, index + 1)[0]
+
+    def _read(self, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        offset = start - self._window_start
+        if offset < 0 or stop - self._window_start > len(self._window):
+            self._window = os.pread(self._descriptor, max(stop - start, _WINDOW), start)
+            self._window_start, offset = start, 0
+        return self._window[offset : offset + stop - start]
+
+
+def check_video_file(path: str | os.PathLike[str]) -> str:
+    """:func:`check_video` of the bytes of the file at ``path``, read as the walk needs them."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return _check(_FileBytes(descriptor))
+    finally:
+        os.close(descriptor)
 
 
 def check_video(body: bytes | memoryview) -> str:
     """Return the extension to save ``body`` under ("mp4", "webm" or "mkv"), or raise
     :class:`VideoRejected` with the reason."""
-    view = memoryview(body).cast("B")  # slices of a view are views: no copy of the body
-    if not view:
+    return _check(memoryview(body).cast("B"))  # slices of a view are views: no copy of the body
+
+
+def _check(view: _Bytes) -> str:
+    if not len(view):
         raise VideoRejected("empty body")
     if view[4:8] == b"ftyp":
         _check_mp4(view)
@@ -92,7 +164,7 @@ def _check_fits(name: str, offset: int, stop: int, limit: int, end: int) -> None
 # --- MP4 -------------------------------------------------------------------------------
 
 
-def _check_mp4(view: memoryview) -> None:
+def _check_mp4(view: _Bytes) -> None:
     end = len(view)
     offset = 0
     kinds: set[bytes] = set()
@@ -135,7 +207,7 @@ def _check_mp4(view: memoryview) -> None:
 # --- WebM and Matroska -----------------------------------------------------------------
 
 
-def _check_matroska(view: memoryview) -> str:
+def _check_matroska(view: _Bytes) -> str:
     end = len(view)
     _, size, data = _element(view, 0, end)
     if size is None:
@@ -159,7 +231,7 @@ def _check_matroska(view: memoryview) -> str:
     return _EXTENSIONS[doc_type]
 
 
-def _doc_type(view: memoryview, offset: int, stop: int) -> str:
+def _doc_type(view: _Bytes, offset: int, stop: int) -> str:
     while offset < stop:
         ident, size, data = _element(view, offset, stop)
         if size is None:
@@ -172,7 +244,7 @@ def _doc_type(view: memoryview, offset: int, stop: int) -> str:
     raise VideoRejected("EBML header without a DocType")
 
 
-def _check_segment(view: memoryview, offset: int, stop: int) -> None:
+def _check_segment(view: _Bytes, offset: int, stop: int) -> None:
     seen: set[int] = set()
     while offset < stop:
         ident, size, data = _element(view, offset, stop)
@@ -194,7 +266,7 @@ def _check_segment(view: memoryview, offset: int, stop: int) -> None:
             raise VideoRejected(f"no {_name(needed)} in the Segment: no video data")
 
 
-def _check_cluster(view: memoryview, offset: int, stop: int, *, unknown_size: bool) -> int:
+def _check_cluster(view: _Bytes, offset: int, stop: int, *, unknown_size: bool) -> int:
     """Walk a Cluster's children from ``offset`` to at most ``stop``; return where it ends."""
     while offset < stop:
         ident, size, data = _element(view, offset, stop)
@@ -207,7 +279,7 @@ def _check_cluster(view: memoryview, offset: int, stop: int, *, unknown_size: bo
     return offset
 
 
-def _element(view: memoryview, offset: int, stop: int) -> tuple[int, int | None, int]:
+def _element(view: _Bytes, offset: int, stop: int) -> tuple[int, int | None, int]:
     """The ID, the size (None if unknown) and the data offset of the element at ``offset``."""
     id_length = _vint_length(view, offset, stop, 4)
     size_offset = offset + id_length
@@ -221,7 +293,7 @@ def _element(view: memoryview, offset: int, stop: int) -> tuple[int, int | None,
     return ident, None if size == all_ones else size, data
 
 
-def _vint_length(view: memoryview, offset: int, stop: int, longest: int) -> int:
+def _vint_length(view: _Bytes, offset: int, stop: int, longest: int) -> int:
     """The length of the EBML variable-length integer at ``offset``: 1xxxxxxx is one byte,
     01xxxxxx xxxxxxxx two, and so on."""
     if offset >= stop:

@@ -1,4 +1,8 @@
-"""Tests of :func:`civitai_spider.video.check_video`: a whole MP4, WebM or Matroska, or refused."""
+"""Tests of :func:`civitai_spider.video.check_video`: a whole MP4, WebM or Matroska, or refused.
+
+Every check is made twice, on the bytes and on a file of them (:func:`check_video_file`, what a
+crawl checks: the file a video was downloaded to), and must answer the same.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import io
 import json
 import random
 import re
+import tempfile
 import tracemalloc
 from collections.abc import Callable
 
@@ -13,7 +18,7 @@ import av
 import pytest
 
 from civitai_spider import video
-from civitai_spider.video import VideoRejected, check_video
+from civitai_spider.video import VideoRejected, check_video, check_video_file
 from tests.support import images, videos
 from tests.support.videos import (
     CLUSTER,
@@ -41,9 +46,32 @@ REAL: dict[str, tuple[Callable[[], bytes], str]] = {
 KNOWN_SIZES = ["mp4-h264", "webm-vp8", "webm-vp9", "mkv-h264"]
 
 
+def checked(body: bytes | memoryview) -> str:
+    """``check_video(body)``, once the file of ``body`` was checked to give the same answer."""
+    in_memory, on_disk = _outcome(check_video, body), _outcome(_check_as_a_file, body)
+    assert on_disk == in_memory
+    if in_memory[0] == "refused":
+        raise VideoRejected(in_memory[1])
+    return in_memory[1]
+
+
+def _check_as_a_file(body: bytes | memoryview) -> str:
+    with tempfile.NamedTemporaryFile() as file:
+        file.write(body)
+        file.flush()
+        return check_video_file(file.name)
+
+
+def _outcome(check: Callable[[bytes | memoryview], str], body: bytes | memoryview) -> tuple[str, str]:
+    try:
+        return "accepted", check(body)
+    except VideoRejected as error:
+        return "refused", str(error)
+
+
 def reason(body: bytes | memoryview) -> str:
     with pytest.raises(VideoRejected) as raised:
-        check_video(body)
+        checked(body)
     return str(raised.value)
 
 
@@ -64,7 +92,7 @@ A_CLUSTER = ebml(CLUSTER, ebml(TIMESTAMP, b"\x00") + ebml(SIMPLE_BLOCK, b"\x81\x
 @pytest.mark.parametrize("name", REAL)
 def test_real_videos_are_accepted_with_their_extension(name: str) -> None:
     make, extension = REAL[name]
-    assert check_video(make()) == extension
+    assert checked(make()) == extension
     assert check_video(memoryview(make())) == extension
 
 
@@ -116,7 +144,7 @@ def test_the_live_webm_has_a_segment_and_clusters_of_unknown_size() -> None:
     ],
 )
 def test_hand_built_structures_are_accepted(body: bytes) -> None:
-    assert check_video(body) in ("mp4", "webm")
+    assert checked(body) in ("mp4", "webm")
 
 
 @pytest.mark.parametrize("largesize", [False, True])
@@ -157,7 +185,7 @@ def test_a_fragmented_mp4_cut_after_a_fragment_looks_whole() -> None:
 
 def _accepted(body: memoryview) -> bool:
     try:
-        check_video(body)
+        checked(body)
     except VideoRejected:
         return False
     return True
