@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -138,8 +139,22 @@ def _create_temporary(path: str | Path) -> tuple[int, str]:
             continue
 
 
+def create_temporary(path: str | Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path`` (not there yet), opened for writing: its
+    descriptor and name.
+
+    For a file written bit by bit (a video as it downloads) and then renamed to ``path`` or
+    elsewhere in the folder; a ``kill -9`` meanwhile leaves a leftover that
+    :func:`remove_temporary_files` removes at the next start. The caller closes the descriptor
+    and removes the file if it is not renamed.
+    """
+    return _create_temporary(path)
+
+
 def copy_atomically(source: Path, target: Path, *, sync: bool = True) -> None:
-    write_atomically(target, source.read_bytes(), sync=sync)
+    # A megabyte at a time: the source may be a video of a gigabyte.
+    with open(source, "rb") as reader, writing_atomically(target, sync=sync) as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def sync_file_system(directory: Path) -> None:

@@ -65,7 +65,8 @@ CIVITAI_CAPTION_RAW = False
 # run adds parts of at most this many rows, and a killed run redoes at most one part.
 CIVITAI_MANIFEST_PART_ROWS = 100_000
 # error_log.txt and DecompressionBombWarning_log.txt: in IMAGES_STORE when it is a folder,
-# else in this local folder.
+# else in this local folder, where each video is also written as it downloads (a temporary
+# file), then uploaded to the bucket and removed.
 CIVITAI_LOG_DIR = "civitai-logs"
 # JPEG quality for images that must be converted (WebP, GIF, CMYK JPEG...). JPEG and
 # PNG originals are kept byte for byte and never re-encoded.
@@ -104,8 +105,9 @@ CIVITAI_IMAGE_THREADS = -1
 # 3 MB PNG is held two or three times meanwhile), the load on the image CDN and how many more
 # a stop saves (CLOSESPIDER_ITEMCOUNT=N saves at most N + this).
 CIVITAI_IMAGES_IN_FLIGHT = 32
-# Videos between request and recorded id at once, apart from images. A video is held whole
-# in memory until it is written: peak memory grows by this times the largest video.
+# Videos between request and recorded id at once, apart from images. A video is written to a
+# temporary file as it arrives (in IMAGES_STORE, or CIVITAI_LOG_DIR for a bucket), never held in
+# memory: that folder needs room for this times the largest video.
 CIVITAI_VIDEOS_IN_FLIGHT = 2
 # A video larger than this many bytes fails (Scrapy's download_maxsize for video requests:
 # cancelled from its Content-Length, or once that many bytes came). Default 1 GiB.
@@ -147,6 +149,13 @@ DOWNLOADER_MIDDLEWARES = {
     # Last before the network, so the key is on the wire only: not in the retry and
     # redirect copies, the HTTP cache or a JOBDIR queue.
     "civitai_spider.middlewares.api_key.ApiKeyMiddleware": 950,
+}
+# Scrapy's HTTP/1.1 handler, except that a video's body is written to a temporary file as it
+# arrives instead of being held in memory (civitai_spider/download_handler.py): memory stays flat
+# whatever the size of the videos.
+DOWNLOAD_HANDLERS = {
+    "http": "civitai_spider.download_handler.SpoolingDownloadHandler",
+    "https": "civitai_spider.download_handler.SpoolingDownloadHandler",
 }
 SPIDER_MIDDLEWARES = {
     # Asks the id store about a whole API page at once (one Redis round trip per page).

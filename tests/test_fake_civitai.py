@@ -6,8 +6,10 @@ a bug in the spider (or hidden by it).
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import random
 import socket
 import time
 import urllib.error
@@ -304,6 +306,48 @@ def test_short_body_sends_less_than_its_content_length(server: FakeCivitai) -> N
     head, _, received = raw_get(url.hostname or "", url.port or 0, url.path).partition(b"\r\n\r\n")
     assert f"Content-Length: {len(body)}".encode() in head
     assert received == body[: len(body) // 2]
+
+
+def test_chunked_cdn_answers_without_a_content_length(server: FakeCivitai) -> None:
+    body = random.Random(3).randbytes(200_000)  # several chunks of 64 KB
+    url = urlsplit(server.add_image_item(body)["url"])
+    server.chunked_cdn = True
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=5)
+    try:
+        connection.request("GET", url.path)
+        response = connection.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        assert response.getheader("Content-Length") is None
+        assert response.read() == body
+    finally:
+        connection.close()
+
+    server.inject(url.path, Fault.short_body())
+    head, _, received = raw_get(url.hostname or "", url.port or 0, url.path).partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
+    decoded = b""
+    while received:  # half the body in whole chunks, and no last chunk (0 CRLF CRLF)
+        size_line, _, received = received.partition(b"\r\n")
+        size = int(size_line, 16)
+        assert size > 0
+        decoded, received = decoded + received[:size], received[size + 2 :]
+    assert decoded == body[: len(body) // 2]
+
+
+def test_a_stall_sends_half_the_body_waits_then_the_rest(server: FakeCivitai) -> None:
+    body = images.jpeg_rgb()
+    url = urlsplit(server.add_image_item(body)["url"])
+    server.inject(url.path, Fault.stall(0.3))
+    with socket.create_connection((url.hostname or "", url.port or 0), timeout=5) as connection:
+        connection.sendall(f"GET {url.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < len(body) // 2:
+            received += connection.recv(65536)
+        first_half_at = time.monotonic()
+        while len(received.partition(b"\r\n\r\n")[2]) < len(body):
+            received += connection.recv(65536)
+        assert time.monotonic() - first_half_at >= 0.25
+    assert received.partition(b"\r\n\r\n")[2] == body
 
 
 def test_reset_slow_and_redirect(server: FakeCivitai) -> None:

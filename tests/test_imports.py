@@ -33,9 +33,9 @@ PACKAGE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("extensions",),
     # 2. Where a crawl keeps its files and ids: folder, S3, id file, Redis, and their failures.
     ("stores",),
-    # 3. What is checked before a crawl (every component's settings), and the downloader
-    # middlewares (the id lookup asks the id store).
-    ("setting_rules", "middlewares"),
+    # 3. What is checked before a crawl (every component's settings), the downloader
+    # middlewares (the id lookup asks the id store) and the download handler.
+    ("setting_rules", "middlewares", "download_handler"),
     # 4. What the crawl does with a page and an item: reading a page, asking the API before
     # the first, the item pipelines.
     ("page", "preflight", "pipelines"),

@@ -9,7 +9,10 @@ has no notion of video. Here the bytes decide:
   ``CIVITAI_IMAGE_THREADS`` Pillow threads;
 - a video is checked for a whole container by :mod:`civitai_spider.video` and saved as the
   original bytes, never re-encoded, in a worker thread (a video is hundreds of megabytes:
-  nothing walks or writes it in the reactor thread).
+  nothing walks or writes it in the reactor thread). Its body is never in memory: the
+  download handler (:mod:`civitai_spider.download_handler`) writes it to a temporary file in
+  the store's spool folder as it arrives; the check reads that file, which is then renamed
+  into place (a folder) or uploaded in parts (a bucket).
 
 Files are stored atomically, in the folder or the bucket ``IMAGES_STORE`` names
 (:mod:`civitai_spider.stores`); a failure is one log line plus one line in ``error_log.txt``
@@ -19,8 +22,9 @@ tries again). A file the store could not take is a store failure
 
 At most ``CIVITAI_IMAGES_IN_FLIGHT`` images and ``CIVITAI_VIDEOS_IN_FLIGHT`` videos are
 between request and recorded id at once, whatever the number of pages being processed:
-that, not the number of items, is what bounds memory (a body is held whole until it is
-written, a 3 MB PNG two or three times while it is checked) and how many more a stop saves.
+that, not the number of items, is what bounds memory (an image's body is held whole until it
+is written, a 3 MB PNG two or three times while it is checked; a video's is on disk) and how
+many more a stop saves.
 Once the crawl is told to stop (:mod:`civitai_spider.extensions.stop`), no download starts:
 the items waiting for a place are dropped as ``stopped``.
 """
@@ -45,6 +49,7 @@ from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
 from twisted.internet.defer import CancelledError
 
+from civitai_spider.download_handler import SPOOL_META_KEY, Spool
 from civitai_spider.errors import describe_os_error
 from civitai_spider.extensions.stop import STOPPED_REASON, Stop, stop_of
 from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
@@ -53,7 +58,7 @@ from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.stores import log_directory, stores_of
 from civitai_spider.stores.base import FileStore, StoreError
 from civitai_spider.stores.failures import StoreFailed
-from civitai_spider.video import VideoRejected, check_video
+from civitai_spider.video import VideoRejected, check_video_file
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -205,8 +210,15 @@ class CivitaiMediaPipeline(ImagesPipeline):
 
     def get_media_requests(self, item: Any, info: MediaPipeline.SpiderInfo) -> list[Request]:
         adapter = ItemAdapter(item)
-        meta = self.request_meta[media_of(item)]
-        return [Request(url, callback=NO_CALLBACK, meta=dict(meta)) for url in adapter["image_urls"]]
+        media = media_of(item)
+        requests = [
+            Request(url, callback=NO_CALLBACK, meta=dict(self.request_meta[media]))
+            for url in adapter["image_urls"]
+        ]
+        if media == "video":
+            for request in requests:  # its body goes to a file as it arrives, not to memory
+                request.meta[SPOOL_META_KEY] = Spool(self.files.spool_directory(), f"{adapter['id']}.video")
+        return requests
 
     def media_to_download(
         self, request: Request, info: MediaPipeline.SpiderInfo, *, item: Any = None
@@ -228,10 +240,13 @@ class CivitaiMediaPipeline(ImagesPipeline):
         item: Any = None,
     ) -> FileInfo:
         adapter = ItemAdapter(item)
+        spool = request.meta.get(SPOOL_META_KEY)
         if response.status != 200:
+            if spool is not None:
+                spool.discard()
             raise MediaFailed(f"HTTP {response.status}")
-        if media_of(item) == "video":
-            extension = await self._save_video(response.body, adapter["id"])
+        if spool is not None:
+            extension = await self._save_video(spool, response.body, adapter["id"])
         else:
             extension = await self._save_image(response.body, adapter["id"], request.url)
         name = _file_name(adapter["id"], extension)
@@ -253,13 +268,25 @@ class CivitaiMediaPipeline(ImagesPipeline):
         self.inc_stats("converted" if prepared.converted else "kept")
         return prepared.extension
 
-    async def _save_video(self, body: bytes, video_id: int) -> str:
+    async def _save_video(self, spool: Spool, body: bytes, video_id: int) -> str:
+        """Check the file ``spool`` holds and store it; ``body`` is empty unless it came whole
+        (another download handler than ours), and is then spooled here first."""
         try:
-            extension = await run_in_thread(_check_and_put_video, body, self.files, video_id)
+            if not spool.path and not spool.error:
+                await run_in_thread(_spool_body, spool, body)
+            if spool.error is not None or spool.path is None:
+                raise _not_spooled(self.files, spool, video_id)
+            extension = await run_in_thread(_check_and_put_video, spool.path, self.files, video_id)
             if not self.files.put_where_prepared:
-                await self._save(_file_name(video_id, extension), body)
+                name = _file_name(video_id, extension)
+                try:
+                    await self.files.save_file(name, spool.path)
+                except OSError as error:
+                    raise _not_stored(self.files, name, error) from None
         except VideoRejected as error:
             raise MediaFailed(str(error)) from None
+        finally:
+            spool.discard()  # unless it was moved into place: refused, or the store failed
         self.inc_stats("kept")
         return extension
 
@@ -272,6 +299,9 @@ class CivitaiMediaPipeline(ImagesPipeline):
     def media_failed(self, failure: Failure, request: Request, info: MediaPipeline.SpiderInfo) -> NoReturn:
         error = failure.value
         assert error is not None  # a Failure always holds its exception
+        spool = request.meta.get(SPOOL_META_KEY)
+        if spool is not None:
+            spool.discard()  # the download handler removed a failed attempt's file: a safety net
         if isinstance(error, MediaFailed):
             raise error
         if isinstance(error, (DownloadCancelledError, CancelledError)) and _SIZE_CAP_META_KEY in request.meta:
@@ -335,13 +365,32 @@ def _prepare_and_put_image(
     return prepared
 
 
-def _check_and_put_video(body: bytes, files: FileStore, video_id: int) -> str:
-    # The same for a video: walking its container (and writing it to a folder) off the
-    # reactor thread. The body itself is stored: the original bytes, no copy.
-    extension = check_video(body)
+def _check_and_put_video(path: str, files: FileStore, video_id: int) -> str:
+    # The same for a video: walking its container from the file it was downloaded to (and,
+    # for a folder, renaming that file into place) off the reactor thread. The original
+    # bytes are stored, never re-encoded.
+    extension = check_video_file(path)
     if files.put_where_prepared:
-        _put(files, _file_name(video_id, extension), body)
+        name = _file_name(video_id, extension)
+        try:
+            files.put_file(name, path)
+        except OSError as error:
+            raise _not_stored(files, name, error) from None
     return extension
+
+
+def _spool_body(spool: Spool, body: bytes) -> None:
+    spool_file = spool.begin()
+    try:
+        spool_file.write(body)
+    finally:
+        spool.finish()
+
+
+def _not_spooled(files: FileStore, spool: Spool, video_id: int) -> MediaNotStored:
+    error = spool.error or OSError("no file")
+    reason = f"could not write video {video_id} to {spool.target.parent}: {describe_os_error(error)}"
+    return MediaNotStored(reason, store=files.describe(""))
 
 
 def _put(files: FileStore, name: str, data: bytes) -> None:

@@ -16,6 +16,7 @@ The one rule every pair keeps: an id reaches :meth:`IdStore.record` only after
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -84,6 +85,28 @@ class FileStore(ABC):
     @abstractmethod
     async def save(self, files: Mapping[str, bytes]) -> None:
         """:meth:`put` every file, off the reactor thread."""
+
+    @abstractmethod
+    def spool_directory(self) -> Path:
+        """The local folder where a file too large for memory (a video as it downloads) is
+        written under a temporary name before :meth:`put_file` stores it.
+
+        A folder store's own folder (the file is then renamed into place); else the log folder
+        (:meth:`log_directory_for`). A leftover of a killed run there is removed at :meth:`open`.
+        """
+
+    @abstractmethod
+    def put_file(self, name: str, path: str) -> None:
+        """Store the local file ``path`` (a temporary file in :meth:`spool_directory`) as
+        ``name``, atomically as :meth:`put`, without reading it whole into memory; ``path`` is
+        gone afterwards, whether it was stored or not.
+
+        Blocking and thread-safe; never called in the reactor thread.
+        """
+
+    async def save_file(self, name: str, path: str) -> None:
+        """:meth:`put_file`, off the reactor thread."""
+        await asyncio.to_thread(self.put_file, name, path)
 
     @abstractmethod
     async def copy(self, source: str, target: str) -> None:

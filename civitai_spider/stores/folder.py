@@ -9,6 +9,7 @@ folder itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -85,6 +86,20 @@ class FolderStore(ReadableFileStore):
         write_atomically(path, data, sync=False)
         if len(data) > _CACHED_FILE_BYTES:
             self._uncommitted_large.append(path)  # list.append is atomic: any thread may put
+
+    def spool_directory(self) -> Path:
+        return self.directory
+
+    def put_file(self, name: str, path: str) -> None:
+        target = self._root + name
+        try:
+            # The same folder: a rename, as write_atomically's own.
+            os.replace(path, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        self._uncommitted_large.append(target)
 
     async def save(self, files: Mapping[str, bytes]) -> None:
         # One thread trip for all of an item's files: each is a few kilobytes.

@@ -22,16 +22,21 @@ uploaded with one PUT: it appears whole or not at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import itertools
 import logging
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from civitai_spider.errors import describe
+from civitai_spider.local_files import remove_temporary_files
 from civitai_spider.stores import check_writable
 from civitai_spider.stores.base import ReadableFileStore, StoreError
 from civitai_spider.stores.id_file import check_id_file_folder
@@ -60,6 +65,12 @@ CONTENT_TYPES = {
     "tar": "application/x-tar",
 }
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: A file larger than this (a video) is uploaded in parts of this size by a multipart upload, one
+#: part in memory at a time (botocore reads a part whole to sign and checksum it). S3 takes parts
+#: of 5 MiB and more, and at most 10,000 of them: 80 GB of file at this size.
+PART_BYTES = 8 * 2**20
+#: The checksums an answer to upload_part may carry, to repeat in complete_multipart_upload.
+_PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
 #: What a user should check, by the error code the server gave at the start.
 _START_ERRORS = {
     "NoSuchBucket": "bucket {bucket!r} does not exist at {endpoint}",
@@ -80,6 +91,8 @@ class S3Store(ReadableFileStore):
         self.endpoint = client.meta.endpoint_url
         self._uploads = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
         self.read_threads = uploads  # as many GETs at once as the client has connections
+        #: Where a video waits for its upload (spool_directory): the log folder, set by build().
+        self._spool = Path("civitai-logs")
 
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
@@ -87,9 +100,11 @@ class S3Store(ReadableFileStore):
         if not urlsplit(uri).netloc:
             raise ValueError(f"IMAGES_STORE={uri!r} names no bucket: use s3://bucket/prefix")
         uploads = settings.getint("AWS_MAX_POOL_CONNECTIONS") or 10
-        return cls(
+        store = cls(
             uri, _client(settings, uploads), acl=settings.get("IMAGES_STORE_S3_ACL") or "", uploads=uploads
         )
+        store._spool = cls.log_directory_for(settings)
+        return store
 
     @classmethod
     def check(cls, settings: BaseSettings, *, read_only: bool = False) -> None:
@@ -122,6 +137,60 @@ class S3Store(ReadableFileStore):
             ) from None
         except botocore.exceptions.BotoCoreError as error:
             raise ValueError(f"IMAGES_STORE={self.uri!r}: cannot reach {self.endpoint}: {error}") from None
+
+    def open(self) -> None:
+        # Videos of a killed run, half downloaded or not uploaded yet: never stored, so gone.
+        if self._spool.is_dir():
+            remove_temporary_files(self._spool)
+
+    def spool_directory(self) -> Path:
+        return self._spool
+
+    def put_file(self, name: str, path: str) -> None:
+        try:
+            if os.path.getsize(path) <= PART_BYTES:
+                with open(path, "rb") as file:
+                    self.put(name, file.read())
+            else:
+                self._put_in_parts(name, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    async def save_file(self, name: str, path: str) -> None:
+        # In the uploads' own pool, bounded as every upload is.
+        await asyncio.get_running_loop().run_in_executor(self._uploads, self.put_file, name, path)
+
+    def _put_in_parts(self, name: str, path: str) -> None:
+        """A multipart upload of ``path``, one part in memory at a time; aborted on failure, so
+        that the bucket keeps no parts (nobody sees the object before it is complete)."""
+        key, extra = self.prefix + name, {"ACL": self.acl} if self.acl else {}
+        upload = None
+        try:
+            upload = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type(name), **extra
+            )["UploadId"]
+            parts = []
+            with open(path, "rb") as file:
+                for number in itertools.count(1):
+                    data = file.read(PART_BYTES)
+                    if not data:
+                        break
+                    answer = self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number, Body=data
+                    )
+                    # The part's checksum (botocore adds one by default) must be repeated at the end.
+                    part = {"PartNumber": number, "ETag": answer["ETag"]}
+                    part.update((field, answer[field]) for field in _PART_CHECKSUMS if field in answer)
+                    parts.append(part)
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+        except Exception as error:
+            if upload is not None:
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            raise StoreError(f"upload of {self.describe(name)} failed: {describe(error)}") from None
 
     def close(self) -> None:
         self._uploads.shutdown(wait=False)

@@ -105,6 +105,26 @@ def test_a_failed_item_is_logged_in_the_log_folder_not_the_bucket(
     assert f"\t{broken['id']}\t" in line
 
 
+def test_a_video_goes_to_a_bucket_in_parts_through_the_log_folder(
+    server: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    large = videos.mp4_boxes(20_000_000)  # three parts of 8 MiB: a multipart upload
+    large_item = server.add_image_item(large, type="video")
+    small_item = server.add_image_item(videos.webm(), type="video")
+    server.chunked_cdn = True  # no Content-Length either
+
+    result = s3_crawl(server, s3_server, bucket, tmp_path, "media=video", CIVITAI_REQUIRE_PROMPT="false")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    objects = bucket_objects(s3_server, bucket, "civitai/")
+    assert objects[f"{large_item['id']}.mp4"] == (large, "video/mp4")
+    assert objects[f"{small_item['id']}.webm"] == (videos.webm(), "video/webm")
+    assert not [name for name in objects if ".civitai-partial-" in name]
+    # The videos were spooled in the log folder and nothing of them stays there.
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == ["downloaded_image_ID_DB.txt"]
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 # --- Redis as the id store -----------------------------------------------------------------
 
 

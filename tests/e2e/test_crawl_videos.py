@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
+from benchmarks.measure import serving
+from benchmarks.videos import make_video
 from tests.support import images, videos
-from tests.support.crawls import run_crawl
+from tests.support.crawls import REPOSITORY, crawl_environment, run_crawl
 from tests.support.fake_civitai import FakeCivitai, Fault
 
 NO_PROMPT_NEEDED = {"CIVITAI_REQUIRE_PROMPT": "false"}
@@ -76,7 +83,9 @@ def test_media_image_sends_type_image_and_skips_what_the_server_lets_through(
     assert result.stats["civitai/saved/image"] == 1
 
 
-def test_a_broken_video_is_refused_with_its_reason(server: FakeCivitai, store: Path) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_broken_video_is_refused_with_its_reason(server: FakeCivitai, store: Path, chunked: bool) -> None:
+    server.chunked_cdn = chunked  # the same refusals without a Content-Length
     whole = videos.mp4()
     good = add_video(server, whole)
     broken = {
@@ -161,3 +170,105 @@ def test_videos_in_flight_stay_within_their_own_bound(server: FakeCivitai, store
     assert most_at_once(video_arrivals) == 2
     # Images have their own bound (CIVITAI_IMAGES_IN_FLIGHT, 32): waiting videos hold none back.
     assert most_at_once(image_arrivals) == len(image_items)
+
+
+def test_a_chunked_video_over_the_cap_is_cancelled_once_that_many_bytes_came(
+    server: FakeCivitai, store: Path
+) -> None:
+    server.chunked_cdn = True  # no Content-Length: the cap is met while the bytes arrive
+    small, large = videos.mp4_boxes(20_000), videos.mp4_boxes(400_000)
+    kept, too_large = add_video(server, small), add_video(server, large)
+
+    result = run_crawl(server, store, "media=video", CIVITAI_MAX_VIDEO_BYTES=str(100_000), **NO_PROMPT_NEEDED)
+
+    assert result.returncode == 0, result.stderr
+    assert result.ids_recorded() == [kept["id"]]
+    assert (store / f"{kept['id']}.mp4").read_bytes() == small
+    [line] = [line for line in result.error_log().splitlines() if f"\t{too_large['id']}\t" in line]
+    assert "larger than CIVITAI_MAX_VIDEO_BYTES (100000 bytes): more came, download cancelled" in line
+    [warning] = [line for line in result.stderr.splitlines() if "max size" in line or "MAX_VIDEO" in line]
+    assert f"WARNING: Dropped: video {too_large['id']} failed: larger than" in warning
+    assert result.stats["civitai/failed"] == 1
+    assert not list(store.glob(f"{too_large['id']}.*"))
+    assert not [path for path in store.iterdir() if path.name.startswith(".civitai-partial-")]
+    # Cancelled once over the cap, not at the end: far from the 400 KB were fetched.
+    assert result.stats["downloader/response_bytes"] < len(small) + len(large) // 2
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_video_download_keeps_scrapys_retries_redirects_timeout_and_key_rules(
+    server: FakeCivitai, store: Path, chunked: bool
+) -> None:
+    server.chunked_cdn = chunked
+    retried = add_video(server, videos.mp4_boxes(300_000))
+    server.inject(retried["url"], Fault.status(503, retry_after="0"))
+    cut_then_whole = add_video(server, videos.webm())
+    server.inject(cut_then_whole["url"], Fault.short_body())
+    moved_body = videos.mkv()
+    moved = add_video(server, None)
+    moved_to = server.add_image("/moved/x.mp4", moved_body, "video/mp4")
+    server.inject_always(moved["url"], Fault.redirect(moved_to))
+    stalled = add_video(server, videos.mp4())
+    server.inject_always(stalled["url"], Fault.stall(5))  # half, then nothing past the timeout
+
+    result = run_crawl(
+        server,
+        store,
+        "media=video",
+        api_key="civitai-secret-key-for-the-api-only",
+        CIVITAI_IMAGE_REDIRECTS="any",
+        CIVITAI_VIDEO_DOWNLOAD_TIMEOUT="1",
+        RETRY_TIMES="1",
+        **NO_PROMPT_NEEDED,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.ids_recorded()) == sorted([retried["id"], cut_then_whole["id"], moved["id"]])
+    assert (store / f"{retried['id']}.mp4").read_bytes() == videos.mp4_boxes(300_000)
+    assert (store / f"{cut_then_whole['id']}.webm").read_bytes() == videos.webm()
+    assert (store / f"{moved['id']}.mkv").read_bytes() == moved_body
+    [line] = result.error_log().splitlines()
+    assert f"\t{stalled['id']}\t" in line and "took longer than 1.0 seconds" in line, line
+    # Nothing left of the attempts that failed: the 503's page, the cut body, the stalled halves.
+    assert not [path for path in store.iterdir() if path.name.startswith(".civitai-partial-")]
+    requested = [request.path for request in server.cdn_requests()]
+    for item in (retried, cut_then_whole, stalled):
+        assert requested.count(urlsplit(item["url"]).path) == 2, item
+    assert "/moved/x.mp4" in requested
+    assert all("authorization" not in request.headers for request in server.cdn_requests())
+    # The bytes that went to files are counted as Scrapy counts a body's.
+    whole = len(videos.mp4_boxes(300_000)) + len(videos.webm()) + len(moved_body)
+    assert result.stats["downloader/response_bytes"] > whole + len(videos.webm()) // 2
+
+
+@pytest.mark.heavy
+def test_large_videos_are_never_held_in_memory(store: Path, tmp_path: Path) -> None:
+    # The benchmark's server, in a process of its own: the crawl is started from this one, and
+    # a forked child's peak RSS (ru_maxrss) counts what its parent held at the fork.
+    with serving("video", 2, VIDEO_BYTES) as server, open(tmp_path / "crawl.log", "wb") as log:
+        command = [sys.executable, "-m", "scrapy", "crawl", "civitai", "-a", "media=video"]
+        settings = {
+            "CIVITAI_API_URL": server.api_url,
+            "IMAGES_STORE": str(store),
+            "CIVITAI_VIDEOS_IN_FLIGHT": "2",
+            "TELNETCONSOLE_ENABLED": "False",
+            "REMOTE_CONTROL_ENABLED": "False",
+        }
+        for name, value in settings.items():
+            command += ["-s", f"{name}={value}"]
+        process = subprocess.Popen(
+            command, cwd=REPOSITORY, env=crawl_environment(), stdout=subprocess.DEVNULL, stderr=log
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)  # waited for here, not by Popen
+
+    assert process.returncode == 0, (tmp_path / "crawl.log").read_text()[-3000:]
+    saved = sorted(store.glob("*.mp4"))
+    assert len(saved) == 2 and all(path.read_bytes() == make_video(VIDEO_BYTES) for path in saved)
+    # Two videos in flight, held whole, would be twice this; the crawl itself needs about 90 MB.
+    peak = usage.ru_maxrss * 1024
+    assert peak < VIDEO_BYTES, f"peak RSS {peak / 1e6:.0f} MB for videos of {VIDEO_BYTES / 1e6:.0f} MB"
+
+
+#: Far larger than what a crawl needs itself (about 90 MB of RSS) or than this test process.
+VIDEO_BYTES = 400_000_000

@@ -168,7 +168,7 @@ def _json_response(status: int, obj: Any) -> _Response:
 class Fault:
     """One misbehaviour for one request: build them with the class methods."""
 
-    kind: Literal["replace", "short", "reset", "slow"]
+    kind: Literal["replace", "short", "reset", "slow", "stall"]
     response: _Response | None = None  # what "replace" answers instead
     seconds: float = 0.0
 
@@ -225,6 +225,12 @@ class Fault:
         return cls("slow", seconds=seconds)
 
     @classmethod
+    def stall(cls, seconds: float) -> Fault:
+        """The normal answer, but half its body is sent, then nothing for `seconds`, then the rest
+        (a timeout in the middle of a body)."""
+        return cls("stall", seconds=seconds)
+
+    @classmethod
     def empty_page(cls) -> Fault:
         """A 200 page with no items and no cursor, which is not the end: the older path answers
         it on a statement timeout (image.service.ts lines 2123-2151), and a live feed once gave
@@ -251,6 +257,10 @@ def _service_error(status: int, code: str, message: str) -> _ApiError:
     """An error thrown by the server's services, as images/index.ts's catch block sends it
     (lines 225-239): `{"error": <message>, "code": <TRPC code>}` with the code's status."""
     return _ApiError(status, {"error": message, "code": code})
+
+
+#: The size of each chunk of a chunked answer (`FakeCivitai.chunked_cdn`).
+_CHUNK_BYTES = 64 * 1024
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -322,23 +332,50 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault and fault.response:
             response = fault.response
         try:
-            self._send(response, short=bool(fault and fault.kind == "short"))
+            self._send(
+                response,
+                short=bool(fault and fault.kind == "short"),
+                stall=fault.seconds if fault and fault.kind == "stall" else 0.0,
+                chunked=role == "cdn" and fake.chunked_cdn,
+            )
         except (ConnectionError, TimeoutError):
             self.close_connection = True
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
-    def _send(self, response: _Response, short: bool) -> None:
+    def _send(self, response: _Response, short: bool, stall: float = 0.0, chunked: bool = False) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(response.body)))
         for name, value in response.headers:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(response.body[: len(response.body) // 2] if short else response.body)
-        if short:
-            self.close_connection = True  # the rest never comes: the client sees a cut body
+            body = memoryview(response.body)
+            half = len(body) // 2
+            if short or stall:
+                self._send_body(body[:half], chunked)
+                if short:
+                    # The rest never comes, nor a chunked body's last chunk: the client sees a cut body.
+                    self.close_connection = True
+                    return
+                self.wfile.flush()
+                self.server.fake._stopping.wait(stall)
+                body = body[half:]
+            self._send_body(body, chunked)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+
+    def _send_body(self, body: memoryview, chunked: bool) -> None:
+        if not chunked:
+            self.wfile.write(body)
+            return
+        for start in range(0, len(body), _CHUNK_BYTES):
+            chunk = body[start : start + _CHUNK_BYTES]
+            self.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
 
 
 class FakeCivitai:
@@ -347,7 +384,9 @@ class FakeCivitai:
     `cursor_style`: "offset" (`2|1733858354002`), "json" (`bdx:{"offset": 2, "k": "a b"}`) or
     "hostile" (a JSON cursor also holding `+&=#%;/?é`, which only a properly encoded query keeps).
     `next_page_host` ("host:port" or "scheme://host:port") replaces the API host in nextPage.
-    `cursor_loop` answers every page with the first page's nextCursor. Setting the attribute
+    `cursor_loop` answers every page with the first page's nextCursor. `chunked_cdn` (an
+    attribute) sends the CDN's answers chunked (`Transfer-Encoding: chunked`, no
+    `Content-Length`), as a CDN streaming a file may. Setting the attribute
     `strip_next_cursor` leaves only nextPage in the metadata; `ignore_flat_meta` nests meta on
     the older query path even with flatMeta=true. `delay` slows every
     answer of both servers, `cdn_delay` overrides it for the CDN (both are attributes too).
@@ -373,6 +412,7 @@ class FakeCivitai:
         self.ignore_flat_meta = False
         self.api_delay = delay
         self.cdn_delay = delay if cdn_delay is None else cdn_delay
+        self.chunked_cdn = False
         self.api_keys: dict[str, str] = {}
         self.older_path_row_limit: int | None = None
         self.on_api_request: Callable[[RecordedRequest], None] | None = None

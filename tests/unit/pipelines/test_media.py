@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from twisted.python.failure import Failure
 
+from civitai_spider.download_handler import Spool
 from civitai_spider.items import CivitaiImage
 from civitai_spider.outcomes import DropImage
 from civitai_spider.pipelines import media
@@ -28,10 +29,12 @@ def pipeline(store: Path) -> CivitaiMediaPipeline:
     return CivitaiMediaPipeline.from_crawler(crawler)
 
 
-def recording_threads(monkeypatch: pytest.MonkeyPatch, name: str) -> dict[str, str]:
+def recording_threads(
+    monkeypatch: pytest.MonkeyPatch, name: str, write: tuple[Any, str] = (folder, "write_atomically")
+) -> dict[str, str]:
     """Wrap ``media.<name>`` and the folder store's write so that each call records its thread."""
     threads: dict[str, str] = {}
-    for module, function in ((media, name), (folder, "write_atomically")):
+    for module, function in ((media, name), write):
         original = getattr(module, function)
 
         def wrapper(*args: Any, _name: str = function, _original: Any = original, **kwargs: Any) -> Any:
@@ -47,14 +50,33 @@ def test_a_video_is_checked_and_written_off_the_event_loop_thread(
 ) -> None:
     # The reactor thread must stay free while a video of hundreds of megabytes is walked
     # and written: both happen in a worker thread.
-    threads = recording_threads(monkeypatch, "check_video")
+    threads = recording_threads(monkeypatch, "check_video_file", (folder.FolderStore, "put_file"))
     body = videos.mp4()
 
-    extension = asyncio.run(pipeline(tmp_path)._save_video(body, 7))
+    extension = asyncio.run(pipeline(tmp_path)._save_video(spooled(tmp_path, body), b"", 7))
 
     assert extension == "mp4" and (tmp_path / "7.mp4").read_bytes() == body
-    assert set(threads) == {"check_video", "write_atomically"}
+    assert set(threads) == {"check_video_file", "put_file"}
     assert threading.main_thread().name not in threads.values(), threads
+    assert [path.name for path in tmp_path.iterdir()] == ["7.mp4"]  # the spooled file, renamed
+
+
+def spooled(folder: Path, body: bytes) -> Spool:
+    """A spool that the download handler filled with ``body``."""
+    spool = Spool(folder, "7.video")
+    spool.begin().write(body)
+    spool.finish()
+    return spool
+
+
+def test_a_video_that_came_whole_is_spooled_then_stored(tmp_path: Path) -> None:
+    # Another download handler than ours (DOWNLOAD_HANDLERS overridden) hands the body over.
+    body = videos.webm()
+
+    extension = asyncio.run(pipeline(tmp_path)._save_video(Spool(tmp_path, "7.video"), body, 7))
+
+    assert extension == "webm" and (tmp_path / "7.webm").read_bytes() == body
+    assert [path.name for path in tmp_path.iterdir()] == ["7.webm"]
 
 
 def test_an_image_is_prepared_and_written_in_a_pillow_thread(
@@ -70,12 +92,25 @@ def test_an_image_is_prepared_and_written_in_a_pillow_thread(
 
 
 def test_a_refused_video_leaves_no_file(tmp_path: Path) -> None:
+    spool = spooled(tmp_path, images.png_rgb())
+    assert spool.path is not None and Path(spool.path).exists()
     with pytest.raises(MediaFailed, match="not a video"):
-        asyncio.run(pipeline(tmp_path)._save_video(images.png_rgb(), 9))
+        asyncio.run(pipeline(tmp_path)._save_video(spool, b"", 9))
     assert list(tmp_path.iterdir()) == []
 
 
 # --- a store that cannot take the file ---------------------------------------------------------
+
+
+def test_a_video_that_could_not_be_spooled_is_a_store_failure(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "gone", "7.video")  # the folder went away: no temporary file
+
+    with pytest.raises(MediaNotStored) as not_stored:
+        asyncio.run(pipeline(tmp_path)._save_video(spool, b"", 7))
+
+    assert str(not_stored.value).startswith(f"could not write video 7 to {tmp_path / 'gone'}: ")
+    assert "FileNotFoundError" in str(not_stored.value)
+    assert not_stored.value.store == str(tmp_path)
 
 
 def broken_store(tmp_path: Path) -> tuple[CivitaiMediaPipeline, Path]:

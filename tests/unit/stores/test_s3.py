@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from scrapy.settings import Settings
 
+from civitai_spider.local_files import create_temporary
 from civitai_spider.stores.base import StoreError
-from civitai_spider.stores.s3 import S3Store, _verify, content_type
+from civitai_spider.stores.s3 import PART_BYTES, S3Store, _verify, content_type
 from tests.support.servers import SeaweedS3Server, bucket_objects, free_ports, unique_bucket_name
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
@@ -190,6 +191,93 @@ def test_copy_of_a_missing_object_is_a_store_error(
 
     assert str(caught.value).startswith(f"copy to s3://{bucket}/{prefix}8.jpg failed: ")
     assert bucket_objects(s3_server, bucket, prefix) == {}
+
+
+# --- a file too large for memory (put_file) ---------------------------------------------------
+
+
+def spooled_file(folder: Path, data: bytes) -> str:
+    """A temporary file in ``folder``, as the download handler leaves a video there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor, path = create_temporary(folder / "7.video")
+    with open(descriptor, "wb") as file:
+        file.write(data)
+    return path
+
+
+def test_put_file_uploads_a_large_file_in_parts_and_removes_it(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * PART_BYTES + 12345)  # three parts, the last one short
+    path = spooled_file(tmp_path, data)
+    with opened(s3_server, bucket, prefix) as store:
+        sent = sent_headers(store)
+        asyncio.run(store.save_file("7.mp4", path))
+
+    operations = [operation for operation, _ in sent]
+    assert operations == ["CreateMultipartUpload"] + ["UploadPart"] * 3 + ["CompleteMultipartUpload"]
+    assert sent[0][1]["content-type"] == "video/mp4"
+    assert bucket_objects(s3_server, bucket, prefix) == {"7.mp4": (data, "video/mp4")}
+    assert not os.path.exists(path)
+
+
+def test_put_file_sends_a_small_file_in_one_put(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    data = b"\x1a\x45\xdf\xa3" + os.urandom(5000)
+    path = spooled_file(tmp_path, data)
+    with opened(s3_server, bucket, prefix) as store:
+        sent = sent_headers(store)
+        store.put_file("7.webm", path)
+
+    assert [operation for operation, _ in sent] == ["PutObject"]
+    assert bucket_objects(s3_server, bucket, prefix) == {"7.webm": (data, "video/webm")}
+    assert not os.path.exists(path)
+
+
+def test_a_multipart_upload_that_fails_is_aborted_and_its_file_removed(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    path = spooled_file(tmp_path, os.urandom(PART_BYTES + 1))
+    with opened(s3_server, bucket, prefix) as store:
+        sent = sent_headers(store)
+        upload_part = store.client.upload_part
+
+        def second_part_fails(**arguments: Any) -> Any:
+            if arguments["PartNumber"] == 2:
+                raise ConnectionResetError("the connection broke")
+            return upload_part(**arguments)
+
+        store.client.upload_part = second_part_fails
+        with pytest.raises(StoreError) as caught:
+            store.put_file("7.mp4", path)
+
+    assert str(caught.value) == (
+        f"upload of s3://{bucket}/{prefix}7.mp4 failed: ConnectionResetError: the connection broke"
+    )
+    assert [operation for operation, _ in sent] == [
+        "CreateMultipartUpload",
+        "UploadPart",
+        "AbortMultipartUpload",
+    ]
+    assert bucket_objects(s3_server, bucket, prefix) == {}
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []) == []
+    assert not os.path.exists(path)
+
+
+def test_the_spool_is_the_log_folder_and_a_killed_runs_leftovers_go_at_open(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    leftover = spooled_file(logs, b"half a video")
+    dead = Path(leftover).with_name(Path(leftover).name.replace(f"-{os.getpid()}-", "-999999999-"))
+    os.rename(leftover, dead)  # as a process that no longer runs left it
+    (logs / "error_log.txt").write_text("kept\n")
+    with opened(s3_server, bucket, prefix, CIVITAI_LOG_DIR=str(logs)) as store:
+        assert store.spool_directory() == logs
+        store.open()
+
+    assert sorted(path.name for path in logs.iterdir()) == ["error_log.txt"]
 
 
 # --- ACL ---------------------------------------------------------------------------------------
