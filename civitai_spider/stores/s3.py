@@ -12,7 +12,11 @@ Credentials and endpoint come from Scrapy's settings, as for Scrapy's own S3 sto
 Uploads run in a pool of ``AWS_MAX_POOL_CONNECTIONS`` threads, never in the reactor
 thread; botocore retries each (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``), and an upload
 that still fails is a :class:`~civitai_spider.stores.base.StoreError` that fails its item.
-Uploads go without ``Expect: 100-continue`` (see :func:`_client`).
+Uploads go without ``Expect: 100-continue`` (see :func:`_client`), their bodies unhashed for the
+signature and checked by the server against their CRC32 instead. An upload of bytes that goes
+well is sent by :mod:`~civitai_spider.stores.s3_put`, signed by botocore's signer over
+``http.client`` (botocore's client costs four times its CPU);
+any other answer and any error hand it to botocore's ``put_object``, as every other request.
 
 Read back (the dataset commands), an object is one GET, or ranged GETs through
 :meth:`S3Store.reader`, and a dataset file is written to a local temporary file first, then
@@ -40,6 +44,7 @@ from civitai_spider.local_files import remove_temporary_files
 from civitai_spider.stores import check_writable
 from civitai_spider.stores.base import ReadableFileStore, StoreError
 from civitai_spider.stores.id_file import check_id_file_folder
+from civitai_spider.stores.s3_put import LeanPut, lean_put
 
 if TYPE_CHECKING:
     from typing import Self
@@ -82,7 +87,7 @@ _START_ERRORS = {
 
 
 class S3Store(ReadableFileStore):
-    def __init__(self, uri: str, client: Any, *, acl: str, uploads: int) -> None:
+    def __init__(self, uri: str, client: Any, *, acl: str, uploads: int, lean: LeanPut | None = None) -> None:
         parts = urlsplit(uri)
         self.uri, self.bucket = uri, parts.netloc
         prefix = parts.path.strip("/")
@@ -93,6 +98,8 @@ class S3Store(ReadableFileStore):
         self.read_threads = uploads  # as many GETs at once as the client has connections
         #: Where a video waits for its upload (spool_directory): the log folder, set by build().
         self._spool = Path("civitai-logs")
+        self._lean = lean
+        self._lean_given_up: LeanPut | None = None  # its connections are closed with the store
 
     @classmethod
     def build(cls, settings: BaseSettings) -> Self:
@@ -100,9 +107,10 @@ class S3Store(ReadableFileStore):
         if not urlsplit(uri).netloc:
             raise ValueError(f"IMAGES_STORE={uri!r} names no bucket: use s3://bucket/prefix")
         uploads = settings.getint("AWS_MAX_POOL_CONNECTIONS") or 10
-        store = cls(
-            uri, _client(settings, uploads), acl=settings.get("IMAGES_STORE_S3_ACL") or "", uploads=uploads
-        )
+        client, credentials, verify = _client(settings, uploads)
+        lean = lean_put(client, urlsplit(uri).netloc, credentials, verify)
+        acl = settings.get("IMAGES_STORE_S3_ACL") or ""
+        store = cls(uri, client, acl=acl, uploads=uploads, lean=lean)
         store._spool = cls.log_directory_for(settings)
         return store
 
@@ -194,9 +202,19 @@ class S3Store(ReadableFileStore):
 
     def close(self) -> None:
         self._uploads.shutdown(wait=False)
+        for lean in (self._lean, self._lean_given_up):
+            if lean is not None:
+                lean.close()
         self.client.close()
 
     def put(self, name: str, data: bytes | BinaryIO) -> None:
+        lean = self._lean
+        refused = None
+        if lean is not None and isinstance(data, bytes):
+            status = self._put_lean(lean, name, data)
+            if status == 200:
+                return
+            refused = status
         extra = {"ACL": self.acl} if self.acl else {}
         try:
             self.client.put_object(
@@ -204,6 +222,30 @@ class S3Store(ReadableFileStore):
             )
         except Exception as error:
             raise StoreError(f"upload of {self.describe(name)} failed: {describe(error)}") from None
+        if refused is not None and 300 <= refused < 500 and self._lean is not None:
+            # The server refused the lean request and took botocore's: they differ in something
+            # this server needs (a region redirect, an addressing style...). Every upload would
+            # be sent twice; botocore's alone it is.
+            self._lean, self._lean_given_up = None, self._lean
+            logger.warning(
+                "%s answered %s to an upload that botocore's client then stored: every upload goes "
+                "through botocore from now on (more CPU per file)",
+                self.endpoint,
+                refused,
+            )
+
+    def _put_lean(self, lean: LeanPut, name: str, data: bytes) -> int | None:
+        """The status of the lean PUT of ``name``; None if it failed on the way (a dropped connection...)."""
+        headers = {"content-type": content_type(name)}
+        if self.acl:
+            headers["x-amz-acl"] = self.acl
+        try:
+            return lean.put(self.prefix + name, data, headers)
+        except Exception as error:  # a kept-alive connection the server closed, mostly: botocore's turn
+            logger.debug(
+                "lean upload of %s failed, botocore's client retries it: %s", self.describe(name), error
+            )
+            return None
 
     async def save(self, files: Mapping[str, bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -316,25 +358,42 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(name.rsplit(".", 1)[-1].lower(), _DEFAULT_CONTENT_TYPE)
 
 
-def _client(settings: BaseSettings, connections: int) -> Any:
+def _client(settings: BaseSettings, connections: int) -> tuple[Any, Any, bool | str]:
+    """botocore's S3 client, with the credentials and the ``verify`` it resolved (for the lean PUT)."""
     try:
-        import botocore.handlers  # noqa: PLC0415 - only a bucket needs botocore
+        import botocore.credentials  # noqa: PLC0415 - only a bucket needs botocore
+        import botocore.handlers  # noqa: PLC0415
         import botocore.session  # noqa: PLC0415
         from botocore.config import Config  # noqa: PLC0415
     except ImportError:
         raise ValueError("IMAGES_STORE=s3://... needs botocore: pip install -r requirements.txt") from None
     use_ssl = settings.get("AWS_USE_SSL")
+    session = botocore.session.get_session()
+    access_key, secret_key = (
+        settings.get("AWS_ACCESS_KEY_ID") or None,
+        settings.get("AWS_SECRET_ACCESS_KEY") or None,
+    )
+    verify = _verify(settings.get("AWS_VERIFY"))
     try:
-        client = botocore.session.get_session().create_client(
+        client = session.create_client(
             "s3",
-            aws_access_key_id=settings.get("AWS_ACCESS_KEY_ID") or None,
-            aws_secret_access_key=settings.get("AWS_SECRET_ACCESS_KEY") or None,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
             aws_session_token=settings.get("AWS_SESSION_TOKEN") or None,
             endpoint_url=settings.get("AWS_ENDPOINT_URL") or None,
             region_name=settings.get("AWS_REGION_NAME") or None,
             use_ssl=True if use_ssl is None else settings.getbool("AWS_USE_SSL"),
-            verify=_verify(settings.get("AWS_VERIFY")),
-            config=Config(max_pool_connections=connections),
+            verify=verify,
+            config=Config(
+                max_pool_connections=connections,
+                # Over plain http botocore would hash each body (SHA-256) into the signature, which
+                # SeaweedFS does not even check (measured: a body changed on the way was stored).
+                # The body's CRC32 (x-amz-checksum-crc32) is what the server checks: a third of the
+                # CPU, and required here whatever AWS_REQUEST_CHECKSUM_CALCULATION says, for an
+                # unsigned body must still be checked.
+                s3={"payload_signing_enabled": False},
+                request_checksum_calculation="when_supported",
+            ),
         )
     except Exception as error:  # botocore's ValueError for a bad endpoint, a bad region...
         raise ValueError(f"IMAGES_STORE={settings.get('IMAGES_STORE')!r}: {describe(error)}") from None
@@ -344,7 +403,16 @@ def _client(settings: BaseSettings, connections: int) -> Any:
     # every upload that succeeds. Without it the benchmark's S3 runs made 1.13x-1.36x the images/s
     # (JPEG and PNG, SeaweedFS on loopback), with less CPU per image in the crawl and the server.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
-    return client
+    credentials: Any
+    if access_key and secret_key:
+        credentials = botocore.credentials.Credentials(
+            access_key, secret_key, settings.get("AWS_SESSION_TOKEN") or None
+        )
+    else:
+        credentials = session.get_credentials()  # what the client took: the session keeps them
+    if verify is None:  # as botocore resolves it
+        verify = session.get_config_variable("ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE") or True
+    return client, credentials, verify
 
 
 def _verify(value: Any) -> bool | str | None:

@@ -117,6 +117,14 @@ def test_benchmark_compares_s3_with_the_folder(tmp_path: Path) -> None:
     for comparison in results["comparisons"]:
         assert comparison["unit"] == "images/s" and comparison["target"] == 0.5
         assert comparison["ratio"] == comparison["store_rate"] / comparison["local_rate"]
+        # Issue 25, target 4: the crawl process's CPU per saved image, S3 / folder.
+        assert comparison["cpu_ratio"] == comparison["store_cpu_ms"] / comparison["local_cpu_ms"]
+        assert comparison["cpu_target_met"] == (
+            None if comparison["cpu_target"] is None else comparison["cpu_ratio"] <= 1.5
+        )
+    assert [comparison["cpu_target"] for comparison in results["comparisons"]] == [1.5, None]
+    assert "JPEG kept, CPU of the crawl process per saved image (medians): S3 " in report
+    assert report.count("; target at most 1.5x: ") == 1 and "(it is asked of JPEG kept)" in report
     assert "| JPEG kept: S3 / folder |" in report and "| PNG kept: S3 / folder |" in report
     assert "| JPEG kept, S3 vs folder (1 + 1 runs) | 8 | folder " in report
     assert report.count("| at least 0.5x |") == 2

@@ -1,20 +1,25 @@
 """Tests of :mod:`civitai_spider.stores.s3` against a real S3 server (SeaweedFS, tests/support/servers.py).
 
-What the store sends is seen in the objects the server keeps and, for the headers, through
-botocore's own ``before-send`` event: nothing here stands in for the server. The tests share
+What the store sends is seen in the objects the server keeps and, for the headers, on the wire
+(:class:`Wire`, a TCP proxy on loopback that also corrupts bodies): nothing here stands in for the
+server. The tests share
 one bucket, each under names of its own: a bucket's first object costs the server a volume.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
+import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from scrapy.settings import Settings
@@ -22,6 +27,7 @@ from scrapy.settings import Settings
 from civitai_spider.local_files import create_temporary
 from civitai_spider.stores.base import StoreError
 from civitai_spider.stores.s3 import PART_BYTES, S3Store, _verify, content_type
+from civitai_spider.stores.s3_put import LeanPut
 from tests.support.servers import SeaweedS3Server, bucket_objects, free_ports, unique_bucket_name
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
@@ -49,8 +55,17 @@ def opened(s3: SeaweedS3Server, bucket: str, prefix: str, **extra: Any) -> closi
     return closing(S3Store.build(s3_settings(s3, bucket, prefix, **extra)))
 
 
+def botocore_requests(store: S3Store) -> list[str]:
+    """The operations botocore's client sends from now on (the lean PUTs are not among them)."""
+    sent: list[str] = []
+    store.client.meta.events.register(
+        "before-send.s3", lambda event_name, **_: sent.append(event_name.rsplit(".", 1)[1])
+    )
+    return sent
+
+
 def sent_headers(store: S3Store) -> list[tuple[str, dict[str, str]]]:
-    """(operation, lower-cased headers) of every request the store's client sends from now on."""
+    """(operation, lower-cased headers) of every request botocore's client sends from now on."""
     sent: list[tuple[str, dict[str, str]]] = []
 
     def record(request: Any, event_name: str, **_: Any) -> None:
@@ -62,6 +77,94 @@ def sent_headers(store: S3Store) -> list[tuple[str, dict[str, str]]]:
 
     store.client.meta.events.register("before-send.s3", record)
     return sent
+
+
+class Wire:
+    """A TCP proxy on loopback to the S3 server that records the head of every request (method,
+    path, lower-cased headers) and, while ``corrupt`` is set, changes the first byte of every
+    occurrence of :attr:`MARK` on the way, as a faulty network or memory would."""
+
+    MARK = b"<bytes-to-corrupt>"
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.corrupt = False
+        self.corrupted = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+
+    def _down(self, source: socket.socket, sink: socket.socket) -> None:
+        with source, sink:
+            while data := _received(source):
+                sink.sendall(data)
+
+    def _up(self, source: socket.socket, sink: socket.socket) -> None:
+        buffer, body_left = b"", 0
+        with source, sink:
+            while data := _received(source):
+                if self.corrupt and self.MARK in data:
+                    self.corrupted += data.count(self.MARK)
+                    data = data.replace(self.MARK, b"!" + self.MARK[1:])
+                # Request heads, told apart from the bodies by their Content-Length; recorded
+                # before they go on, so that a request answered is a request recorded.
+                buffer += data
+                while buffer:
+                    if body_left:
+                        skipped = min(body_left, len(buffer))
+                        buffer, body_left = buffer[skipped:], body_left - skipped
+                        continue
+                    head, found, rest = buffer.partition(b"\r\n\r\n")
+                    if not found:
+                        break
+                    request_line, *lines = head.decode("latin-1").split("\r\n")
+                    headers = {
+                        name.strip().lower(): value.strip()
+                        for name, _, value in (line.partition(":") for line in lines)
+                    }
+                    method, path, _ = request_line.split(" ", 2)
+                    self.requests.append((method, path, headers))
+                    buffer, body_left = rest, int(headers.get("content-length", 0))
+                    # A mark split between two reads is not corrupted: the tests' bodies are small.
+                sink.sendall(data)
+
+
+def _received(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def wire(s3_server: SeaweedS3Server) -> Iterator[Wire]:
+    proxy = Wire(("127.0.0.1", s3_server.ports["s3"]))
+    yield proxy
+    proxy.close()
+
+
+def through(wire: Wire, s3: SeaweedS3Server, bucket: str, prefix: str, **extra: Any) -> closing[S3Store]:
+    """A store whose requests go through ``wire``."""
+    return opened(s3, bucket, prefix, AWS_ENDPOINT_URL=wire.url, **extra)
+
+
+def puts(wire: Wire) -> list[dict[str, str]]:
+    """The headers of the PUTs seen on the wire."""
+    return [headers for method, _, headers in wire.requests if method == "PUT"]
 
 
 @pytest.fixture
@@ -129,15 +232,14 @@ def test_content_type_by_extension(name: str, expected: str) -> None:
 
 
 def test_put_stores_the_bytes_with_their_content_type(
-    s3_server: SeaweedS3Server, bucket: str, prefix: str
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire
 ) -> None:
     files = {name: f"{name}: ".encode() + JPEG for name in CONTENT_TYPES}
-    with opened(s3_server, bucket, prefix) as store:
-        sent = sent_headers(store)
+    with through(wire, s3_server, bucket, prefix) as store:
         for name, data in files.items():
             store.put(name, data)
 
-    assert [headers["content-type"] for _, headers in sent] == list(CONTENT_TYPES.values())
+    assert [headers["content-type"] for headers in puts(wire)] == list(CONTENT_TYPES.values())
     objects = bucket_objects(s3_server, bucket, prefix)
     assert {name: data for name, (data, _) in objects.items()} == files
     # SeaweedFS guesses a type of its own for application/octet-stream (.gif, .tar.gz): only the
@@ -222,15 +324,16 @@ def test_put_file_uploads_a_large_file_in_parts_and_removes_it(
 
 
 def test_put_file_sends_a_small_file_in_one_put(
-    s3_server: SeaweedS3Server, bucket: str, prefix: str, tmp_path: Path
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, tmp_path: Path, wire: Wire
 ) -> None:
     data = b"\x1a\x45\xdf\xa3" + os.urandom(5000)
     path = spooled_file(tmp_path, data)
-    with opened(s3_server, bucket, prefix) as store:
-        sent = sent_headers(store)
+    with through(wire, s3_server, bucket, prefix) as store:
+        by_botocore = botocore_requests(store)
         store.put_file("7.webm", path)
 
-    assert [operation for operation, _ in sent] == ["PutObject"]
+    assert by_botocore == []  # bytes in memory by then: the lean PUT
+    assert [(method, sent.rsplit("/", 1)[1]) for method, sent, _ in wire.requests] == [("PUT", "7.webm")]
     assert bucket_objects(s3_server, bucket, prefix) == {"7.webm": (data, "video/webm")}
     assert not os.path.exists(path)
 
@@ -284,44 +387,271 @@ def test_the_spool_is_the_log_folder_and_a_killed_runs_leftovers_go_at_open(
 
 
 def test_the_default_acl_is_private_and_accepted(
-    s3_server: SeaweedS3Server, bucket: str, prefix: str
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire
 ) -> None:
-    with opened(s3_server, bucket, prefix) as store:  # Scrapy's default IMAGES_STORE_S3_ACL: "private"
-        sent = sent_headers(store)
+    # Scrapy's default IMAGES_STORE_S3_ACL: "private"
+    with through(wire, s3_server, bucket, prefix) as store:
         store.put("7.jpg", JPEG)
         asyncio.run(store.copy("7.jpg", "8.jpg"))
+        with store.writing("9.jpg") as file:  # a file's upload: botocore's put_object
+            file.write(JPEG)
 
-    assert [(operation, headers.get("x-amz-acl")) for operation, headers in sent] == [
-        ("PutObject", "private"),
-        ("CopyObject", "private"),
+    assert [(headers.get("x-amz-copy-source", ""), headers.get("x-amz-acl")) for headers in puts(wire)] == [
+        ("", "private"),
+        (f"{bucket}/{prefix}7.jpg", "private"),
+        ("", "private"),
     ]
-    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg"]
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg", "9.jpg"]
 
 
-def test_an_empty_acl_sends_none(s3_server: SeaweedS3Server, bucket: str, prefix: str) -> None:
-    with opened(s3_server, bucket, prefix, IMAGES_STORE_S3_ACL="") as store:
-        sent = sent_headers(store)
+def test_an_empty_acl_sends_none(s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire) -> None:
+    with through(wire, s3_server, bucket, prefix, IMAGES_STORE_S3_ACL="") as store:
         store.put("7.jpg", JPEG)
         asyncio.run(store.copy("7.jpg", "8.jpg"))
+        with store.writing("9.jpg") as file:
+            file.write(JPEG)
 
-    assert [operation for operation, _ in sent] == ["PutObject", "CopyObject"]
-    assert all("x-amz-acl" not in headers for _, headers in sent)
-    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg"]
+    assert len(puts(wire)) == 3
+    assert all("x-amz-acl" not in headers for headers in puts(wire))
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg", "9.jpg"]
 
 
 def test_uploads_send_their_body_without_waiting_for_100_continue(
-    s3_server: SeaweedS3Server, bucket: str, prefix: str
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire
 ) -> None:
     # botocore's default would hold each body back for the server's interim answer: a round
     # trip more per upload (the benchmark's S3 runs: 1.13x-1.36x the images/s without it).
-    with opened(s3_server, bucket, prefix) as store:
-        sent = sent_headers(store)
+    with through(wire, s3_server, bucket, prefix) as store:
         store.put("7.jpg", JPEG)
         asyncio.run(store.save({"7_meta.json": b"{}", "7_pos-prompt.txt": b"a lighthouse"}))
+        with store.writing("8.jpg") as file:
+            file.write(JPEG)
 
-    assert [operation for operation, _ in sent] == ["PutObject"] * 3
-    assert all("expect" not in headers for _, headers in sent)
-    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "7_meta.json", "7_pos-prompt.txt"]
+    assert len(puts(wire)) == 4
+    assert all("expect" not in headers for headers in puts(wire))
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == [
+        "7.jpg",
+        "7_meta.json",
+        "7_pos-prompt.txt",
+        "8.jpg",
+    ]
+
+
+# --- integrity and the lean PUT ----------------------------------------------------------------
+
+
+def test_uploads_of_bytes_skip_botocore_and_carry_the_bodys_crc32(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire
+) -> None:
+    files = {"7.jpg": JPEG, "7_meta.json": b'{"id": 7}', "7_pos-prompt.txt": b"a lighthouse"}
+    with through(wire, s3_server, bucket, prefix) as store:
+        by_botocore = botocore_requests(store)
+        asyncio.run(store.save(files))
+        with store.writing("8.jpg") as file:
+            file.write(JPEG)
+
+    assert by_botocore == ["PutObject"]  # the file's; the bytes went lean
+    sent = {path.rsplit("/", 1)[1]: headers for method, path, headers in wire.requests if method == "PUT"}
+    for name, data in {**files, "8.jpg": JPEG}.items():
+        crc32 = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        assert sent[name]["x-amz-checksum-crc32"] == crc32, name
+        # No SHA-256 of the body: the CRC32 is what the server checks.
+        assert sent[name]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD", name
+    assert bucket_objects(s3_server, bucket, prefix) == {
+        name: (data, content_type(name)) for name, data in {**files, "8.jpg": JPEG}.items()
+    }
+
+
+@pytest.mark.parametrize("how", ["bytes", "file"])
+def test_a_body_corrupted_on_the_way_is_refused(
+    how: str, s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire
+) -> None:
+    data = JPEG + Wire.MARK + JPEG
+    with through(wire, s3_server, bucket, prefix, AWS_MAX_ATTEMPTS="2") as store:
+        store.put("1.jpg", data)  # through untouched: stored
+        wire.corrupt = True
+        with pytest.raises(StoreError) as caught:
+            if how == "bytes":
+                store.put("2.jpg", data)
+            else:
+                with store.writing("2.jpg") as file:
+                    file.write(data)
+
+    assert wire.corrupted >= 1
+    assert str(caught.value).startswith(f"upload of s3://{bucket}/{prefix}2.jpg failed: ")
+    assert "BadDigest" in str(caught.value)
+    assert bucket_objects(s3_server, bucket, prefix) == {"1.jpg": (data, "image/jpeg")}
+
+
+#: Keys botocore quotes in the URL (a space, non-ASCII, ``+``, ``%``...): the server checks the
+#: signature of the path as it arrived, so what is signed must be what is sent.
+AWKWARD_NAMES = ["a b/7.jpg", "île ~ été.jpg", "7+8=15.json", "100%;&$@,!'()*.txt"]
+
+
+def test_keys_that_need_quoting_are_signed_as_sent_and_stored_under_their_names(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, wire: Wire
+) -> None:
+    files = {name: name.encode() + JPEG for name in AWKWARD_NAMES}
+    with through(wire, s3_server, bucket, prefix) as store:
+        by_botocore = botocore_requests(store)
+        for name, data in files.items():
+            store.put(name, data)
+        botocore_urls = [
+            store.client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": prefix + name})
+            for name in files
+        ]
+
+    assert by_botocore == []  # every one lean, and taken (a signature the server refused: 403, botocore's)
+    # The path on the wire is the one botocore's client would have sent.
+    assert [sent for method, sent, _ in wire.requests if method == "PUT"] == [
+        urlsplit(url).path for url in botocore_urls
+    ]
+    assert {name: data for name, (data, _) in bucket_objects(s3_server, bucket, prefix).items()} == files
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "style", "base"),
+    [
+        ("https://s3.example.com", "path", "https://s3.example.com/my-bucket/"),
+        ("https://s3.example.com", "virtual", "https://my-bucket.s3.example.com/"),
+        ("http://127.0.0.1:8333", "path", "http://127.0.0.1:8333/my-bucket/"),
+        ("https://[::1]:8443", "path", "https://[::1]:8443/my-bucket/"),
+        # AWS itself: botocore presigns to the global name, which AWS routes to the bucket's region.
+        (None, "auto", "https://my-bucket.s3.amazonaws.com/"),
+    ],
+    ids=["path", "virtual", "port", "ipv6", "aws"],
+)
+def test_the_lean_url_of_a_key_is_botocores(
+    endpoint: str | None, style: str, base: str, no_aws_environment: None
+) -> None:
+    import botocore.session
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    from civitai_spider.stores.s3_put import lean_put
+
+    client = botocore.session.get_session().create_client(
+        "s3",
+        aws_access_key_id="AKEXAMPLE",
+        aws_secret_access_key="secret",
+        endpoint_url=endpoint,
+        region_name="eu-west-3",
+        config=Config(s3={"addressing_style": style, "payload_signing_enabled": False}),
+    )
+    with closing(client):
+        lean = lean_put(client, "my-bucket", Credentials("AKEXAMPLE", "secret"), True)
+        assert lean is not None
+        for name in ["civitai/7.jpg", *AWKWARD_NAMES]:
+            url = client.generate_presigned_url("put_object", Params={"Bucket": "my-bucket", "Key": name})
+            expected = urlsplit(url)
+            assert lean.url(name) == f"{expected.scheme}://{expected.netloc}{expected.path}", name
+        assert lean.url("7.jpg") == base + "7.jpg"
+        lean.close()
+
+
+@pytest.mark.parametrize("token", [None, "a-session-token"])
+def test_the_signed_headers_are_botocores_with_the_crc32_and_an_unsigned_payload(token: str | None) -> None:
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    credentials = Credentials("AKEXAMPLE", "secret/example+key", token)
+    config = Config(s3={"payload_signing_enabled": False})
+    # Plain http: without the client's config botocore's signer would hash the body.
+    lean = LeanPut(
+        "http://127.0.0.1:8333/my-bucket/", "eu-west-3", credentials, config, timeout=1, ssl_context=None
+    )
+    data = "une île ~ +".encode()
+
+    signed = lean.sign(lean.path("a b/7.txt"), data, {"content-type": "text/plain", "x-amz-acl": "private"})
+
+    crc32 = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    assert signed["x-amz-checksum-crc32"] == crc32
+    assert signed["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    assert signed["host"] == "127.0.0.1:8333"
+    assert signed["content-length"] == str(len(data))
+    assert signed.get("X-Amz-Security-Token") == token
+    authorization = signed["Authorization"]
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKEXAMPLE/")
+    assert "/eu-west-3/s3/aws4_request, " in authorization
+    signed_names = ["content-type", "host", "x-amz-acl", "x-amz-checksum-crc32", "x-amz-content-sha256"]
+    signed_names += ["x-amz-date"] + (["x-amz-security-token"] if token else [])
+    assert f"SignedHeaders={';'.join(signed_names)}, " in authorization
+    assert "secret/example+key" not in repr(signed)
+
+
+def test_refreshed_credentials_sign_the_next_upload(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    from botocore.credentials import RefreshableCredentials
+
+    refreshed = []
+
+    def refresh() -> dict[str, str]:
+        refreshed.append(True)
+        return {
+            "access_key": s3_server.access_key,
+            "secret_key": s3_server.secret_key,
+            "token": "",
+            "expiry_time": "2999-01-01T00:00:00Z",
+        }
+
+    # Temporary credentials that have expired, with a secret the server refuses: only those
+    # refreshed before the upload are taken (a 403 would hand the upload to botocore).
+    expired = RefreshableCredentials.create_from_metadata(
+        {
+            "access_key": s3_server.access_key,
+            "secret_key": "an-expired-secret-5c2a",
+            "token": "",
+            "expiry_time": "2000-01-01T00:00:00Z",
+        },
+        refresh,
+        "test",
+    )
+    with opened(s3_server, bucket, prefix) as store:
+        assert store._lean is not None
+        store._lean._credentials = expired
+        by_botocore = botocore_requests(store)
+        store.put("7.jpg", JPEG)
+
+        assert refreshed and by_botocore == []
+        assert store._lean is not None
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg"]
+
+
+def test_a_lean_upload_the_server_refuses_is_botocores_from_then_on(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from botocore.credentials import Credentials
+
+    with opened(s3_server, bucket, prefix) as store:
+        # A lean PUT signed with another secret: refused (403), where botocore's is taken.
+        assert store._lean is not None
+        store._lean._credentials = Credentials(s3_server.access_key, "not-the-secret-4e1b")
+        by_botocore = botocore_requests(store)
+        store.put("7.jpg", JPEG)
+        store.put("8.jpg", JPEG)
+
+    assert by_botocore == ["PutObject", "PutObject"]
+    assert store._lean is None
+    [warning] = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert "answered 403 to an upload that botocore's client then stored" in warning.getMessage()
+    assert "not-the-secret-4e1b" not in caplog.text and s3_server.secret_key not in caplog.text
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg", "8.jpg"]
+
+
+def test_a_lean_upload_that_fails_on_the_way_is_retried_by_botocore(
+    s3_server: SeaweedS3Server, bucket: str, prefix: str
+) -> None:
+    with opened(s3_server, bucket, prefix) as store:
+        assert store._lean is not None
+        (port,) = free_ports(1)  # nothing listens there: the lean connection is refused
+        store._lean._address = ("127.0.0.1", port)
+        by_botocore = botocore_requests(store)
+        store.put("7.jpg", JPEG)
+
+        assert by_botocore == ["PutObject"]
+        assert store._lean is not None  # a connection lost is no reason to give the lean PUT up
+    assert sorted(bucket_objects(s3_server, bucket, prefix)) == ["7.jpg"]
 
 
 # --- failures ------------------------------------------------------------------------------------
