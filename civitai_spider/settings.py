@@ -64,6 +64,15 @@ CIVITAI_CAPTION_RAW = False
 # Rows per part file of the Parquet manifest (scrapy civitai-manifest; README, "Datasets"): a
 # run adds parts of at most this many rows, and a killed run redoes at most one part.
 CIVITAI_MANIFEST_PART_ROWS = 100_000
+# The manifest as you crawl: each recorded item's manifest row is also written during the crawl,
+# in small Parquet parts (crawl-*.parquet) of the manifest folder, readable at once; scrapy
+# civitai-manifest then compacts them without reading the store's files (README, "Datasets").
+CIVITAI_MANIFEST = True
+# A part is written once this many rows wait, or this many seconds after the first of them
+# waited, and at the crawl's end: a crawl killed with kill -9 loses at most these rows of its
+# own, which the next scrapy civitai-manifest reads from the files instead.
+CIVITAI_MANIFEST_FLUSH_ROWS = 1_000
+CIVITAI_MANIFEST_FLUSH_SECONDS = 60
 # error_log.txt and DecompressionBombWarning_log.txt: in IMAGES_STORE when it is a folder,
 # else in this local folder, where each video is also written as it downloads (a temporary
 # file), then uploaded to the bucket and removed.
@@ -138,6 +147,8 @@ ITEM_PIPELINES = {
     "civitai_spider.pipelines.metadata.MetadataPipeline": 400,
     # The commit point: the id is recorded once every file of the item is durably stored.
     "civitai_spider.pipelines.record_id.RecordIdPipeline": 500,
+    # After it: the manifest's row of an item whose id is recorded (CIVITAI_MANIFEST).
+    "civitai_spider.pipelines.manifest.ManifestPipeline": 600,
 }
 DOWNLOADER_MIDDLEWARES = {
     # Replaces Scrapy's RetryMiddleware: same settings, plus backoff and Retry-After.

@@ -246,13 +246,15 @@ class CivitaiMediaPipeline(ImagesPipeline):
                 spool.discard()
             raise MediaFailed(f"HTTP {response.status}")
         if spool is not None:
-            extension = await self._save_video(spool, response.body, adapter["id"])
+            extension, size = await self._save_video(spool, response.body, adapter["id"])
         else:
-            extension = await self._save_image(response.body, adapter["id"], request.url)
+            extension, size = await self._save_image(response.body, adapter["id"], request.url)
+        # The manifest's row tells it (pipelines/manifest.py), without asking the store.
+        adapter["image_size"] = size
         name = _file_name(adapter["id"], extension)
         return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
 
-    async def _save_image(self, body: bytes, image_id: int, url: str) -> str:
+    async def _save_image(self, body: bytes, image_id: int, url: str) -> tuple[str, int]:
         try:
             prepared = await self._in_pillow_thread(
                 _prepare_and_put_image, body, self.files, image_id, self.max_pixels, self.jpeg_quality
@@ -266,16 +268,17 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if prepared.over_pixel_limit:
             self._log_bomb(image_id, url, (prepared.width, prepared.height), "saved")
         self.inc_stats("converted" if prepared.converted else "kept")
-        return prepared.extension
+        return prepared.extension, len(prepared.data)
 
-    async def _save_video(self, spool: Spool, body: bytes, video_id: int) -> str:
-        """Check the file ``spool`` holds and store it; ``body`` is empty unless it came whole
-        (another download handler than ours), and is then spooled here first."""
+    async def _save_video(self, spool: Spool, body: bytes, video_id: int) -> tuple[str, int]:
+        """Check the file ``spool`` holds and store it, its extension and size; ``body`` is empty
+        unless it came whole (another download handler than ours), and is then spooled here first."""
         try:
             if not spool.path and not spool.error:
                 await run_in_thread(_spool_body, spool, body)
             if spool.error is not None or spool.path is None:
                 raise _not_spooled(self.files, spool, video_id)
+            size = os.path.getsize(spool.path)  # before it is moved into the store
             extension = await run_in_thread(_check_and_put_video, spool.path, self.files, video_id)
             if not self.files.put_where_prepared:
                 name = _file_name(video_id, extension)
@@ -288,7 +291,7 @@ class CivitaiMediaPipeline(ImagesPipeline):
         finally:
             spool.discard()  # unless it was moved into place: refused, or the store failed
         self.inc_stats("kept")
-        return extension
+        return extension, size
 
     async def _save(self, name: str, data: bytes) -> None:
         try:

@@ -68,11 +68,19 @@ def metadata_files(
     negative = meta.get("negativePrompt")
     if isinstance(negative, str) and negative.strip():
         files[f"{image_id}_neg-prompt.txt"] = _utf8(negative)
-    record = {**adapter["api_item"], "image_file": adapter["image_file"]}
-    files[f"{image_id}_meta.json"] = _utf8(json.dumps(record, ensure_ascii=False, indent=2))
+    files[f"{image_id}_meta.json"] = _utf8(json.dumps(stored_record(adapter), ensure_ascii=False, indent=2))
     if captions:
         files[f"{image_id}.txt"] = _utf8(caption_of(meta.get("prompt"), raw=raw_captions))
     return files
+
+
+def stored_record(adapter: ItemAdapter) -> dict[str, Any]:
+    """What ``<id>_meta.json`` holds: the API record as received, plus ``image_file``.
+
+    The manifest's row is made of it too, by the crawl (:mod:`civitai_spider.pipelines.manifest`)
+    as by ``scrapy civitai-manifest`` reading the file back: one record, one row.
+    """
+    return {**adapter["api_item"], "image_file": adapter["image_file"]}
 
 
 def _utf8(text: str) -> bytes:
