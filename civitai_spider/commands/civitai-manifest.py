@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from scrapy.commands import ScrapyCommand
 
 from civitai_spider.commands import add_output_option, refuse_arguments, write_dataset
-from civitai_spider.dataset.stored import MANIFEST_FOLDER, ProblemLog, manifest_folder_store, output_uri
+from civitai_spider.dataset.stored import ProblemLog, output_uri
+from civitai_spider.pipelines.manifest import MANIFEST_FOLDER, manifest_store, manifest_uri
 
 if TYPE_CHECKING:
     import argparse
@@ -68,12 +69,10 @@ class Command(ScrapyCommand):
 
         [output] = outputs
         crawl_parts = None
-        if output_uri(self.settings, self._output, MANIFEST_FOLDER) != output_uri(
-            self.settings, None, MANIFEST_FOLDER
-        ):
+        if output_uri(self.settings, self._output, MANIFEST_FOLDER) != manifest_uri(self.settings):
             # --output elsewhere: the crawls' parts are read from the store's manifest folder,
             # and left there for its own manifest.
-            crawl_parts = manifest_folder_store(self.settings)
+            crawl_parts = manifest_store(self.settings)
         try:
             run = update_manifest(
                 items,

@@ -228,29 +228,6 @@ def _check_something_stored(files: ReadableFileStore, settings: BaseSettings) ->
         raise ValueError(f"IMAGES_STORE={uri!r}: nothing is stored there")
 
 
-#: The manifest's folder inside the store (a prefix in a bucket), unless --output says otherwise:
-#: where a crawl writes its manifest parts and ``scrapy civitai-manifest`` compacts them.
-MANIFEST_FOLDER = "manifest"
-#: A crawl's manifest part (:func:`crawl_part_name`) in :data:`MANIFEST_FOLDER`.
-CRAWL_PART_NAME = re.compile(r"crawl-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}-[0-9]{6,}\.parquet")
-
-
-def crawl_part_name(started: str, tag: str, number: int) -> str:
-    """The name of a crawl's manifest part ``number``: ``started`` is the crawl's start in UTC
-    (``%Y%m%dT%H%M%SZ``), ``tag`` eight hex digits of its own (the workers of a shared crawl
-    write into one store), so that no two crawls or workers ever write the same name."""
-    return f"crawl-{started}-{tag}-{number:06d}.parquet"
-
-
-def manifest_folder_store(settings: BaseSettings) -> ReadableFileStore:
-    """The file store of :data:`MANIFEST_FOLDER` in ``IMAGES_STORE``, with the other settings of
-    ``settings``, built but not checked nor opened (blocking for a bucket: a client is made)."""
-    at = settings.copy()
-    at.frozen = False  # a crawl's settings are frozen, and so is their copy
-    at.set("IMAGES_STORE", output_uri(settings, None, MANIFEST_FOLDER), priority=at.maxpriority() + 1)
-    return file_store_class(at).build(at)
-
-
 def output_uri(settings: BaseSettings, output: str | None, default: str) -> str:
     """Where a dataset command writes: ``output`` (a folder or ``s3://``), else the folder (a
     prefix in a bucket) ``default`` in ``IMAGES_STORE``."""

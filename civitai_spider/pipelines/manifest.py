@@ -3,7 +3,7 @@
 The pipeline after the commit point (:mod:`~civitai_spider.pipelines.record_id`): an item
 reaches it only once its id is durably recorded, so a part never holds the row of an id that is
 not recorded. Its row is the one ``scrapy civitai-manifest`` would read from the store
-(:func:`~civitai_spider.dataset.manifest.row_of` over the record written to ``<id>_meta.json``
+(:func:`~civitai_spider.manifest_rows.row_of` over the record written to ``<id>_meta.json``
 and the media file's size). Rows wait in memory until ``CIVITAI_MANIFEST_FLUSH_ROWS`` of them
 are waiting or ``CIVITAI_MANIFEST_FLUSH_SECONDS`` have passed since the first one, and at the
 crawl's end (a graceful stop too); then one thread of its own writes them as a part
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 from itemadapter import ItemAdapter
 from scrapy.exceptions import NotConfigured
 
-from civitai_spider.dataset.stored import MANIFEST_FOLDER, crawl_part_name, manifest_folder_store, output_uri
 from civitai_spider.errors import describe
 from civitai_spider.pipelines.metadata import stored_record
-from civitai_spider.stores import stores_of
+from civitai_spider.stores import file_store_class, stores_of
 from civitai_spider.stores.base import FileStore, ReadBack
 from civitai_spider.stores.failures import describe_store_error
 
@@ -44,12 +44,19 @@ if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
     from scrapy.statscollectors import StatsCollector
 
     from civitai_spider.local_files import LogFile
     from civitai_spider.stores.base import ReadableFileStore
 
 logger = logging.getLogger(__name__)
+
+#: The manifest's folder inside the store (a prefix in a bucket): where a crawl writes its parts,
+#: and ``scrapy civitai-manifest`` compacts them unless ``--output`` says otherwise.
+MANIFEST_FOLDER = "manifest"
+#: A crawl's part (:func:`crawl_part_name`).
+CRAWL_PART_NAME = re.compile(r"crawl-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}-[0-9]{6,}\.parquet")
 
 PARTS_WRITTEN = "civitai/manifest/parts_written"
 ROWS_WRITTEN = "civitai/manifest/rows_written"
@@ -98,8 +105,8 @@ class ManifestPipeline:
             crawler.stats,
             stores.error_log,
             stores.files,
-            functools.partial(manifest_folder_store, settings.copy()),
-            output_uri(settings, None, MANIFEST_FOLDER),
+            functools.partial(manifest_store, settings.copy()),
+            manifest_uri(settings),
             flush_rows=settings.getint("CIVITAI_MANIFEST_FLUSH_ROWS"),
             flush_seconds=settings.getfloat("CIVITAI_MANIFEST_FLUSH_SECONDS"),
         )
@@ -138,15 +145,16 @@ class ManifestPipeline:
     def _write(self, name: str, rows: list[_Row]) -> None:
         """Store ``rows`` as the part ``name`` (in the writer thread)."""
         # Here: pyarrow's import costs a crawl nothing until its first part.
-        from civitai_spider.dataset.manifest import write_crawl_part  # noqa: PLC0415
+        from civitai_spider.manifest_rows import write_rows  # noqa: PLC0415
 
         if self._store is None:
             store = self._open_store()
             store.open()  # a folder: made, and the temporary files of killed writers removed
             self._store = store
-        write_crawl_part(
-            self._store, name, [(i, record, self._size(record, size)) for i, record, size in rows]
-        )
+        entries = [(image_id, record, self._size(record, size)) for image_id, record, size in rows]
+        # Under a hidden temporary name renamed once whole (a folder), or one PUT (a bucket).
+        with self._store.writing(name) as file:
+            write_rows(file, entries)
 
     def _size(self, record: dict[str, Any], size: int | None) -> int | None:
         # Unknown when the item was handed another item's download of the same URL and given a
@@ -177,3 +185,24 @@ class ManifestPipeline:
         self.stats.inc_value(PART_FAILURES)
         self.stats.inc_value(ROWS_NOT_WRITTEN, rows)
         self.error_log.add(f"{rows} ids", where, f"manifest part not written: {reason}")
+
+
+def crawl_part_name(started: str, tag: str, number: int) -> str:
+    """The name of a crawl's manifest part ``number``: ``started`` is the crawl's start in UTC
+    (``%Y%m%dT%H%M%SZ``), ``tag`` eight hex digits of its own (the workers of a shared crawl
+    write into one store), so that no two crawls or workers ever write the same name."""
+    return f"crawl-{started}-{tag}-{number:06d}.parquet"
+
+
+def manifest_uri(settings: BaseSettings) -> str:
+    """:data:`MANIFEST_FOLDER` in ``IMAGES_STORE``: a folder, or a prefix in a bucket."""
+    return f"{str(settings.get('IMAGES_STORE')).rstrip('/')}/{MANIFEST_FOLDER}"
+
+
+def manifest_store(settings: BaseSettings) -> ReadableFileStore:
+    """The file store of :data:`MANIFEST_FOLDER` in ``IMAGES_STORE``, with the other settings of
+    ``settings`` (a bucket's credentials), built but neither checked nor opened (blocking)."""
+    at = settings.copy()
+    at.frozen = False  # a crawl's settings are frozen, and so is their copy
+    at.set("IMAGES_STORE", manifest_uri(settings), priority=at.maxpriority() + 1)
+    return file_store_class(at).build(at)

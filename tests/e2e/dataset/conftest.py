@@ -22,10 +22,11 @@ def fake() -> Iterator[FakeCivitai]:
 
 @pytest.fixture(scope="module")
 def crawled(fake: FakeCivitai, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    """A folder store that one real crawl filled, and the API records it got."""
+    """A folder store that one real crawl filled, and the API records it got: without the
+    crawl's own manifest parts (CIVITAI_MANIFEST off), so that a manifest reads the files."""
     items = add_items(fake)
     store = tmp_path_factory.mktemp("crawled") / "store"
-    result = run_crawl(fake, store, "media=all", **CRAWL_SETTINGS)
+    result = run_crawl(fake, store, "media=all", CIVITAI_MANIFEST="false", **CRAWL_SETTINGS)
     assert result.returncode == 0 and sorted(result.ids_recorded()) == sorted(i["id"] for i in items)
     return store, items
 

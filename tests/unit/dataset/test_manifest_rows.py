@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from civitai_spider.dataset.manifest import SCHEMA, STAT_COLUMNS, _row_groups, _table, row_of
+from civitai_spider.dataset.manifest import _row_groups
 from civitai_spider.dataset.stored import StoredItem
+from civitai_spider.manifest_rows import SCHEMA, STAT_COLUMNS, _table, row_of
 from tests.support.records import RECORD
 
 

@@ -53,9 +53,9 @@ def test_a_video_is_checked_and_written_off_the_event_loop_thread(
     threads = recording_threads(monkeypatch, "check_video_file", (folder.FolderStore, "put_file"))
     body = videos.mp4()
 
-    extension = asyncio.run(pipeline(tmp_path)._save_video(spooled(tmp_path, body), b"", 7))
+    extension, size = asyncio.run(pipeline(tmp_path)._save_video(spooled(tmp_path, body), b"", 7))
 
-    assert extension == "mp4" and (tmp_path / "7.mp4").read_bytes() == body
+    assert extension == "mp4" and (tmp_path / "7.mp4").read_bytes() == body and size == len(body)
     assert set(threads) == {"check_video_file", "put_file"}
     assert threading.main_thread().name not in threads.values(), threads
     assert [path.name for path in tmp_path.iterdir()] == ["7.mp4"]  # the spooled file, renamed
@@ -73,9 +73,9 @@ def test_a_video_that_came_whole_is_spooled_then_stored(tmp_path: Path) -> None:
     # Another download handler than ours (DOWNLOAD_HANDLERS overridden) hands the body over.
     body = videos.webm()
 
-    extension = asyncio.run(pipeline(tmp_path)._save_video(Spool(tmp_path, "7.video"), body, 7))
+    extension, size = asyncio.run(pipeline(tmp_path)._save_video(Spool(tmp_path, "7.video"), body, 7))
 
-    assert extension == "webm" and (tmp_path / "7.webm").read_bytes() == body
+    assert extension == "webm" and (tmp_path / "7.webm").read_bytes() == body and size == len(body)
     assert [path.name for path in tmp_path.iterdir()] == ["7.webm"]
 
 
@@ -84,9 +84,9 @@ def test_an_image_is_prepared_and_written_in_a_pillow_thread(
 ) -> None:
     threads = recording_threads(monkeypatch, "prepare_image")
 
-    extension = asyncio.run(pipeline(tmp_path)._save_image(images.jpeg_rgb(), 8, "https://cdn/8.jpeg"))
+    extension, size = asyncio.run(pipeline(tmp_path)._save_image(images.jpeg_rgb(), 8, "https://cdn/8.jpeg"))
 
-    assert extension == "jpg"
+    assert extension == "jpg" and size == (tmp_path / "8.jpg").stat().st_size
     assert set(threads) == {"prepare_image", "write_atomically"}
     assert all(name.startswith("pillow") for name in threads.values()), threads
 

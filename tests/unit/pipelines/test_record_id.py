@@ -31,11 +31,13 @@ def pipeline(store: Path) -> RecordIdPipeline:
     return RecordIdPipeline.from_crawler(project_crawler(IMAGES_STORE=str(store)))
 
 
-def test_it_runs_right_after_the_metadata_pipeline_last_of_all() -> None:
+def test_it_runs_right_after_the_metadata_pipeline_and_before_the_manifest_s_rows() -> None:
     order = sorted(project_settings.ITEM_PIPELINES, key=project_settings.ITEM_PIPELINES.__getitem__)
-    assert order[-2:] == [
+    # The manifest's row of an item is written only once its id is recorded.
+    assert order[-3:] == [
         "civitai_spider.pipelines.metadata.MetadataPipeline",
         "civitai_spider.pipelines.record_id.RecordIdPipeline",
+        "civitai_spider.pipelines.manifest.ManifestPipeline",
     ]
 
 
