@@ -89,6 +89,7 @@ class Plan:
     scaling_images: int = 1200
     scaling_chain_pages: int = 8
     manifest_records: int = 100_000
+    manifest_live_records: int = 0
     disk_images: dict[str, list[int]] = field(default_factory=lambda: {"jpeg": [1500, 5000], "png": [800]})
     disk_rounds: int = 3
     peers_images: int = 1000
@@ -171,7 +172,7 @@ def benchmark(plan: Plan, work: Path, store_dir: Path, disk_dir: Path) -> Result
         disk_series = disk.measure(plan.disk_images, plan.disk_rounds, work, disk_dir)
     manifest_runs = []
     if "manifest" in plan.scenarios:
-        manifest_runs = manifest.measure(plan.manifest_records, disk_dir)
+        manifest_runs = manifest.measure(plan.manifest_records, disk_dir, plan.manifest_live_records)
     peer_series = []
     if "peers" in plan.scenarios:
         peer_series = peers.measure(
@@ -311,7 +312,14 @@ def main(argv: list[str] | None = None) -> None:
         "--manifest-records",
         type=int,
         default=100_000,
-        help="manifest scenario: items in the folder store on --disk-dir (default 100000)",
+        help="manifest scenario: items in the folder store on --disk-dir (default 100000; 0: none)",
+    )
+    parser.add_argument(
+        "--manifest-live-records",
+        type=int,
+        default=0,
+        help="manifest scenario: also civitai-manifest after a crawl of this many items that wrote "
+        "live parts, the page cache dropped first (default 0: not run)",
     )
     parser.add_argument(
         "--disk-jpeg-images",
@@ -409,6 +417,7 @@ def main(argv: list[str] | None = None) -> None:
             scaling_images=arguments.scaling_images,
             scaling_chain_pages=arguments.scaling_chain_pages,
             manifest_records=arguments.manifest_records,
+            manifest_live_records=arguments.manifest_live_records,
             disk_images={"jpeg": arguments.disk_jpeg_images, "png": arguments.disk_png_images},
             disk_rounds=arguments.disk_rounds,
             peers_images=arguments.peers_images,

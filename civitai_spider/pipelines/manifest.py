@@ -63,6 +63,8 @@ ROWS_WRITTEN = "civitai/manifest/rows_written"
 PART_FAILURES = "civitai/manifest/part_failures"
 ROWS_NOT_WRITTEN = "civitai/manifest/rows_not_written"
 
+#: Parts handed to the writer thread and not written yet, at most, before items wait for it.
+_PARTS_QUEUED = 2
 #: A waiting row: id, the record of ``<id>_meta.json``, the media file's size (None: ask the store).
 _Row = tuple[int, dict[str, Any], int | None]
 
@@ -111,13 +113,17 @@ class ManifestPipeline:
             flush_seconds=settings.getfloat("CIVITAI_MANIFEST_FLUSH_SECONDS"),
         )
 
-    def process_item(self, item: Any) -> Any:
+    async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
         self._waiting.append((adapter["id"], stored_record(adapter), adapter.get("image_size")))
         if len(self._waiting) >= self.flush_rows:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_seconds, self._flush)
+        while len(self._writes) > _PARTS_QUEUED:
+            # A writer slower than the crawl (a bucket that answers slowly) holds the items
+            # back rather than let parts pile up in memory.
+            await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
         return item
 
     async def close_spider(self) -> None:

@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ def run(pipe: ManifestPipeline, items: list[CivitaiImage], *, pause: float = 0.0
 
     async def crawl() -> None:
         for item in items:
-            assert pipe.process_item(item) is item
+            assert await pipe.process_item(item) is item
         await asyncio.sleep(pause)
         if close:
             await pipe.close_spider()
@@ -167,3 +168,27 @@ def test_a_part_that_cannot_be_written_is_a_warning_a_stat_and_a_log_line_and_th
 def test_off_it_is_not_built(tmp_path: Path) -> None:
     with pytest.raises(NotConfigured):
         ManifestPipeline.from_crawler(crawler_at(tmp_path, CIVITAI_MANIFEST=False))
+
+
+def test_items_wait_for_a_writer_that_falls_behind_rather_than_parts_pile_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing = FolderStore.writing
+
+    def slow(store: FolderStore, name: str) -> Any:
+        time.sleep(0.05)  # a bucket that answers slowly
+        return writing(store, name)
+
+    monkeypatch.setattr(FolderStore, "writing", slow)
+    pipe = ManifestPipeline.from_crawler(crawler_at(tmp_path, CIVITAI_MANIFEST_FLUSH_ROWS=1))
+    queued = []
+
+    async def crawl() -> None:
+        for image_id in range(81, 91):
+            await pipe.process_item(saved_item(image_id))
+            queued.append(len(pipe._writes))
+        await pipe.close_spider()
+
+    asyncio.run(crawl())
+    assert max(queued) == manifest_pipeline._PARTS_QUEUED, queued
+    assert len(parts(tmp_path)) == 10
