@@ -39,3 +39,18 @@ def test_a_folder_crawl_imports_no_pyarrow_redis_or_botocore(fake: FakeCivitai, 
     assert "civitai_spider.dataset.stored" in imported
     unneeded = {"pyarrow", "numpy", "redis", "botocore", "boto3"}
     assert not {name for name in imported if name.split(".")[0] in unneeded}
+
+
+def test_a_crawl_writing_its_manifest_parts_imports_pyarrow_but_not_pandas(
+    fake: FakeCivitai, tmp_path: Path
+) -> None:
+    # pyarrow would import pandas (0.15-0.2 s) at its first array, to ask a crawl's rows whether
+    # they are pandas objects.
+    add_items(fake)
+    result = run_crawl(
+        fake, tmp_path / "store", "media=all", environment={"PYTHONPROFILEIMPORTTIME": "1"}, **CRAWL_SETTINGS
+    )
+    assert result.returncode == 0 and result.ids_recorded(), result.stderr[-3000:]
+    assert result.stats["civitai/manifest/rows_written"] == len(result.ids_recorded())
+    imported = {name.split(".")[0] for name in _IMPORTED.findall(result.stderr)}
+    assert "pyarrow" in imported and "pandas" not in imported
