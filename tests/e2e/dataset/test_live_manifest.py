@@ -312,3 +312,44 @@ def test_a_bad_value_ends_the_crawl_before_any_request(
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert f"{setting}={value!r} is not valid: allowed is" in error
     assert server.requests == []
+
+
+def test_an_item_whose_id_is_not_recorded_gets_no_row(server: FakeCivitai, tmp_path: Path) -> None:
+    # The id store fails mid-crawl (its folder becomes a file) while the file store goes on: the
+    # items after that have every file stored, but their ids are not recorded, so no row.
+    add_items(server, 25)
+    store, ids_folder = tmp_path / "store", tmp_path / "ids"
+    id_file = ids_folder / "ids.txt"
+
+    def break_the_id_store_at_the_second_page(request: Any) -> None:
+        if "cursor" not in request.query or ids_folder.is_file():
+            return
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and len(recorded_in(id_file)) < 10:
+            time.sleep(0.02)
+        ids_folder.rename(tmp_path / "ids-were-here")
+        ids_folder.write_text("the id store is gone")
+
+    server.on_api_request = break_the_id_store_at_the_second_page
+    result = run_crawl(
+        server,
+        store,
+        "media=all",
+        "limit=10",
+        CIVITAI_ID_FILE=str(id_file),
+        CIVITAI_MAX_STORE_FAILURES="1000",
+        CIVITAI_IMAGES_IN_FLIGHT="2",
+        CIVITAI_MANIFEST_FLUSH_ROWS="1",
+        **CRAWL_SETTINGS,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = recorded_in(tmp_path / "ids-were-here" / "ids.txt")
+    assert len(ids) >= 10 and result.stats["civitai/failed"] >= 10, result.stats
+    not_recorded = {item["id"] for item in server.items} - ids
+    assert any((store / f"{image_id}_meta.json").exists() for image_id in not_recorded)  # files stored
+    assert set(manifest_ids(store / "manifest")) == ids
+
+
+def recorded_in(id_file: Path) -> set[int]:
+    return {int(line) for line in id_file.read_text().split("\n")[:-1]} if id_file.exists() else set()
