@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,15 @@ import pytest
 
 from civitai_spider.manifest_rows import rows_table
 from civitai_spider.pipelines.manifest import CRAWL_PART_NAME
-from tests.support.crawls import CrawlResult, run_crawl, run_scrapy_command, start_crawl, wait_for
+from tests.support.crawls import (
+    REPOSITORY,
+    CrawlResult,
+    crawl_environment,
+    run_crawl,
+    run_scrapy_command,
+    start_crawl,
+    wait_for,
+)
 from tests.support.datasets import CRAWL_SETTINGS, NO_METADATA, add_items, succeeded
 from tests.support.fake_civitai import FakeCivitai
 from tests.support.servers import SeaweedS3Server
@@ -59,6 +69,27 @@ def recorded(store: Path) -> set[int]:
 
 def manifest_ids(folder: Path) -> list[int]:
     return sorted(ds.dataset(folder).to_table(columns=["id"]).column("id").to_pylist())
+
+
+#: The README's one-line readers of the manifest while a crawl runs (Examples, Datasets).
+README_READERS = [
+    line
+    for line in (REPOSITORY / "README.md").read_text(encoding="utf-8").splitlines()
+    if line.startswith("python -c 'import ") and "civitai-images/manifest" in line
+]
+
+
+def run_readme_reader(line: str, store: Path, tmp_path: Path) -> str:
+    """``line`` in a shell, in a folder where ``civitai-images`` is ``store``."""
+    where = tmp_path / "user"
+    where.mkdir(exist_ok=True)
+    if not (where / "civitai-images").exists():
+        (where / "civitai-images").symlink_to(store)
+    environment = crawl_environment(extra={"PYTHONWARNINGS": "error"})
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    result = subprocess.run(["bash", "-c", line], cwd=where, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+    return result.stdout
 
 
 def test_a_crawl_s_parts_hold_the_rows_the_files_give_and_compact_without_a_file_read(
@@ -172,6 +203,10 @@ def test_the_manifest_folder_is_readable_while_the_crawl_runs_and_names_only_rec
     assert process.wait() == 0, log.read_text()[-3000:]
     assert len(seen) >= 3 and seen[0] < seen[-1], f"read {seen} while it ran: nothing was tested"
     assert manifest_ids(store / "manifest") == sorted(recorded(store))
+    # The README's readers of a crawl's manifest folder (pyarrow, DuckDB, pandas) count its rows.
+    assert len(README_READERS) == 3
+    for line in README_READERS:
+        assert run_readme_reader(line, store, tmp_path).strip() == str(len(recorded(store)))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
