@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from civitai_spider.items import STAT_NAMES
+from civitai_spider.pipelines.manifest import CRAWL_PART_NAME, MANIFEST_FOLDER
 from tests.support import images
 from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment
 from tests.support.fake_civitai import FakeCivitai
@@ -388,17 +389,21 @@ def check_no_serious_log_line(result: CrawlResult) -> None:
 
 
 def check_files(root: Path, store: Path) -> None:
-    """Every file under ``root`` is directly in ``store``, under a name the project writes."""
+    """Every file under ``root`` is directly in ``store``, under a name the project writes, or
+    a crawl's manifest part in its ``manifest`` folder."""
     for directory, subdirectories, files in os.walk(root):
         for name in files:
             path = Path(directory) / name
+            if path.parent == store / MANIFEST_FOLDER:
+                assert CRAWL_PART_NAME.fullmatch(name), f"unexpected manifest file {name!r}"
+                continue
             assert path.parent == store, f"a file outside IMAGES_STORE: {path}"
             assert any(pattern.fullmatch(name) for pattern in STORE_FILE_PATTERNS), (
                 f"unexpected file {name!r}"
             )
         for name in subdirectories:
             path = Path(directory) / name
-            assert path in (store.parent, store), f"an unexpected folder: {path}"
+            assert path in (store.parent, store, store / MANIFEST_FOLDER), f"an unexpected folder: {path}"
 
 
 def check_outcomes(result: CrawlResult, served: list[Any]) -> None:
