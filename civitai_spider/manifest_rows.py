@@ -72,6 +72,16 @@ _MILLISECOND = datetime.timedelta(milliseconds=1)
 Entry = tuple[int, dict[str, Any], int | None]
 
 
+def has_row(image_id: int) -> bool:
+    """Whether the manifest can hold a row of ``image_id``: its ``id`` column is an int64, and
+    the API's ids are far below that (a record may still claim one beyond it)."""
+    return image_id <= _INT64[1]
+
+
+#: Why an item whose id :func:`has_row` refuses is not in the manifest.
+NO_ROW = "its id is beyond the manifest's int64 id column: no row"
+
+
 def write_rows(file: BinaryIO, entries: Iterable[Entry]) -> None:
     """Write the rows of ``entries`` to ``file`` as one Parquet file (a crawl's part)."""
     pq.write_table(rows_table(entries), file, compression="zstd")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from civitai_spider.manifest_rows import SCHEMA, Entry, rows_table
+from civitai_spider.manifest_rows import NO_ROW, SCHEMA, Entry, has_row, rows_table
 from civitai_spider.pipelines.manifest import CRAWL_PART_NAME
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ def update_manifest(
         pending = items.pending(done)
         run.without_metadata = pending.without_metadata
         for item in items.read(pending):
+            if item.problem is None and not has_row(item.id):
+                item.problem = NO_ROW
             if item.problem is None:
                 yield item
             else:

@@ -65,6 +65,8 @@ ROWS_WRITTEN = "civitai/manifest/rows_written"
 PART_FAILURES = "civitai/manifest/part_failures"
 ROWS_NOT_WRITTEN = "civitai/manifest/rows_not_written"
 
+#: The largest id the manifest's ``id`` column (an int64) holds.
+_INT64_MAX = 2**63 - 1
 #: Parts handed to the writer thread and not written yet, at most, before items wait for it.
 _PARTS_QUEUED = 2
 #: A waiting row: id, the record of ``<id>_meta.json``, the media file's size (None: ask the store).
@@ -117,6 +119,13 @@ class ManifestPipeline:
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
+        if adapter["id"] > _INT64_MAX:
+            # The manifest's id column is an int64; a record may claim a larger id, and one such
+            # row would fail its whole part.
+            logger.warning("Image %d has no manifest row: its id is beyond int64", adapter["id"])
+            self.stats.inc_value(ROWS_NOT_WRITTEN)
+            self.error_log.add(adapter["id"], adapter["url"], "no manifest row: its id is beyond int64")
+            return item
         self._waiting.append((adapter["id"], stored_record(adapter), adapter.get("image_size")))
         if len(self._waiting) >= self.flush_rows:
             self._flush()

@@ -10,14 +10,17 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from itemadapter import ItemAdapter
 
 from civitai_spider.dataset.manifest import ManifestRun, update_manifest
 from civitai_spider.dataset.stored import StoredItem, stored_items
-from civitai_spider.manifest_rows import write_rows
+from civitai_spider.items import CivitaiImage
+from civitai_spider.manifest_rows import NO_ROW, write_rows
 from civitai_spider.pipelines.manifest import CRAWL_PART_NAME, crawl_part_name
+from civitai_spider.pipelines.metadata import metadata_files
 from civitai_spider.stores.folder import FolderStore
 from tests.support.crawls import project_crawler
-from tests.support.records import write_store
+from tests.support.records import RECORD, write_store
 
 _parts_written = iter(range(1, 10**6))
 
@@ -36,8 +39,15 @@ def crawl_part(store: Path, ids: list[int], tag: str = "0badcafe") -> str:
     return name
 
 
-def compact(store: Path, *, part_rows: int = 100_000, crawl_parts: Path | None = None) -> ManifestRun:
-    problems: list[StoredItem] = []
+def compact(
+    store: Path,
+    *,
+    part_rows: int = 100_000,
+    crawl_parts: Path | None = None,
+    problems: list[StoredItem] | None = None,
+) -> ManifestRun:
+    expected_problems = problems is not None
+    problems = [] if problems is None else problems
     settings = project_crawler(IMAGES_STORE=str(store)).settings
     items = stored_items(settings)
     output = FolderStore(store / "manifest")
@@ -48,7 +58,7 @@ def compact(store: Path, *, part_rows: int = 100_000, crawl_parts: Path | None =
         )
     finally:
         items.files.close()
-    assert not problems
+    assert expected_problems or not problems
     return run
 
 
@@ -203,3 +213,20 @@ def test_an_unreadable_crawl_part_is_left_with_a_warning_and_its_ids_read_from_t
     assert (store / "manifest" / bad).exists()
     ids_read: list[Any] = pq.read_table(store / "manifest" / "part-000000.parquet").column("id").to_pylist()
     assert ids_read == ids
+
+
+def test_a_recorded_id_beyond_int64_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    ids = write_store(store, 3)
+    huge = 2**70
+    item = CivitaiImage.from_api({**RECORD, "id": huge})
+    item.image_file = f"{huge}.jpg"
+    for name, data in metadata_files(ItemAdapter(item)).items():
+        (store / name).write_bytes(data)
+    (store / item.image_file).write_bytes(b"\xff\xd8\xff")
+    record(store, [*ids, huge])
+    problems: list[StoredItem] = []
+    run = compact(store, problems=problems)
+    assert (run.added, run.problems) == (3, 1)
+    assert [(problem.id, problem.problem) for problem in problems] == [(huge, NO_ROW)]
+    assert manifest_ids(store / "manifest") == ids

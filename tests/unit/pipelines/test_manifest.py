@@ -192,3 +192,18 @@ def test_items_wait_for_a_writer_that_falls_behind_rather_than_parts_pile_up(
     asyncio.run(crawl())
     assert max(queued) == manifest_pipeline._PARTS_QUEUED, queued
     assert len(parts(tmp_path)) == 10
+
+
+def test_an_id_beyond_int64_gets_no_row_and_fails_no_part(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crawler = crawler_at(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=manifest_pipeline.__name__):
+        run(ManifestPipeline.from_crawler(crawler), [saved_item(2**70), saved_item(91)])
+    assert ds.dataset(tmp_path / "manifest").to_table().column("id").to_pylist() == [91]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Image {2**70} has no manifest row: its id is beyond int64"
+    ]
+    assert crawler.stats.get_value(ROWS_NOT_WRITTEN) == 1 and crawler.stats.get_value(PART_FAILURES) is None
+    [line] = (tmp_path / "error_log.txt").read_text().splitlines()
+    assert line.split("\t")[1::2] == [str(2**70), "no manifest row: its id is beyond int64"]
