@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.support import images
@@ -227,7 +228,14 @@ def _add_items(server: FakeCivitai, heart_counts: list[int]) -> list[int]:
 
 
 def _store_files(store: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in store.iterdir() if path.name != ID_FILE}
+    return {
+        path.name: path.read_bytes() for path in store.iterdir() if path.is_file() and path.name != ID_FILE
+    }
+
+
+def _manifest_rows(store: Path) -> list[dict[str, Any]]:
+    """The rows of the crawl's manifest parts (named by each crawl), by id."""
+    return sorted(pq.read_table(store / "manifest").to_pylist(), key=lambda row: row["id"])
 
 
 def test_deploy_uploads_the_project_and_leaves_the_checkout_as_it_was(scrapyd: Scrapyd) -> None:
@@ -302,6 +310,7 @@ def test_scheduled_crawl_saves_what_scrapy_crawl_saves(
     direct = run_crawl(server, tmp_path / "direct-store", *arguments, api_key=ENVIRONMENT_KEY, **settings)
     assert direct.finish_reason == "finished", direct.stderr
     assert _store_files(direct.store) == _store_files(store)
+    assert _manifest_rows(direct.store) == _manifest_rows(store)
     assert sorted(direct.ids_recorded()) == sorted(expected)
 
 
