@@ -40,7 +40,9 @@ from tests.support.crawls import (
 )
 from tests.support.datasets import CRAWL_SETTINGS, NO_METADATA, add_items, succeeded
 from tests.support.fake_civitai import FakeCivitai
-from tests.support.servers import SeaweedS3Server
+from tests.support.servers import SeaweedS3Server, redis_ids
+from tests.support.workers import Workers
+from tests.support.workers import add_items as add_worker_items
 
 
 @pytest.fixture
@@ -388,3 +390,57 @@ def test_an_item_whose_id_is_not_recorded_gets_no_row(server: FakeCivitai, tmp_p
 
 def recorded_in(id_file: Path) -> set[int]:
     return {int(line) for line in id_file.read_text().split("\n")[:-1]} if id_file.exists() else set()
+
+
+def test_workers_of_a_shared_crawl_write_their_own_parts_into_one_store(
+    server: FakeCivitai, redis_url: str, tmp_path: Path
+) -> None:
+    add_worker_items(server, 400)
+    store = tmp_path / "store"
+    pool = Workers(server, store, redis_url, tmp_path / "logs", CIVITAI_MANIFEST_FLUSH_ROWS="25")
+    try:
+        pool.start(2)
+        results = pool.wait()
+    finally:
+        pool.kill()
+    assert all(result.returncode == 0 for result in results), results[0].stderr[-3000:]
+    ids = redis_ids(redis_url)
+    assert len(ids) == 400 and all(result.stats.get("civitai/manifest/rows_written") for result in results)
+    tags = {name.split("-")[2] for name in crawl_parts(store / "manifest")}
+    assert len(tags) == 2  # each worker its own names
+    assert manifest_ids(store / "manifest") == sorted(ids)  # every row once, read as it is
+
+    succeeded(manifest(IMAGES_STORE=str(store), CIVITAI_REDIS_URL=redis_url))
+    assert manifest_ids(store / "manifest") == sorted(ids)
+    assert not crawl_parts(store / "manifest")
+
+
+def test_civitai_manifest_run_again_and_again_during_a_crawl_loses_and_repeats_no_row(
+    server: FakeCivitai, tmp_path: Path
+) -> None:
+    add_items(server, 55)
+    server.cdn_delay = 0.05
+    store, log = tmp_path / "store", tmp_path / "crawl.log"
+    process = start_crawl(
+        server,
+        store,
+        log,
+        "media=all",
+        CIVITAI_IMAGES_IN_FLIGHT="2",
+        CIVITAI_MANIFEST_FLUSH_ROWS="3",
+        CIVITAI_MANIFEST_PART_ROWS="7",
+        **CRAWL_SETTINGS,
+    )
+    wait_for(lambda: len(recorded(store)) >= 3, process, log)
+    runs = 0
+    while process.poll() is None:
+        # It compacts crawl parts as the crawl writes new ones, under temporary names it leaves.
+        succeeded(manifest(IMAGES_STORE=str(store), CIVITAI_MANIFEST_PART_ROWS="7"))
+        rows = ds.dataset(store / "manifest").to_table(columns=["id"]).column("id").to_pylist()
+        assert set(rows) <= recorded(store)
+        runs += 1
+    assert process.wait() == 0, log.read_text()[-3000:]
+    assert runs >= 2, "the crawl ended before a second run: nothing was tested"
+    succeeded(manifest(IMAGES_STORE=str(store), CIVITAI_MANIFEST_PART_ROWS="7"))
+    rows = ds.dataset(store / "manifest").to_table(columns=["id"]).column("id").to_pylist()
+    assert sorted(rows) == sorted(recorded(store)) and len(rows) == 60
