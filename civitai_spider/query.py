@@ -227,7 +227,8 @@ def _with_address(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str, st
     merged.update(explicit)
     note = None
     if overridden:
-        winners = sorted({rival for name in overridden for rival in _SAME_SUBJECT.get(name, (name,))} & explicit.keys())
+        rivals = {rival for name in overridden for rival in _SAME_SUBJECT.get(name, (name,))}
+        winners = sorted(rivals & explicit.keys())
         note = (
             f"url={url} asks {', '.join(f'{name}={value}' for name, value in overridden.items())}; "
             f"the explicit {', '.join(f'{name}={explicit[name]}' for name in winners)} "

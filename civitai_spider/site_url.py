@@ -51,6 +51,8 @@ _FEED_DEFAULTS = {"sort": "Most Reactions", "period": "Week"}
 #: modelImageFilterSchema lines 104-108: newest, all time, every media type).
 _NEWEST = {"sort": "Newest", "period": "AllTime"}
 
+#: Pages under a model's that are not its gallery (src/pages/models/[id]/*.tsx).
+_MODEL_SUBPAGES = frozenset({"edit", "wizard", "reviews", "model-versions"})
 #: Feed parameters (src/components/Image/image.utils.ts imagesQueryParamSchema) that are
 #: spider arguments of the same meaning.
 _FEED_ARGUMENTS = {
@@ -119,12 +121,15 @@ def _port(parts: SplitResult) -> bool:
         return True
 
 
-def _page_arguments(address: str, segments: list[str], parameters: dict[str, list[str]]) -> dict[str, str] | None:
+def _page_arguments(
+    address: str, segments: list[str], parameters: dict[str, list[str]]
+) -> dict[str, str] | None:
     """The spider arguments of the page at ``segments`` (None: not a page listing media)."""
     match segments:
         # src/pages/user/[username]/index.tsx: the profile shows whatever the user posted.
+        # Newest first, as on its tabs: stop_after_seen then works for a user's daily runs.
         case ["user", name]:
-            return {"username": _username(address, name), "media": "all"}
+            return {**_NEWEST, "username": _username(address, name), "media": "all"}
         # images.tsx, videos.tsx: UserMediaInfinite type="image" / "video", with the feed's filters.
         case ["user", name, ("images" | "videos") as tab]:
             media = "image" if tab == "images" else "video"
@@ -132,15 +137,17 @@ def _page_arguments(address: str, segments: list[str], parameters: dict[str, lis
             return {**_NEWEST, "media": media, **filters, "username": _username(address, name)}
         # src/pages/user-id/[userId].tsx: redirects to the user's page.
         case ["user-id", user_id]:
-            return {"user_id": _id(address, "user id", user_id), "media": "all"}
+            return {**_NEWEST, "user_id": _id(address, "user id", user_id), "media": "all"}
         # src/pages/models/[id]/[[...slug]].tsx: ?modelVersionId= picks the version shown.
-        case ["models", model_id, *_slug] if not (_slug and _slug[0] in ("edit", "wizard", "reviews")):
-            version = parameters.get("modelVersionId")
-            if version:
-                return {**_NEWEST, "media": "all", "model_version_id": _id(address, "modelVersionId", version[-1])}
-            return {**_NEWEST, "media": "all", "model_id": _id(address, "model id", model_id)}
+        # The version's images are what the page shows; without one, every version's.
+        case ["models", model_id, *slug] if not (slug and slug[0] in _MODEL_SUBPAGES):
+            model = _id(address, "model id", model_id)
+            if version := parameters.get("modelVersionId"):
+                version_id = _id(address, "modelVersionId", version[-1])
+                return {**_NEWEST, "media": "all", "model_version_id": version_id}
+            return {**_NEWEST, "media": "all", "model_id": model}
         # src/pages/posts/[postId]/[[...postSlug]].tsx: every image and video of the post.
-        case ["posts", post_id, *_slug] if not (_slug and _slug[0] == "edit"):
+        case ["posts", post_id, *slug] if not (slug and slug[0] == "edit"):
             return {"post_id": _id(address, "post id", post_id), "media": "all"}
         # src/pages/images/[imageId].tsx: one image (or video: an image id can be either).
         case ["images", image_id]:
@@ -206,5 +213,7 @@ def _id(address: str, what: str, value: str) -> str:
 
 def _username(address: str, name: str) -> str:
     if not _USERNAME.fullmatch(name):
-        raise ValueError(f"url={address!r}: its user name {name!r} is not one the API takes (letters, digits and _)")
+        raise ValueError(
+            f"url={address!r}: its user name {name!r} is not one the API takes (letters, digits and _)"
+        )
     return name

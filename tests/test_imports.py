@@ -28,7 +28,7 @@ PACKAGE_LAYERS: tuple[tuple[str, ...], ...] = (
     # arguments' queries, chains, thresholds, captions and the job; everything builds on these.
     ("__init__", "outcomes", "errors", "local_files", "settings", "setting_values", "logformatter")
     + ("api", "items")
-    + ("imaging", "video", "captions", "query", "chains", "thresholds", "job"),
+    + ("imaging", "video", "captions", "site_url", "query", "chains", "thresholds", "job"),
     # 1. Scrapy extensions: stops, stats, progress (a store that keeps failing stops the crawl).
     ("extensions",),
     # 2. Where a crawl keeps its files and ids: folder, S3, id file, Redis, and their failures.

@@ -98,7 +98,9 @@ class CivitaiSpider(scrapy.Spider):
             return
         effective = api_url(settings, self.crawl_query)
         if effective != address_api:
-            logger.info("CIVITAI_API_URL=%s, given explicitly, wins over the url's API %s", effective, address_api)
+            logger.info(
+                "CIVITAI_API_URL=%s, given explicitly, wins over the url's API %s", effective, address_api
+            )
         # The spider's priority is above the project's default and below the command line's.
         settings.set("CIVITAI_API_URL", effective, priority="spider")
 
