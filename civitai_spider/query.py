@@ -45,9 +45,9 @@ _BLOCKED_LEVEL = 32
 #: Model ids are Postgres int4: the models endpoint refuses larger ones.
 MAX_MODEL_ID = 2**31 - 1
 ARGUMENTS = (
-    "url", "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
+    "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
     "model_id", "model_version_id", "post_id", "image_id", "tags", "base_models",
-    "max_pages", "stop_after_seen", "split",
+    "max_pages", "stop_after_seen", "split", "url",
 )  # fmt: skip
 #: Spider arguments that are sent as the API's integer parameters.
 _INTEGER_PARAMETERS = (

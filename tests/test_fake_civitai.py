@@ -243,7 +243,7 @@ def test_filters(server: FakeCivitai) -> None:
     # modelId alone: the older database path, newest first, over the versions of the model
     # (bob's are its modelVersionIds, 788385); junk items are no database rows.
     server.add_model(3, [8, 788385])
-    assert ids(nsfw="X", period="Week", modelId="3") == [bob["id"], alice["id"]]
+    assert ids(nsfw="X", period="AllTime", modelId="3") == [bob["id"], alice["id"]]
 
 
 def test_images_are_served_by_the_cdn_host_with_their_bytes(server: FakeCivitai) -> None:
@@ -735,3 +735,28 @@ def test_image_factory_details() -> None:
         picture.load()
     with pytest.raises(OSError):
         Image.open(io.BytesIO(images.NOT_AN_IMAGE))
+
+
+# --- period: what a feed's period keeps (the url argument's feeds ask Week) ------------------
+
+
+def _days_ago(days: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - days * 86400))
+
+
+@pytest.mark.parametrize("older_path", [False, True])
+def test_period_keeps_the_items_created_within_it(server: FakeCivitai, older_path: bool) -> None:
+    server.add_model(3, [788385])
+    ages = {"hour": 1 / 24, "three_days": 3, "two_weeks": 14, "two_months": 60, "two_years": 730}
+    ids = {age: server.add_image_item(createdAt=_days_ago(days))["id"] for age, days in ages.items()}
+    junk = server.add_image_item(createdAt="not a date")["id"]  # served as it is
+    path = {"modelId": "3"} if older_path else {}
+
+    def listed(period: str) -> set[Any]:
+        return set(served_ids(server.api_url, period=period, **path))
+
+    assert listed("Day") == {ids["hour"], junk}
+    assert listed("Week") == {ids["hour"], ids["three_days"], junk}
+    assert listed("Month") == {ids["hour"], ids["three_days"], ids["two_weeks"], junk}
+    assert listed("Year") == set(ids.values()) - {ids["two_years"]} | {junk}
+    assert listed("AllTime") == set(ids.values()) | {junk}

@@ -17,6 +17,7 @@ What the fake models is read from the server's source (civitai/civitai at ebed66
 - The endpoint's zod schema (400 bodies as zod v4 serialises them), the 429 of deep
   ``page=``, the browsing levels that ``nsfw`` and ``browsingLevel`` stand for, and API keys
   (``api_keys``: an unknown key is served as anonymous, PG only).
+- ``period``: only items whose ``createdAt`` is within the period (on each path as there).
 - ``/api/v1/me`` and ``/api/v1/models/{id}`` (``add_model``).
 
 Keys of an item that start with "_" are the fake's own and never served: ``_versions`` (the
@@ -30,8 +31,10 @@ in the paging but is filtered out of the page, as the server's hidden exclusions
 
 from __future__ import annotations
 
+import calendar
 import collections
 import copy
+import datetime
 import http
 import http.server
 import json
@@ -884,6 +887,7 @@ class _ImagesQuery:
     username: str | None
     user_id: int | None
     sort: str
+    period: str
     nsfw: int | None  # the browsing levels nsfw asks for; None when absent or false
     browsing_level: int | None
     tags: frozenset[float]
@@ -944,6 +948,7 @@ def _parse_images_query(pairs: list[tuple[str, str]]) -> _ImagesQuery:
         username=parsed.get("username"),
         user_id=integer("userId"),
         sort=parsed.get("sort", "Most Reactions"),
+        period=parsed.get("period", "AllTime"),  # constants.galleryFilterDefaults.period
         nsfw=parsed.get("nsfw"),
         browsing_level=None if level is None else _to_int32(level),  # used in bitwise operations
         tags=frozenset(parsed.get("tags", ())),
@@ -986,8 +991,42 @@ def _wanted(item: Any, query: _ImagesQuery, level: int, older_path: bool) -> boo
             query.type is None or kind not in CHOICES["type"] or kind == query.type,
             type(item_level) is not int or item_level not in BROWSING_LEVELS or bool(item_level & level),
             not query.tags or bool(query.tags & _tag_ids(item)),
+            _in_period(item, query.period, older_path),
         )
     )
+
+
+def _in_period(item: dict[str, Any], period: str, older_path: bool) -> bool:
+    """Whether an item is recent enough for `period` (AllTime: any item).
+
+    The search index keeps what was sorted since now minus one period, to the minute
+    (image.service.ts lines 3587-3600: `sortAtUnix > snapToInterval(now - 1 period)`, dayjs's
+    calendar subtract); the older path what was created since the start of today minus one
+    period (lines 1897-1903, with the periodMode 'published' that image-search.service.ts
+    lines 169, 187 and 205 pass). The fake's sortAt is the item's createdAt.
+    """
+    if period == "AllTime":
+        return True
+    try:
+        created = datetime.datetime.fromisoformat(item["createdAt"].replace("Z", "+00:00"))
+    except (KeyError, AttributeError, ValueError):
+        return True  # junk is served as it is
+    now = datetime.datetime.now(datetime.UTC)
+    if older_path:  # date_trunc('day', now()) - interval '1 <period>'
+        return created >= _one_period_before(now.replace(hour=0, minute=0, second=0, microsecond=0), period)
+    start = _one_period_before(now, period).replace(second=0, microsecond=0)  # snapToInterval
+    return created > start
+
+
+def _one_period_before(moment: datetime.datetime, period: str) -> datetime.datetime:
+    """`moment` minus one Day, Week, Month or Year, a month or year ending on the same day, or
+    on the last day of a shorter month (as dayjs and Postgres intervals do)."""
+    if period in ("Day", "Week"):
+        return moment - datetime.timedelta(days=1 if period == "Day" else 7)
+    year, month = (moment.year - 1, moment.month) if period == "Year" else divmod(moment.month - 2, 12)
+    if period != "Year":
+        year, month = moment.year + year, month + 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
 
 
 def _listed_versions(item: dict[str, Any]) -> list[Any]:
