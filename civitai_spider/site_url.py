@@ -66,20 +66,23 @@ _FEED_ARGUMENTS = {
 }
 #: Feed parameters that change how the page looks, not what it lists.
 _LAYOUT_PARAMETERS = frozenset({"view", "limit"})
-#: Feed parameters whose value the API always has: what our crawl lists already.
-#: withMeta=true keeps images with metadata (image.service.ts line 3533), and the crawl always
-#: sends it; periodMode=published is what the API's searches use (image-search.service.ts
-#: lines 169, 187, 205); section=images is the tab every visitor sees (UserMediaInfinite).
-_API_VALUES = {"withMeta": ("true", "false", "1", "0"), "periodMode": ("published",), "section": ("images",)}
+#: Feed parameters whose value the API always has: periodMode=published is what the API's
+#: searches use (image-search.service.ts lines 169, 187, 205); section=images is the tab every
+#: visitor sees (UserMediaInfinite).
+_API_VALUES = {"periodMode": ("published",), "section": ("images",)}
 #: The feed's true/false filters (booleanString): false is no filter, true one the API lacks.
 _BOOLEAN_FILTERS = frozenset(
     {
         "hideAutoResources", "hideManualResources", "followed", "newCreators", "fromPlatform",
         "hidden", "includeBaseModel", "notPublished", "publishedOnly", "pendingReviewOnly",
-        "scheduled", "requiringMeta", "includePG13", "poiOnly", "minorOnly", "disablePoi",
+        "scheduled", "requiringMeta", "includePG13", "withMeta", "poiOnly", "minorOnly", "disablePoi",
         "disableMinor", "remixesOnly", "nonRemixesOnly", "hideChallenges",
     }
 )  # fmt: skip
+#: What to do instead of a filter the API lacks, where there is something.
+#: (The API's own withMeta only adds the metadata: it passes withMeta: false to every search,
+#: image-search.service.ts lines 171, 189, 207.)
+_INSTEAD = {"withMeta": "; CIVITAI_REQUIRE_PROMPT (on by default) keeps the items with a prompt"}
 #: The feed's other filters, none of which the public API takes.
 _UNSUPPORTED = frozenset(
     {"collectionId", "collectionTagId", "prioritizedUserIds", "reactions", "techniques", "tools", "remixOfId"}
@@ -187,6 +190,7 @@ def _feed_filters(address: str, parameters: dict[str, list[str]]) -> dict[str, s
             raise ValueError(
                 f"url={address!r}: its filter {name}={value} is not one the public API can ask, "
                 "so the crawl would list more than the page shows: remove it from the address"
+                + _INSTEAD.get(name, "")
             )
         # Any other parameter the site's schema drops as well (tracking parameters...).
     return arguments

@@ -50,7 +50,7 @@ FEED = {"sort": "Most Reactions", "period": "Week"}
         ("https://civitai.com/videos", {**FEED, "media": "video"}),
         (
             "https://civitai.com/images?sort=Newest&period=Month&baseModels=SDXL+1.0&baseModels=Pony"
-            "&tags=5133&tags=4&types=video&types=image&view=feed&limit=50&withMeta=true&utm_source=x",
+            "&tags=5133&tags=4&types=video&types=image&view=feed&limit=50&withMeta=false&utm_source=x",
             {
                 "sort": "Newest",
                 "period": "Month",
@@ -156,6 +156,7 @@ def test_a_bad_id_in_a_known_form_is_named(address: str, named: str) -> None:
     "filter_",
     [
         "followed=true",
+        "withMeta=true",
         "hidden=1",
         "requiringMeta=true",
         "includePG13=true",
