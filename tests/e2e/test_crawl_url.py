@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
 from civitai_spider.query import parse_arguments
 from tests.support import images, videos
-from tests.support.crawls import run_crawl
+from tests.support.crawls import REPOSITORY, CrawlResult, crawl_command, crawl_environment, run_crawl
 from tests.support.fake_civitai import FakeCivitai
+from tests.support.recording_proxy import RecordingProxy
 
 #: Videos mostly come without a prompt; every item here passes the default thresholds.
 SETTINGS = {"CIVITAI_REQUIRE_PROMPT": "false"}
@@ -201,4 +203,68 @@ def test_an_address_it_cannot_crawl_exits_2_before_any_request(
     assert f"url={address!r}" in error and named in error
     if "known are" in named:
         assert "/user/<name>/videos" in error and "/models/<id>[/<slug>][?modelVersionId=<id>]" in error
+    assert server.requests == []
+
+
+# --- the host: a .red page is crawled from the .red API, and the key goes nowhere else --------
+
+KEY = "s3cret-key-of-the-test"
+
+
+def _crawl_through(proxy: RecordingProxy, server: FakeCivitai, store: Path, *arguments: str) -> CrawlResult:
+    """``scrapy crawl`` without CIVITAI_API_URL (the project's default, civitai.com), with the
+    key, and every https request sent through ``proxy``."""
+    command = crawl_command(server, store, *arguments, **SETTINGS)
+    at = command.index(f"CIVITAI_API_URL={server.api_url}")
+    del command[at - 1 : at + 1]
+    environment = {
+        name: value
+        for name, value in crawl_environment(KEY).items()
+        if name.lower() not in ("no_proxy", "all_proxy")
+    }
+    environment["https_proxy"] = environment["HTTPS_PROXY"] = proxy.url
+    process = subprocess.run(
+        command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=60
+    )
+    return CrawlResult(process.returncode, process.stdout, process.stderr, store)
+
+
+def test_a_red_page_crawls_the_red_api_with_the_key_there_only(
+    site: dict[str, int], server: FakeCivitai, store: Path, tmp_path: Path
+) -> None:
+    # The proxy plays civitai.red: each request inside its tunnels is answered by the fake.
+    with RecordingProxy(tmp_path / "proxy", forward_to=server.api_url) as proxy:
+        result = _crawl_through(proxy, server, store, "url=https://www.civitai.red/models/50/a-slug")
+
+    assert result.returncode == 0, result.stderr
+    assert set(proxy.tunnels) == {"civitai.red:443"}
+    paths = [urlsplit(request.path).path for request in proxy.requests]
+    assert paths[:2] == ["/api/v1/me", "/api/v1/models/50"]
+    assert paths[2:] == ["/api/v1/images"] * 2  # one chain per version
+    assert all(request.headers["authorization"] == f"Bearer {KEY}" for request in proxy.requests)
+    # The media came from the CDN, without the key; nothing else reached the fake.
+    assert sorted(result.ids_recorded()) == sorted(
+        site[name] for name in ("alice_old", "bob_pony", "bob_video")
+    )
+    assert server.cdn_requests() and all(
+        "authorization" not in request.headers for request in server.cdn_requests()
+    )
+    assert len(server.api_requests()) == len(proxy.requests)
+    assert all(KEY not in str(headers) for headers in proxy.connect_headers)
+
+
+@pytest.mark.parametrize(
+    ("host", "tunnel"), [("civitai.green", "civitai.green:443"), ("civitai.com", "civitai.com:443")]
+)
+def test_each_host_asks_its_own_api_and_nothing_else(
+    host: str, tunnel: str, server: FakeCivitai, store: Path, tmp_path: Path
+) -> None:
+    # Every tunnel refused: the crawl cannot reach any API, and says so.
+    with RecordingProxy(tmp_path / "proxy") as proxy:
+        result = _crawl_through(proxy, server, store, f"url=http://{host}/user/alice/videos")
+
+    assert result.returncode == 1, result.stderr
+    assert result.finish_reason == "api_error"
+    assert proxy.tunnels and set(proxy.tunnels) == {tunnel}
+    assert all(KEY not in str(headers) for headers in proxy.connect_headers)
     assert server.requests == []
