@@ -142,11 +142,13 @@ def _page_arguments(
         case ["user-id", user_id]:
             return {**_NEWEST, "user_id": _id(address, "user id", user_id), "media": "all"}
         # src/pages/models/[id]/[[...slug]].tsx: ?modelVersionId= picks the version shown.
-        # The version's images are what the page shows; without one, every version's.
+        # With ?modelVersionId= (the first, as the page reads it, lines 417-420) the page shows
+        # that version's images. Without it the page shows its newest version's, but a model's
+        # address without a version is read as the whole model: each version's images.
         case ["models", model_id, *slug] if not (slug and slug[0] in _MODEL_SUBPAGES):
             model = _id(address, "model id", model_id)
             if version := parameters.get("modelVersionId"):
-                version_id = _id(address, "modelVersionId", version[-1])
+                version_id = _id(address, "modelVersionId", version[0])
                 return {**_NEWEST, "media": "all", "model_version_id": version_id}
             return {**_NEWEST, "media": "all", "model_id": model}
         # src/pages/posts/[postId]/[[...postSlug]].tsx: every image and video of the post.
