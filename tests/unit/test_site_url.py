@@ -37,6 +37,11 @@ FEED = {"sort": "Most Reactions", "period": "Week"}
             "https://civitai.com/models/4201?modelVersionId=788385",
             {**NEWEST, "model_version_id": "788385", "media": "all"},
         ),
+        # Repeated, the first is the page's (router.query.modelVersionId[0]).
+        (
+            "https://civitai.com/models/4201?modelVersionId=5&modelVersionId=6&highlight=9",
+            {**NEWEST, "model_version_id": "5", "media": "all"},
+        ),
         ("https://civitai.com/posts/6030721", {"post_id": "6030721", "media": "all"}),
         ("https://civitai.com/posts/6030721/a-slug", {"post_id": "6030721", "media": "all"}),
         # One image (an image id can be a video's): navigation parameters change nothing.
