@@ -94,6 +94,7 @@ def test_by_default_no_new_filter_drops_anything(item: CivitaiImage) -> None:
         ({"CIVITAI_MIN_ASPECT_RATIO": "0.75"}, 749, 1000, "aspect_ratio"),
         ({"CIVITAI_MAX_ASPECT_RATIO": "4:3"}, 1024, 768, "passed"),  # exactly 4:3
         ({"CIVITAI_MAX_ASPECT_RATIO": "1.33"}, 1024, 768, "aspect_ratio"),  # 1.3333 > 1.33
+        ({"CIVITAI_MIN_ASPECT_RATIO": "2:3"}, 832, 1248, "passed"),  # 832/1248 as a float is below 2/3
         ({"CIVITAI_MAX_ASPECT_RATIO": "16/9"}, 1921, 1080, "aspect_ratio"),
         ({"CIVITAI_MIN_WIDTH": "0", "CIVITAI_MAX_PIXELS": "0"}, 1, 1, "passed"),  # 0 is off
     ],
