@@ -45,7 +45,7 @@ NSFW_LEVEL_NAMES = ("None", "Soft", "Mature", "X")
 MAX_BROWSING_LEVEL = 31
 #: What marks a prompt entry as a regular expression; any other entry is a word or phrase.
 REGEX_PREFIX = "re:"
-#: (setting, what it bounds) of the size limits, minimum then maximum.
+#: The size limits: (the minimum's setting, the maximum's, what they bound).
 SIZE_LIMITS = (
     ("CIVITAI_MIN_WIDTH", "CIVITAI_MAX_WIDTH", "width"),
     ("CIVITAI_MIN_HEIGHT", "CIVITAI_MAX_HEIGHT", "height"),
