@@ -68,6 +68,9 @@ BLOCKED_BROWSING_LEVEL = 32  # never selectable: onlySelectableLevels strips it
 #: Blocked stripped: no PG, no PG13). "false" counts as absent (images/index.ts line 64,
 #: `if (!value) return undefined`), and so PG only.
 NSFW_BROWSING_LEVELS = {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 28, "Blocked": 32}
+#: An image's own browsing level -> the `nsfwLevel` name it is served with (nsfwLevelReverseMapDeprecated,
+#: src/shared/constants/browsingLevel.constants.ts lines 271-278); see served_level.
+NSFW_LEVEL_NAMES = {1: "None", 2: "Soft", 4: "Mature", 8: "X", 16: "X", 32: "Blocked"}
 #: What zod's z.stringbool() takes, case-insensitively (booleanString, src/utils/zod-helpers.ts):
 #: withMeta=1 is true, nsfw=yes is nsfw=true, nsfw=off is nsfw=false.
 STRINGBOOL_TRUE = ("true", "1", "yes", "on", "y", "enabled")
@@ -501,6 +504,8 @@ class FakeCivitai:
         name: str | None = None,
         content_type: str | None = None,
         versions: list[int] | None = None,
+        level: int | None = None,
+        prompt: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Append a Civitai-shaped item whose url serves `body` (unless None) and return it.
@@ -509,8 +514,12 @@ class FakeCivitai:
         in `.jpeg`, as Civitai's do. Content-Type: `content_type`, else guessed from the bytes.
         `fields` replace top-level keys (stats=..., meta=None, type="video", url=...).
         `versions` sets `_versions`, the model versions the image is listed under (default:
-        its modelVersionIds), which the served modelVersionIds need not show.
+        its modelVersionIds), which the served modelVersionIds need not show. `level` is the
+        image's browsing level (1, 2, 4, 8, 16; or 0, unrated), served as the server serves it:
+        `browsingLevel`, `nsfwLevel` and `nsfw` (`served_level`). `prompt` is its meta's prompt.
         """
+        if level is not None:
+            fields = {**served_level(level), **fields}
         with self._lock:
             id = self._next_id if id is None else id
             self._next_id = max(self._next_id, id + 1)
@@ -552,6 +561,8 @@ class FakeCivitai:
                 "baseModel": "SDXL 1.0",
                 "modelVersionIds": [788385],
             }
+            if prompt is not None:
+                item["meta"]["prompt"] = prompt
             item.update(fields)
             if versions is not None:
                 item["_versions"] = list(versions)
@@ -954,6 +965,16 @@ def _parse_images_query(pairs: list[tuple[str, str]]) -> _ImagesQuery:
         flat_meta=parsed.get("flatMeta"),
         with_tags=parsed.get("withTags", False),
     )
+
+
+def served_level(level: int) -> dict[str, Any]:
+    """The level fields of an image whose own level is `level`, as the search path serves them
+    (src/server/services/image-search.service.ts lines 222-233): `browsingLevel` is the level
+    itself; `nsfwLevel` its deprecated name, getNsfwLevelDeprecatedReverseMapping
+    (src/shared/constants/browsingLevel.constants.ts lines 271-282: X and XXX are both "X", an
+    unknown level, such as 0 for an unrated image, "None"); `nsfw` whether that name is not "None"."""
+    name = NSFW_LEVEL_NAMES.get(level, "None")
+    return {"browsingLevel": level, "nsfwLevel": name, "nsfw": name != "None"}
 
 
 def _selectable_level(query: _ImagesQuery) -> int:
