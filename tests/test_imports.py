@@ -28,7 +28,8 @@ PACKAGE_LAYERS: tuple[tuple[str, ...], ...] = (
     # arguments' queries, chains, thresholds, captions and the job; everything builds on these.
     ("__init__", "outcomes", "errors", "local_files", "settings", "setting_values", "logformatter")
     + ("api", "items")
-    + ("imaging", "video", "captions", "query", "chains", "thresholds", "job"),
+    + ("imaging", "video", "captions", "query", "chains", "thresholds", "job")
+    + ("cdn_width",),
     # 1. Scrapy extensions: stops, stats, progress (a store that keeps failing stops the crawl).
     ("extensions",),
     # 2. Where a crawl keeps its files and ids: folder, S3, id file, Redis, and their failures.
@@ -56,7 +57,8 @@ BENCHMARK_LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "measure", "report", "server", "images", "videos", "probe", "reference_spider")
     + ("gallery_dl_civitai",),
     # 1. The scenarios, each measuring one thing with the toolkit.
-    ("disk", "formats", "manifest", "peers", "scaling", "stores"),
+    ("disk", "formats", "manifest", "peers", "scaling", "stores")
+    + ("resize",),
     # 2. The command line, which runs the scenarios.
     ("run",),
 )
