@@ -57,8 +57,7 @@ BENCHMARK_LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "measure", "report", "server", "images", "videos", "probe", "reference_spider")
     + ("gallery_dl_civitai",),
     # 1. The scenarios, each measuring one thing with the toolkit.
-    ("disk", "formats", "manifest", "peers", "scaling", "stores")
-    + ("resize",),
+    ("disk", "formats", "manifest", "peers", "resize", "scaling", "stores"),
     # 2. The command line, which runs the scenarios.
     ("run",),
 )
