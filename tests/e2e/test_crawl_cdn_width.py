@@ -14,6 +14,7 @@ from PIL import Image
 from tests.support import images, videos
 from tests.support.crawls import run_crawl
 from tests.support.fake_civitai import CDN_KEY, FakeCivitai, Fault
+from tests.support.servers import SeaweedS3Server, bucket_objects
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 NO_PROMPT_NEEDED = {"CIVITAI_REQUIRE_PROMPT": "false"}
@@ -190,3 +191,27 @@ def test_the_fake_cdn_snaps_never_enlarges_and_keeps_the_original_for_original_t
     assert server.cdn_answer(path_with(item, "original=true,width=96")) == (body, "image/jpeg")
     assert server.cdn_answer(path_with(item, "width=96,zoom=2")) is None
     assert server.cdn_answer(path_with(item, "width=0")) is None
+
+
+def test_a_bucket_gets_the_resized_bytes_with_their_content_type(
+    server: FakeCivitai, s3_server: SeaweedS3Server, bucket: str, tmp_path: Path
+) -> None:
+    item = server.add_image_item(images.jpeg_rgb((1024, 768)))
+    logs = tmp_path / "logs"
+
+    result = run_crawl(
+        server,
+        logs,
+        environment={"AWS_EC2_METADATA_DISABLED": "true"},
+        CIVITAI_IMAGE_WIDTH="320",
+        CIVITAI_LOG_DIR=str(logs),
+        **s3_server.settings(bucket, "civitai"),
+        **NO_PROMPT_NEEDED,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = server.cdn_answer(path_with(item, "width=320,optimized=true"))
+    assert answer is not None
+    objects = bucket_objects(s3_server, bucket, "civitai/")
+    assert objects[f"{item['id']}.webp"] == (answer[0], "image/webp")
+    assert json.loads(objects[f"{item['id']}_meta.json"][0])["cdn_width"] == 320
