@@ -25,13 +25,13 @@ between request and recorded id at once, whatever the number of pages being proc
 that, not the number of items, is what bounds memory (an image's body is held whole until it
 is written, a 3 MB PNG two or three times while it is checked; a video's is on disk) and how
 many more a stop saves.
+Once the crawl is told to stop (:mod:`civitai_spider.extensions.stop`), no download starts:
+the items waiting for a place are dropped as ``stopped``.
+
 With ``CIVITAI_IMAGE_WIDTH``, an image is asked from the CDN at that width
 (:mod:`civitai_spider.cdn_width`) and stored as the CDN sent it, once checked, never converted;
 an image whose URL has no transform segment is fetched as the original, counted
 (``civitai/cdn_width/original``) and said once in the log. Videos are fetched as they are.
-
-Once the crawl is told to stop (:mod:`civitai_spider.extensions.stop`), no download starts:
-the items waiting for a place are dropped as ``stopped``.
 """
 
 from __future__ import annotations
