@@ -692,13 +692,15 @@ class FakeCivitai:
         - The width is snapped up to the cacher's ladder, server-side, whatever the URL says
           (edge-url.ts 44-53, 71-87: "the cacher's server-side snap remains the source of truth"):
           ``width=1800`` (the site's cap) is served 2200 wide.
-        - Never enlarged: Cloudflare's ``fit=scale-down`` ("the image is never enlarged"), what
-          a width alone does on the site's flexible variants (edge-url.ts 16-17); an original
-          narrower than the width comes back at its own size, re-encoded.
+        - Never enlarged: Cloudflare's ``fit=scale-down`` ("the image is never enlarged"; its
+          options are the ones getEdgeUrl writes, edge-url.ts 16-17). A choice: the site sends no
+          ``fit`` and the cacher's default is not in its source; an original narrower than the
+          width comes back at its own size, re-encoded.
         - The format: ``optimized=true`` sends WebP ("Optimized (avif, webp)",
           src/components/Account/SettingsCard.tsx 66-69; the fake does not negotiate AVIF from
           Accept), else JPEG, or PNG for a picture with an alpha channel ("Unoptimized (jpeg,
-          png)"); quality 85, Cloudflare's default for resized images.
+          png)"); quality 85, Cloudflare's default (its image options, ``quality``: "The default
+          is 85").
         """
         path = _path_of(path_or_url)
         with self._lock:
