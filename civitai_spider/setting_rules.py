@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from civitai_spider import item_filter
+from civitai_spider.cdn_width import MAX_WIDTH
 from civitai_spider.errors import safe_url
 from civitai_spider.items import STAT_NAMES
 from civitai_spider.setting_values import (
@@ -106,6 +107,7 @@ SETTINGS: dict[str, Rule] = {
     "CIVITAI_MANIFEST_PART_ROWS": _COUNT,
     "CIVITAI_LOG_DIR": Text("a folder's path", r"(?s).+"),
     "CIVITAI_JPEG_QUALITY": Integer(1, 100),
+    "CIVITAI_IMAGE_WIDTH": Integer(0, MAX_WIDTH, note="pixels, 0: the originals"),
     "CIVITAI_MAX_IMAGE_PIXELS": _COUNT,
     "CIVITAI_RETRY_BASE_DELAY": _SECONDS_FROM_0,
     "CIVITAI_RETRY_MAX_DELAY": _SECONDS_FROM_0,

@@ -97,6 +97,12 @@ CIVITAI_LOG_DIR = "civitai-logs"
 # JPEG quality for images that must be converted (WebP, GIF, CMYK JPEG...). JPEG and
 # PNG originals are kept byte for byte and never re-encoded.
 CIVITAI_JPEG_QUALITY = 95
+# Ask Civitai's image CDN for images this many pixels wide instead of the originals; 0: the
+# originals. Asked as the site's pages ask: snapped up to the CDN's widths (96 320 450 512 800
+# 1200 1600, at most 1800; 1024 asks 1200). The file is what the CDN sent, byte for byte (JPEG
+# or PNG; WebP or AVIF at 450 and less), and <id>_meta.json says "cdn_width". Videos, and images
+# whose URL has no transform segment, are fetched as they are (README, "Resized images").
+CIVITAI_IMAGE_WIDTH = 0
 # Images over this many pixels are saved but logged to DecompressionBombWarning_log.txt;
 # over twice this they are refused. Default: Pillow's own limit.
 CIVITAI_MAX_IMAGE_PIXELS = 89_478_485
