@@ -64,6 +64,8 @@ class CivitaiImage:
     images: list[dict[str, Any]] = field(default_factory=list)
     #: The saved file's name inside ``IMAGES_STORE`` (``<id>.jpg``, ``<id>.png``, ``<id>.mp4``...).
     image_file: str | None = None
+    #: The width the CDN was asked for (``CIVITAI_IMAGE_WIDTH``, snapped); None: the original.
+    cdn_width: int | None = None
     #: The cursor chain that listed it (:mod:`civitai_spider.chains`); ``None`` in a shared crawl.
     #: An id listed again by the same chain is a sign of a moving ranking (``duplicate``), by
     #: another chain an image under two model versions (``other_chain``).

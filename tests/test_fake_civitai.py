@@ -428,6 +428,28 @@ def test_nsfw_and_browsing_level_select_levels_as_the_server_maps_them(
     assert [by_level[item_id] for item_id in served_ids(server.api_url, **query)] == levels
 
 
+def test_an_items_level_is_served_with_its_deprecated_name_as_the_search_path_shapes_it(
+    server: FakeCivitai,
+) -> None:
+    levels = [0, 1, 2, 4, 8, 16]
+    for level in levels:
+        server.add_image_item(level=level, width=1024, height=768, prompt="a portrait")
+    _, page = fetch_json(server.api_url, nsfw="X", withMeta="true")
+    served = [(item["browsingLevel"], item["nsfwLevel"], item["nsfw"]) for item in page["items"]]
+    # An unrated image (0) is no level the query selects or excludes: the fake serves it as junk.
+    assert served == [
+        (0, "None", False),
+        (1, "None", False),
+        (2, "Soft", True),
+        (4, "Mature", True),
+        (8, "X", True),
+        (16, "X", True),  # XXX is "X" too: only browsingLevel tells them apart
+    ]
+    assert {(item["width"], item["height"], item["meta"]["prompt"]) for item in page["items"]} == {
+        (1024, 768, "a portrait")
+    }
+
+
 def test_an_unknown_api_key_is_served_as_anonymous_pg_only(server: FakeCivitai) -> None:
     pg, x = server.add_image_item()["id"], server.add_image_item(browsingLevel=8)["id"]
     url = server.api_url + "?nsfw=X"

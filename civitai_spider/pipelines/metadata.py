@@ -2,7 +2,8 @@
 
 Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-prompt.txt``
 (only with a non-empty negative prompt), ``<id>_meta.json`` (the whole API record plus
-``image_file``) and, with ``CIVITAI_CAPTION_FILES``, ``<id>.txt``: the training caption
+``image_file``, and ``cdn_width`` for an image the CDN resized) and, with
+``CIVITAI_CAPTION_FILES``, ``<id>.txt``: the training caption
 (:func:`~civitai_spider.captions.caption_of`; the prompt as received with
 ``CIVITAI_CAPTION_RAW``), empty without a prompt so that every image has one. The next
 pipeline records the id (:mod:`civitai_spider.pipelines.record_id`), once these files and the
@@ -69,6 +70,8 @@ def metadata_files(
     if isinstance(negative, str) and negative.strip():
         files[f"{image_id}_neg-prompt.txt"] = _utf8(negative)
     record = {**adapter["api_item"], "image_file": adapter["image_file"]}
+    if adapter.get("cdn_width") is not None:  # a resized image (CIVITAI_IMAGE_WIDTH); else the original
+        record["cdn_width"] = adapter["cdn_width"]
     files[f"{image_id}_meta.json"] = _utf8(json.dumps(record, ensure_ascii=False, indent=2))
     if captions:
         files[f"{image_id}.txt"] = _utf8(caption_of(meta.get("prompt"), raw=raw_captions))
