@@ -304,7 +304,7 @@ def deleting_images(store: Path) -> Iterator[None]:
 
     def sweep() -> None:
         while not stop.wait(0.2):
-            for pattern in ("*.png", "*.jpg", "*.mp4"):
+            for pattern in ("*.png", "*.jpg", "*.mp4", "*.webp", "*.avif"):
                 for path in store.rglob(pattern):
                     # Never a file still being written: the crawl would fail to rename it.
                     if not path.name.startswith(TEMPORARY_PREFIX):

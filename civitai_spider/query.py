@@ -10,6 +10,10 @@ values (:func:`split_query`). They are disjoint (every image has one browsing le
 model and one type) and together list what the unsplit query lists. A model's crawl
 (``model_id`` alone) is one chain per version of the model (times the split values): those may
 overlap, as an image can use two versions.
+
+``url`` is a Civitai page (:mod:`civitai_spider.site_url`): the arguments it stands for are
+defaults that the explicit ones override, and its host names the API the crawl asks
+(:func:`api_url`), unless ``CIVITAI_API_URL`` is given.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from scrapy.settings import SETTINGS_PRIORITIES
+
+from civitai_spider.site_url import parse_address
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
 
 SORTS = ("Most Reactions", "Most Comments", "Most Collected", "Newest", "Oldest", "Random")
 PERIODS = ("AllTime", "Year", "Month", "Week", "Day")
@@ -36,7 +47,7 @@ MAX_MODEL_ID = 2**31 - 1
 ARGUMENTS = (
     "sort", "period", "nsfw", "browsing_level", "media", "limit", "username", "user_id",
     "model_id", "model_version_id", "post_id", "image_id", "tags", "base_models",
-    "max_pages", "stop_after_seen", "split",
+    "max_pages", "stop_after_seen", "split", "url",
 )  # fmt: skip
 #: Spider arguments that are sent as the API's integer parameters.
 _INTEGER_PARAMETERS = (
@@ -57,6 +68,13 @@ NSFW_BROWSING_LEVELS = {"None": 1, "false": 1, "Soft": 3, "Mature": 7, "X": 31, 
 MODEL_VERSION_PARAMETER = "modelVersionId"
 #: The one chain of a crawl without ``split``.
 WHOLE_QUERY = "all"
+#: Arguments that name the same thing: an explicit one replaces what the address says of both.
+_SAME_SUBJECT = {
+    "username": ("username", "user_id"),
+    "user_id": ("username", "user_id"),
+    "model_id": ("model_id", "model_version_id"),
+    "model_version_id": ("model_id", "model_version_id"),
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,10 @@ class CrawlQuery:
     stop_after_seen: int | None
     #: The item types the crawl keeps (``media``).
     media_types: tuple[str, ...]
+    #: The API of the ``url`` argument's host, else None (:func:`api_url` decides).
+    address_api_url: str | None = None
+    #: What the ``url`` argument asked that explicit arguments override, as one INFO line.
+    address_overridden: str | None = None
 
     @property
     def model_id(self) -> int | None:
@@ -110,6 +132,9 @@ def parse_arguments(arguments: Mapping[str, Any]) -> CrawlQuery:
     for name in arguments:
         if name not in ARGUMENTS and not name.startswith("_"):
             raise ValueError(f"unknown spider argument {name!r}: allowed are {', '.join(ARGUMENTS)}")
+    address_api_url = overridden = None
+    if arguments.get("url") is not None:
+        arguments, address_api_url, overridden = _with_address(arguments)
     query: dict[str, str] = {
         "limit": str(_integer(arguments, "limit", MAX_LIMIT, maximum=MAX_LIMIT)),
         "withMeta": "true",
@@ -166,7 +191,50 @@ def parse_arguments(arguments: Mapping[str, Any]) -> CrawlQuery:
             )
     split = parse_split(arguments["split"]) if arguments.get("split") is not None else ()
     split_query(query, split)  # a split with nothing to split is refused now, not at start
-    return CrawlQuery(query, split, max_pages, stop_after_seen, MEDIA_TYPES[media])
+    return CrawlQuery(
+        query, split, max_pages, stop_after_seen, MEDIA_TYPES[media], address_api_url, overridden
+    )
+
+
+def api_url(settings: BaseSettings, crawl_query: CrawlQuery) -> str:
+    """The images endpoint the crawl asks: the ``url`` argument's host, unless the user gave
+    ``CIVITAI_API_URL`` (a priority above the project's default), which wins."""
+    given: str = settings.get("CIVITAI_API_URL")
+    if crawl_query.address_api_url is None:
+        return given
+    priority = settings.getpriority("CIVITAI_API_URL")
+    if priority is not None and priority > SETTINGS_PRIORITIES["project"]:
+        return given
+    return crawl_query.address_api_url
+
+
+def _with_address(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str, str | None]:
+    """The arguments with the ``url`` page's in place of ``url``, where no explicit one names
+    the same thing; the page's API; and what explicit ones override, as one line (or None)."""
+    url = str(arguments["url"])
+    address = parse_address(url)
+    try:
+        parse_arguments(address.arguments)  # a bad value in the address is the address's fault
+    except ValueError as error:
+        raise ValueError(f"url={url!r}: {error}") from None
+    explicit = {name: value for name, value in arguments.items() if name != "url" and value is not None}
+    merged = dict(address.arguments)
+    overridden = {}
+    for name, value in address.arguments.items():
+        if any(rival in explicit for rival in _SAME_SUBJECT.get(name, (name,))):
+            overridden[name] = value
+            del merged[name]
+    merged.update(explicit)
+    note = None
+    if overridden:
+        rivals = {rival for name in overridden for rival in _SAME_SUBJECT.get(name, (name,))}
+        winners = sorted(rivals & explicit.keys())
+        note = (
+            f"url={url} asks {', '.join(f'{name}={value}' for name, value in overridden.items())}; "
+            f"the explicit {', '.join(f'{name}={explicit[name]}' for name in winners)} "
+            f"win{'s' if len(winners) == 1 else ''}"
+        )
+    return merged, address.api_url, note
 
 
 def parse_split(value: Any) -> tuple[str, ...]:

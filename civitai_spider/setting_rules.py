@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from civitai_spider import item_filter
+from civitai_spider.cdn_width import MAX_WIDTH
 from civitai_spider.errors import safe_url
 from civitai_spider.items import STAT_NAMES
 from civitai_spider.setting_values import (
@@ -32,6 +34,7 @@ from civitai_spider.setting_values import (
     Integer,
     JsonObject,
     Number,
+    Parsed,
     Rule,
     StatusCodes,
     Text,
@@ -58,6 +61,14 @@ _SECONDS_FROM_0 = Number(0)
 _COUNT = Integer(1)
 _OFF_OR_COUNT = Integer(0, note="0: off")
 _PATH = Text("a path")
+_OFF_OR_PIXELS = Integer(0, note="pixels, 0: off")
+_OFF_OR_RATIO = Parsed(
+    "a width/height ratio >= 0, as a number (0.75) or W:H (3:4); 0: off", item_filter.aspect_ratio
+)
+_PROMPT_WORDS = Parsed(
+    "words or phrases, and re:<regular expression>, comma-separated or a JSON list",
+    item_filter.prompt_patterns,
+)
 
 #: Every setting this project reads or documents -> what it allows.
 SETTINGS: dict[str, Rule] = {
@@ -68,6 +79,22 @@ SETTINGS: dict[str, Rule] = {
         f"a JSON object {{stat: integer minimum}} of the stats {', '.join(STAT_NAMES)}", _thresholds_problem
     ),
     "CIVITAI_REQUIRE_PROMPT": Boolean(),
+    "CIVITAI_NSFW_LEVELS": Parsed(
+        f"nsfwLevel names ({', '.join(item_filter.NSFW_LEVEL_NAMES)}) and browsing levels (sums of "
+        f"PG=1 PG13=2 R=4 X=8 XXX=16, 1 to {item_filter.MAX_BROWSING_LEVEL}), comma-separated; empty: off",
+        item_filter.nsfw_levels,
+    ),
+    "CIVITAI_MIN_WIDTH": _OFF_OR_PIXELS,
+    "CIVITAI_MAX_WIDTH": _OFF_OR_PIXELS,
+    "CIVITAI_MIN_HEIGHT": _OFF_OR_PIXELS,
+    "CIVITAI_MAX_HEIGHT": _OFF_OR_PIXELS,
+    "CIVITAI_MIN_PIXELS": _OFF_OR_PIXELS,
+    "CIVITAI_MAX_PIXELS": _OFF_OR_PIXELS,
+    "CIVITAI_MIN_ASPECT_RATIO": _OFF_OR_RATIO,
+    "CIVITAI_MAX_ASPECT_RATIO": _OFF_OR_RATIO,
+    "CIVITAI_PROMPT_INCLUDE": _PROMPT_WORDS,
+    "CIVITAI_PROMPT_EXCLUDE": _PROMPT_WORDS,
+    "CIVITAI_PROMPT_CASE_SENSITIVE": Boolean(),
     "CIVITAI_WITH_TAGS": Boolean(),
     "CIVITAI_ID_FILE": Text("a file's path", r"(?s).+"),
     "CIVITAI_REDIS_URL": Url(("redis", "rediss", "unix"), empty=True, host=False),
@@ -83,6 +110,7 @@ SETTINGS: dict[str, Rule] = {
     "CIVITAI_MANIFEST_FLUSH_SECONDS": Number(0, above=True),
     "CIVITAI_LOG_DIR": Text("a folder's path", r"(?s).+"),
     "CIVITAI_JPEG_QUALITY": Integer(1, 100),
+    "CIVITAI_IMAGE_WIDTH": Integer(0, MAX_WIDTH, note="pixels, 0: the originals"),
     "CIVITAI_MAX_IMAGE_PIXELS": _COUNT,
     "CIVITAI_RETRY_BASE_DELAY": _SECONDS_FROM_0,
     "CIVITAI_RETRY_MAX_DELAY": _SECONDS_FROM_0,
@@ -184,11 +212,30 @@ def _shared_crawl_with_new_walk(settings: BaseSettings) -> str | None:
     )
 
 
+def _minimum_above_maximum(settings: BaseSettings) -> str | None:
+    # The filter would drop every item: surely a mistake (or the two were swapped).
+    bounds: list[tuple[str, str, Any, Any]] = [
+        (low, high, settings.getint(low), settings.getint(high)) for low, high, _ in item_filter.SIZE_LIMITS
+    ]
+    low, high = item_filter.ASPECT_RATIO_LIMITS
+    bounds.append(
+        (low, high, item_filter.aspect_ratio(settings.get(low)), item_filter.aspect_ratio(settings.get(high)))
+    )
+    for low, high, minimum, maximum in bounds:
+        if minimum and maximum and minimum > maximum:
+            return (
+                f"{low}={settings.get(low)!r} is above {high}={settings.get(high)!r}: no item could "
+                f"pass; allowed is {low} <= {high}, or either 0 (no bound)"
+            )
+    return None
+
+
 #: Settings that cannot work together, in the order they are checked.
 COMBINATIONS: tuple[Callable[[BaseSettings], str | None], ...] = (
     _shared_crawl_without_redis,
     _shared_crawl_with_jobdir,
     _shared_crawl_with_new_walk,
+    _minimum_above_maximum,
 )
 
 

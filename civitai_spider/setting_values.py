@@ -173,7 +173,23 @@ class StatusCodes:
         return None
 
 
-Rule = Integer | Number | Boolean | Choice | Text | Url | JsonObject | StatusCodes
+@dataclass(frozen=True)
+class Parsed:
+    """What ``parse`` reads, the function its component reads the setting with: the message of
+    the ``ValueError`` it raises says why a value is not allowed."""
+
+    allowed: str
+    parse: Callable[[Any], object]
+
+    def problem(self, value: Any) -> str | None:
+        try:
+            self.parse(value)
+        except ValueError as error:
+            return str(error)
+        return None
+
+
+Rule = Integer | Number | Boolean | Choice | Text | Url | JsonObject | StatusCodes | Parsed
 
 
 def _integer(value: Any) -> int | None:

@@ -30,6 +30,32 @@ CIVITAI_THRESHOLDS = {"heartCount": 2}
 # Drop images and videos without generation metadata or with an empty prompt. Most videos
 # come without a prompt: a video crawl usually wants this off.
 CIVITAI_REQUIRE_PROMPT = True
+# --- Filters before download (README, "Filters before download"): read from the API record, so
+# a dropped item costs no request; each has its drop reason. Off by default (0 or empty).
+# Keep only items whose nsfwLevel is one of these names (None, Soft, Mature, X: X covers X and
+# XXX) or whose browsingLevel is in one of these numbers (sums of PG=1 PG13=2 R=4 X=8 XXX=16):
+#   -s CIVITAI_NSFW_LEVELS=None,Soft,Mature   or   -s CIVITAI_NSFW_LEVELS=15 (all but XXX)
+CIVITAI_NSFW_LEVELS: list[str] = []
+# Width, height and pixel count (width*height) bounds, from the record's width and height; an item
+# without them is dropped (no_size) while any size or aspect bound is set.
+CIVITAI_MIN_WIDTH = 0
+CIVITAI_MAX_WIDTH = 0
+CIVITAI_MIN_HEIGHT = 0
+CIVITAI_MAX_HEIGHT = 0
+CIVITAI_MIN_PIXELS = 0
+CIVITAI_MAX_PIXELS = 0
+# Aspect ratio (width/height) bounds: a number, or W:H for an exact ratio (4:3 keeps 1024x768,
+# which 1.33 would drop).
+CIVITAI_MIN_ASPECT_RATIO = 0
+CIVITAI_MAX_ASPECT_RATIO = 0
+# Words the prompt must all contain, and words it must contain none of. A word or phrase matches
+# as whole words ("cat" is not in "category" nor in "long_cat"); "re:<expression>" is a regular
+# expression searched anywhere. Comma-separated on the command line, or a JSON list when an entry
+# holds a comma: -s CIVITAI_PROMPT_INCLUDE='portrait,re:\bsmil(e|ing)\b'
+CIVITAI_PROMPT_INCLUDE: list[str] = []
+CIVITAI_PROMPT_EXCLUDE: list[str] = []
+# Match those words and expressions case-sensitively (by default "Portrait" is "portrait").
+CIVITAI_PROMPT_CASE_SENSITIVE = False
 # Ask the API for each item's tags (withTags=true): they land in <id>_meta.json as
 # "tags": [{"id": ..., "name": ...}]. Off by default: it costs the server a join per page.
 CIVITAI_WITH_TAGS = False
@@ -80,6 +106,12 @@ CIVITAI_LOG_DIR = "civitai-logs"
 # JPEG quality for images that must be converted (WebP, GIF, CMYK JPEG...). JPEG and
 # PNG originals are kept byte for byte and never re-encoded.
 CIVITAI_JPEG_QUALITY = 95
+# Ask Civitai's image CDN for images this many pixels wide instead of the originals; 0: the
+# originals. Asked as the site's pages ask: snapped up to the CDN's widths (96 320 450 512 800
+# 1200 1600, at most 1800; 1024 asks 1200). The file is what the CDN sent, byte for byte (JPEG
+# or PNG; WebP or AVIF at 450 and less), and <id>_meta.json says "cdn_width". Videos, and images
+# whose URL has no transform segment, are fetched as they are (README, "Resized images").
+CIVITAI_IMAGE_WIDTH = 0
 # Images over this many pixels are saved but logged to DecompressionBombWarning_log.txt;
 # over twice this they are refused. Default: Pillow's own limit.
 CIVITAI_MAX_IMAGE_PIXELS = 89_478_485
@@ -141,7 +173,7 @@ IMAGES_STORE = "civitai-images"
 # botocore's 10; 16 keeps loopback SeaweedFS busy on 2 cores (README, "Performance").
 AWS_MAX_POOL_CONNECTIONS = 16
 ITEM_PIPELINES = {
-    "civitai_spider.pipelines.thresholds.ReactionThresholdsPipeline": 100,
+    "civitai_spider.pipelines.item_filter.ItemFilterPipeline": 100,
     "civitai_spider.pipelines.already_downloaded.AlreadyDownloadedPipeline": 200,
     "civitai_spider.pipelines.media.CivitaiMediaPipeline": 300,
     "civitai_spider.pipelines.metadata.MetadataPipeline": 400,

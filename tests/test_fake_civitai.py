@@ -243,7 +243,7 @@ def test_filters(server: FakeCivitai) -> None:
     # modelId alone: the older database path, newest first, over the versions of the model
     # (bob's are its modelVersionIds, 788385); junk items are no database rows.
     server.add_model(3, [8, 788385])
-    assert ids(nsfw="X", period="Week", modelId="3") == [bob["id"], alice["id"]]
+    assert ids(nsfw="X", period="AllTime", modelId="3") == [bob["id"], alice["id"]]
 
 
 def test_images_are_served_by_the_cdn_host_with_their_bytes(server: FakeCivitai) -> None:
@@ -426,6 +426,28 @@ def test_nsfw_and_browsing_level_select_levels_as_the_server_maps_them(
     assert NSFW_BROWSING_LEVELS == {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 28, "Blocked": 32}
     by_level = {server.add_image_item(browsingLevel=level)["id"]: level for level in BROWSING_LEVELS}
     assert [by_level[item_id] for item_id in served_ids(server.api_url, **query)] == levels
+
+
+def test_an_items_level_is_served_with_its_deprecated_name_as_the_search_path_shapes_it(
+    server: FakeCivitai,
+) -> None:
+    levels = [0, 1, 2, 4, 8, 16]
+    for level in levels:
+        server.add_image_item(level=level, width=1024, height=768, prompt="a portrait")
+    _, page = fetch_json(server.api_url, nsfw="X", withMeta="true")
+    served = [(item["browsingLevel"], item["nsfwLevel"], item["nsfw"]) for item in page["items"]]
+    # An unrated image (0) is no level the query selects or excludes: the fake serves it as junk.
+    assert served == [
+        (0, "None", False),
+        (1, "None", False),
+        (2, "Soft", True),
+        (4, "Mature", True),
+        (8, "X", True),
+        (16, "X", True),  # XXX is "X" too: only browsingLevel tells them apart
+    ]
+    assert {(item["width"], item["height"], item["meta"]["prompt"]) for item in page["items"]} == {
+        (1024, 768, "a portrait")
+    }
 
 
 def test_an_unknown_api_key_is_served_as_anonymous_pg_only(server: FakeCivitai) -> None:
@@ -735,3 +757,28 @@ def test_image_factory_details() -> None:
         picture.load()
     with pytest.raises(OSError):
         Image.open(io.BytesIO(images.NOT_AN_IMAGE))
+
+
+# --- period: what a feed's period keeps (the url argument's feeds ask Week) ------------------
+
+
+def _days_ago(days: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - days * 86400))
+
+
+@pytest.mark.parametrize("older_path", [False, True])
+def test_period_keeps_the_items_created_within_it(server: FakeCivitai, older_path: bool) -> None:
+    server.add_model(3, [788385])
+    ages = {"hour": 1 / 24, "three_days": 3, "two_weeks": 14, "two_months": 60, "two_years": 730}
+    ids = {age: server.add_image_item(createdAt=_days_ago(days))["id"] for age, days in ages.items()}
+    junk = server.add_image_item(createdAt="not a date")["id"]  # served as it is
+    path = {"modelId": "3"} if older_path else {}
+
+    def listed(period: str) -> set[Any]:
+        return set(served_ids(server.api_url, period=period, **path))
+
+    assert listed("Day") == {ids["hour"], junk}
+    assert listed("Week") == {ids["hour"], ids["three_days"], junk}
+    assert listed("Month") == {ids["hour"], ids["three_days"], ids["two_weeks"], junk}
+    assert listed("Year") == set(ids.values()) - {ids["two_years"]} | {junk}
+    assert listed("AllTime") == set(ids.values()) | {junk}

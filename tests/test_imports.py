@@ -25,10 +25,11 @@ _WHO = {PACKAGE: "package's modules", BENCHMARKS: "benchmarks"}  # for the messa
 #: ``__init__`` is civitai_spider/__init__.py.
 PACKAGE_LAYERS: tuple[tuple[str, ...], ...] = (
     # 0. The foundation: outcomes, settings, items, the API's and the media's helpers, the
-    # arguments' queries, chains, thresholds, captions and the job; everything builds on these.
+    # arguments' queries, chains, the item filter, captions and the job; everything builds on these.
     ("__init__", "outcomes", "errors", "local_files", "settings", "setting_values", "logformatter")
     + ("api", "items")
-    + ("imaging", "video", "captions", "query", "chains", "thresholds", "job", "manifest_rows"),
+    + ("imaging", "video", "captions", "site_url", "query", "chains", "item_filter", "job")
+    + ("cdn_width", "manifest_rows"),
     # 1. Scrapy extensions: stops, stats, progress (a store that keeps failing stops the crawl).
     ("extensions",),
     # 2. Where a crawl keeps its files and ids: folder, S3, id file, Redis, and their failures.
@@ -56,7 +57,7 @@ BENCHMARK_LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "measure", "report", "server", "images", "videos", "probe", "reference_spider")
     + ("gallery_dl_civitai",),
     # 1. The scenarios, each measuring one thing with the toolkit.
-    ("disk", "formats", "manifest", "peers", "scaling", "stores"),
+    ("disk", "formats", "manifest", "peers", "resize", "scaling", "stores"),
     # 2. The command line, which runs the scenarios.
     ("run",),
 )

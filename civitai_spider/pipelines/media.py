@@ -27,6 +27,11 @@ is written, a 3 MB PNG two or three times while it is checked; a video's is on d
 many more a stop saves.
 Once the crawl is told to stop (:mod:`civitai_spider.extensions.stop`), no download starts:
 the items waiting for a place are dropped as ``stopped``.
+
+With ``CIVITAI_IMAGE_WIDTH``, an image is asked from the CDN at that width
+(:mod:`civitai_spider.cdn_width`) and stored as the CDN sent it, once checked, never converted;
+an image whose URL has no transform segment is fetched as the original, counted
+(``civitai/cdn_width/original``) and said once in the log. Videos are fetched as they are.
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ from scrapy.pipelines.media import FileException
 from scrapy.utils.asyncio import run_in_thread
 from twisted.internet.defer import CancelledError
 
+from civitai_spider.cdn_width import resized_url, snapped_width
 from civitai_spider.download_handler import SPOOL_META_KEY, Spool
 from civitai_spider.errors import describe_os_error
 from civitai_spider.extensions.stop import STOPPED_REASON, Stop, stop_of
-from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
+from civitai_spider.imaging import ImageRejected, PreparedImage, keep_image, prepare_image
 from civitai_spider.items import media_of
 from civitai_spider.outcomes import FAILED_REASON, DropImage, describe_error
 from civitai_spider.stores import log_directory, stores_of
@@ -72,6 +78,9 @@ logger = logging.getLogger(__name__)
 
 #: ``Request.meta`` key: the size cap of this download and the setting that set it.
 _SIZE_CAP_META_KEY = "civitai_size_cap"
+#: Images asked from the CDN at CIVITAI_IMAGE_WIDTH, and those fetched as originals instead.
+CDN_RESIZED_STAT = "civitai/cdn_width/resized"
+CDN_ORIGINAL_STAT = "civitai/cdn_width/original"
 #: The logger of Scrapy's HTTP/1.1 download handler, which warns about downloads over their cap.
 _HTTP_HANDLER_LOGGER = "scrapy.core.downloader.handlers.http11"
 
@@ -100,6 +109,10 @@ class CivitaiMediaPipeline(ImagesPipeline):
         self.files = self.stores.files
         self.max_pixels = settings.getint("CIVITAI_MAX_IMAGE_PIXELS")
         self.jpeg_quality = settings.getint("CIVITAI_JPEG_QUALITY")
+        self.image_width = settings.getint("CIVITAI_IMAGE_WIDTH")
+        #: The width asked of the CDN, snapped as the site snaps it; None: the originals.
+        self.cdn_width = snapped_width(self.image_width) if self.image_width else None
+        self._original_urls_said = False
         self.log_directory = log_directory(settings)
         self.error_log, self.bomb_log = self.stores.error_log, self.stores.bomb_log
         threads = settings.getint("CIVITAI_IMAGE_THREADS", -1)
@@ -152,6 +165,14 @@ class CivitaiMediaPipeline(ImagesPipeline):
         # item_completed() instead.
         logging.getLogger("scrapy.pipelines.media").addFilter(_hide_reported_failures)
         logging.getLogger(_HTTP_HANDLER_LOGGER).addFilter(_hide_size_cap_warnings)
+        if self.cdn_width is not None:
+            logger.info(
+                "CIVITAI_IMAGE_WIDTH=%d: images are asked from the CDN %d pixels wide%s, and stored as it "
+                "sends them; videos as they are",
+                self.image_width,
+                self.cdn_width,
+                "" if self.cdn_width == self.image_width else " (the next width it serves, as the site asks)",
+            )
 
     def close_spider(self) -> None:
         logging.getLogger("scrapy.pipelines.media").removeFilter(_hide_reported_failures)
@@ -164,6 +185,8 @@ class CivitaiMediaPipeline(ImagesPipeline):
         stop = stop_of(self.crawler)
         self._unless_stopping(item, stop)
         place = self.in_flight[media_of(item)]
+        if self.cdn_width is not None and media_of(item) == "image":
+            self._ask_width(adapter, self.cdn_width)
         await place.acquire()
         try:
             item = await super().process_item(item)
@@ -193,6 +216,24 @@ class CivitaiMediaPipeline(ImagesPipeline):
                 self._fail(item, _not_stored(self.files, own_name, error))
             adapter["image_file"] = own_name
         return item
+
+    def _ask_width(self, adapter: ItemAdapter, width: int) -> None:
+        """Point the item's download at its image ``width`` pixels wide, or count it as an original."""
+        urls = [resized_url(url, width) for url in adapter["image_urls"]]
+        if all(url is not None for url in urls):
+            adapter["image_urls"], adapter["cdn_width"] = urls, width
+            return
+        self.crawler.stats.inc_value(CDN_ORIGINAL_STAT)
+        if not self._original_urls_said:
+            # Once per crawl: a feed can hold thousands of them; the stat counts them all.
+            self._original_urls_said = True
+            logger.info(
+                "Image %s: its URL has no transform segment to ask a width in (%s): fetched as the "
+                "original, as is every such image (counted in %s)",
+                adapter["id"],
+                adapter["url"],
+                CDN_ORIGINAL_STAT,
+            )
 
     def _item_through(self, item: Any) -> None:
         place = self._places.pop(id(item), None)
@@ -248,16 +289,21 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if spool is not None:
             extension, size = await self._save_video(spool, response.body, adapter["id"])
         else:
-            extension, size = await self._save_image(response.body, adapter["id"], request.url)
+            resized = adapter.get("cdn_width") is not None
+            extension, size = await self._save_image(response.body, adapter["id"], request.url, keep=resized)
         # The manifest's row tells it (pipelines/manifest.py), without asking the store.
         adapter["image_size"] = size
         name = _file_name(adapter["id"], extension)
         return {"url": request.url, "path": name, "checksum": None, "status": "downloaded"}
 
-    async def _save_image(self, body: bytes, image_id: int, url: str) -> tuple[str, int]:
+    async def _save_image(
+        self, body: bytes, image_id: int, url: str, *, keep: bool = False
+    ) -> tuple[str, int]:
+        """Store ``body`` checked and, unless ``keep`` (a resized image), converted as needed; its
+        extension and size."""
         try:
             prepared = await self._in_pillow_thread(
-                _prepare_and_put_image, body, self.files, image_id, self.max_pixels, self.jpeg_quality
+                _prepare_and_put_image, body, self.files, image_id, self.max_pixels, self.jpeg_quality, keep
             )
             if not self.files.put_where_prepared:
                 await self._save(_file_name(image_id, prepared.extension), prepared.data)
@@ -268,6 +314,8 @@ class CivitaiMediaPipeline(ImagesPipeline):
         if prepared.over_pixel_limit:
             self._log_bomb(image_id, url, (prepared.width, prepared.height), "saved")
         self.inc_stats("converted" if prepared.converted else "kept")
+        if keep:
+            self.crawler.stats.inc_value(CDN_RESIZED_STAT)
         return prepared.extension, len(prepared.data)
 
     async def _save_video(self, spool: Spool, body: bytes, video_id: int) -> tuple[str, int]:
@@ -357,12 +405,15 @@ class CivitaiMediaPipeline(ImagesPipeline):
 
 
 def _prepare_and_put_image(
-    body: bytes, files: FileStore, image_id: int, max_pixels: int, jpeg_quality: int
+    body: bytes, files: FileStore, image_id: int, max_pixels: int, jpeg_quality: int, keep: bool = False
 ) -> PreparedImage:
     # One trip to a worker thread for the check (or conversion) and, for a local folder,
     # the write. The file is made durable with its metadata files, in a batch, before its
     # id is recorded. A bucket's upload is awaited apart, in the store's own bounded pool.
-    prepared = prepare_image(body, max_pixels=max_pixels, jpeg_quality=jpeg_quality)
+    if keep:  # resized by the CDN: stored as it came, whatever its format
+        prepared = keep_image(body, max_pixels=max_pixels)
+    else:
+        prepared = prepare_image(body, max_pixels=max_pixels, jpeg_quality=jpeg_quality)
     if files.put_where_prepared:
         _put(files, _file_name(image_id, prepared.extension), prepared.data)
     return prepared

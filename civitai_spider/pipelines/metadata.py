@@ -2,7 +2,8 @@
 
 Files per image: ``<id>_pos-prompt.txt`` (the prompt as received), ``<id>_neg-prompt.txt``
 (only with a non-empty negative prompt), ``<id>_meta.json`` (the whole API record plus
-``image_file``) and, with ``CIVITAI_CAPTION_FILES``, ``<id>.txt``: the training caption
+``image_file``, and ``cdn_width`` for an image the CDN resized) and, with
+``CIVITAI_CAPTION_FILES``, ``<id>.txt``: the training caption
 (:func:`~civitai_spider.captions.caption_of`; the prompt as received with
 ``CIVITAI_CAPTION_RAW``), empty without a prompt so that every image has one. The next
 pipeline records the id (:mod:`civitai_spider.pipelines.record_id`), once these files and the
@@ -75,12 +76,16 @@ def metadata_files(
 
 
 def stored_record(adapter: ItemAdapter) -> dict[str, Any]:
-    """What ``<id>_meta.json`` holds: the API record as received, plus ``image_file``.
+    """What ``<id>_meta.json`` holds: the API record as received, plus ``image_file`` (and
+    ``cdn_width`` for an image the CDN resized).
 
     The manifest's row is made of it too, by the crawl (:mod:`civitai_spider.pipelines.manifest`)
     as by ``scrapy civitai-manifest`` reading the file back: one record, one row.
     """
-    return {**adapter["api_item"], "image_file": adapter["image_file"]}
+    record = {**adapter["api_item"], "image_file": adapter["image_file"]}
+    if adapter.get("cdn_width") is not None:  # a resized image (CIVITAI_IMAGE_WIDTH); else the original
+        record["cdn_width"] = adapter["cdn_width"]
+    return record
 
 
 def _utf8(text: str) -> bytes:

@@ -34,7 +34,7 @@ from civitai_spider.chains import Chain, ListedPage, crawl_end
 from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage
 from civitai_spider.page import Interrupted, PageReader, end_for_failure, in_chain, log_cursor_loop
-from civitai_spider.query import ARGUMENTS, parse_arguments
+from civitai_spider.query import ARGUMENTS, api_url, parse_arguments
 
 if TYPE_CHECKING:
     from typing import Self
@@ -67,6 +67,8 @@ class CivitaiSpider(scrapy.Spider):
         self.chain_queries = {} if self.model_id else self.crawl_query.chain_queries()
         if "browsing_level" in arguments and "nsfw" in arguments:
             logger.info("browsing_level=%s overrides nsfw=%s", arguments["browsing_level"], arguments["nsfw"])
+        if self.crawl_query.address_overridden is not None:
+            logger.info("%s", self.crawl_query.address_overridden)
         #: The chains of this walk by name (not in a shared crawl: they are in Redis then). With
         #: JOBDIR they live in ``self.state``, which Scrapy saves on a pause.
         self.chains: dict[str, Chain] = {}
@@ -79,9 +81,28 @@ class CivitaiSpider(scrapy.Spider):
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         spider = super().from_crawler(crawler, *args, **kwargs)
+        spider._set_api_url(crawler.settings)
         for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
             crawler.signals.connect(spider._item_done, signal=signal)
         return spider
+
+    def _set_api_url(self, settings: BaseSettings) -> None:
+        """Make the API of the ``url`` argument's host the crawl's CIVITAI_API_URL.
+
+        Here, before Scrapy freezes the settings, and as a setting, so that every reader of
+        CIVITAI_API_URL (the API key middleware, ``/me``, ``/models/<id>``, the pages, JOBDIR,
+        the shared crawl) asks that API, and sends the key to its origin only.
+        """
+        address_api = self.crawl_query.address_api_url
+        if address_api is None:
+            return
+        effective = api_url(settings, self.crawl_query)
+        if effective != address_api:
+            logger.info(
+                "CIVITAI_API_URL=%s, given explicitly, wins over the url's API %s", effective, address_api
+            )
+        # The spider's priority is above the project's default and below the command line's.
+        settings.set("CIVITAI_API_URL", effective, priority="spider")
 
     @classmethod
     def check_arguments(cls, arguments: Mapping[str, str]) -> None:

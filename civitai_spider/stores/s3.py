@@ -61,6 +61,10 @@ for _chatty in ("botocore", "urllib3"):
 CONTENT_TYPES = {
     "jpg": "image/jpeg",
     "png": "image/png",
+    # What a resizing CDN may send (CIVITAI_IMAGE_WIDTH), stored as it came.
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "gif": "image/gif",
     "mp4": "video/mp4",
     "webm": "video/webm",
     "mkv": "video/x-matroska",

@@ -18,10 +18,13 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from PIL import Image
 
 from benchmarks import peers, scaling
 from benchmarks.measure import Server, alternated, serving
@@ -435,3 +438,43 @@ def test_peers_take_no_ratio_against_a_peer_that_did_not_save_every_file() -> No
     assert "| gallery-dl --write-metadata | 1 | 100 (INCOMPLETE: 1 run(s)) |" in report
     assert "| - (the peer's runs were incomplete) | at least 1.3x |" in report
     assert "| 0.50x | at least 1x: NOT met |" in report
+
+
+def test_benchmark_crawls_the_same_images_as_originals_and_resized(tmp_path: Path) -> None:
+    measured, report = run_benchmark(
+        tmp_path,
+        ["--scenarios", "resize", "--resize-images", str(IMAGES), "--resize-widths", "512", "450"]
+        + ["--resize-rounds", "1", "--ids", "1000"],
+        timeout=180,
+    )
+
+    results = measured["resize"]
+    assert list(results["runs"]) == ["originals", "512", "450"]
+    for width, [run] in results["runs"].items():
+        assert run["images"] == run["saved"] == IMAGES, width
+        assert run["resized"] == (0 if width == "originals" else IMAGES), width
+        assert run["megabytes"] > 0 and run["wall_seconds"] > 0
+    originals_mb = results["per_thousand"]["originals"][0]
+    assert originals_mb > results["per_thousand"]["512"][0] > results["per_thousand"]["450"][0]
+    assert results["ratios"]["Resize 512: MB of originals / MB resized"] > 1
+    assert "| CIVITAI_IMAGE_WIDTH=512 | 1 |" in report and "x fewer)" in report
+
+
+def test_benchmark_server_resizes_once_per_width_as_the_cdn_does() -> None:
+    with serving("jpeg", 2) as server:
+        item = feed(server, "")[0]
+        path = urlsplit(item["url"]).path
+        _, original = fetch(server, path)
+        _, resized = fetch(server, path.replace("/original=true/", "/width=500/"))
+        _, again = fetch(server, path.replace("/original=true/", "/width=512/"))
+        _, optimized = fetch(server, path.replace("/original=true/", "/width=450,optimized=true/"))
+        _, wider = fetch(server, path.replace("/original=true/", "/width=1800/"))
+    with Image.open(BytesIO(original)) as picture:
+        assert (picture.format, picture.width) == ("JPEG", 1024)
+    with Image.open(BytesIO(resized)) as picture:
+        assert (picture.format, picture.width) == ("JPEG", 512)  # 500 snapped up to the ladder
+    assert again == resized  # one resize per image and width, kept
+    with Image.open(BytesIO(optimized)) as picture:
+        assert (picture.format, picture.width) == ("WEBP", 450)
+    with Image.open(BytesIO(wider)) as picture:
+        assert picture.width == 1024  # never enlarged

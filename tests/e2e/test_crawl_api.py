@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,8 +35,18 @@ def test_follows_cursors_through_every_page(cursor_style: str, store: Path) -> N
 
 
 def test_arguments_map_to_the_query_on_every_page(server: FakeCivitai, store: Path) -> None:
-    add_items(server, 5, username="bob_1", postId=77, modelVersionIds=[788385], baseModel="Pony")
-    add_items(server, 2, username="someone_else")
+    # Created within the week: the server keeps no older one for period=Week.
+    this_week = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 3600))
+    add_items(
+        server,
+        5,
+        username="bob_1",
+        postId=77,
+        modelVersionIds=[788385],
+        baseModel="Pony",
+        createdAt=this_week,
+    )
+    add_items(server, 2, username="someone_else", createdAt=this_week)
 
     result = run_crawl(
         server, store,

@@ -17,7 +17,12 @@ What the fake models is read from the server's source (civitai/civitai at ebed66
 - The endpoint's zod schema (400 bodies as zod v4 serialises them), the 429 of deep
   ``page=``, the browsing levels that ``nsfw`` and ``browsingLevel`` stand for, and API keys
   (``api_keys``: an unknown key is served as anonymous, PG only).
+- ``period``: only items whose ``createdAt`` is within the period (on each path as there).
 - ``/api/v1/me`` and ``/api/v1/models/{id}`` (``add_model``).
+- The CDN's transform segment: ``/<key>/<uuid>/width=N[,optimized=true]/<name>`` answers the
+  image stored at ``/<key>/<uuid>/original=true/...`` resized (:meth:`FakeCivitai.cdn_answer`,
+  where each choice is cited); a URL without one (``/file/civitai-media-cache/<uuid>/original``)
+  answers what was stored at that very path.
 
 Keys of an item that start with "_" are the fake's own and never served: ``_versions`` (the
 model versions the index lists the image under) and ``_hidden`` (the image takes its place
@@ -30,8 +35,10 @@ in the paging but is filtered out of the page, as the server's hidden exclusions
 
 from __future__ import annotations
 
+import calendar
 import collections
 import copy
+import datetime
 import http
 import http.server
 import json
@@ -45,8 +52,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from PIL import Image
 
 API_PATH = "/api/v1/images"
 ME_PATH = "/api/v1/me"
@@ -68,6 +78,9 @@ BLOCKED_BROWSING_LEVEL = 32  # never selectable: onlySelectableLevels strips it
 #: Blocked stripped: no PG, no PG13). "false" counts as absent (images/index.ts line 64,
 #: `if (!value) return undefined`), and so PG only.
 NSFW_BROWSING_LEVELS = {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "true": 28, "Blocked": 32}
+#: An image's own browsing level -> the `nsfwLevel` name it is served with (nsfwLevelReverseMapDeprecated,
+#: src/shared/constants/browsingLevel.constants.ts lines 271-278); see served_level.
+NSFW_LEVEL_NAMES = {1: "None", 2: "Soft", 4: "Mature", 8: "X", 16: "X", 32: "Blocked"}
 #: What zod's z.stringbool() takes, case-insensitively (booleanString, src/utils/zod-helpers.ts):
 #: withMeta=1 is true, nsfw=yes is nsfw=true, nsfw=off is nsfw=false.
 STRINGBOOL_TRUE = ("true", "1", "yes", "on", "y", "enabled")
@@ -419,6 +432,7 @@ class FakeCivitai:
         self.items: list[Any] = []  # served in this order; may be changed between requests
         self._models: dict[int, dict[str, Any]] = {}  # by id: the bodies of /api/v1/models/{id}
         self._images: dict[str, tuple[bytes, str]] = {}  # CDN path -> (body, Content-Type)
+        self._resized: dict[str, tuple[bytes, str]] = {}  # CDN path with a width -> what it answered
         self._faults: dict[str, collections.deque[Fault]] = {}
         self._permanent_faults: dict[str, Fault] = {}
         self._page_faults: dict[str | None, collections.deque[Fault]] = {}  # by cursor
@@ -501,6 +515,8 @@ class FakeCivitai:
         name: str | None = None,
         content_type: str | None = None,
         versions: list[int] | None = None,
+        level: int | None = None,
+        prompt: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Append a Civitai-shaped item whose url serves `body` (unless None) and return it.
@@ -509,8 +525,12 @@ class FakeCivitai:
         in `.jpeg`, as Civitai's do. Content-Type: `content_type`, else guessed from the bytes.
         `fields` replace top-level keys (stats=..., meta=None, type="video", url=...).
         `versions` sets `_versions`, the model versions the image is listed under (default:
-        its modelVersionIds), which the served modelVersionIds need not show.
+        its modelVersionIds), which the served modelVersionIds need not show. `level` is the
+        image's browsing level (1, 2, 4, 8, 16; or 0, unrated), served as the server serves it:
+        `browsingLevel`, `nsfwLevel` and `nsfw` (`served_level`). `prompt` is its meta's prompt.
         """
+        if level is not None:
+            fields = {**served_level(level), **fields}
         with self._lock:
             id = self._next_id if id is None else id
             self._next_id = max(self._next_id, id + 1)
@@ -552,6 +572,8 @@ class FakeCivitai:
                 "baseModel": "SDXL 1.0",
                 "modelVersionIds": [788385],
             }
+            if prompt is not None:
+                item["meta"]["prompt"] = prompt
             item.update(fields)
             if versions is not None:
                 item["_versions"] = list(versions)
@@ -669,8 +691,53 @@ class FakeCivitai:
         with self._lock:
             entry = self._images.get(path)
         if entry is None:
+            entry = self.cdn_answer(path)
+        if entry is None:
             return _Response(404, b"Not Found", "text/plain; charset=utf-8")
         return _Response(200, entry[0], entry[1], (("Cache-Control", "public, max-age=31536000"),))
+
+    def cdn_answer(self, path_or_url: str) -> tuple[bytes, str] | None:
+        """What the CDN answers (body, Content-Type) for a URL with a transform segment before its
+        name, None if nothing is stored for it; made once per path and kept, as the CDN caches it.
+
+        - The options are those of ``getEdgeUrl`` (src/client-utils/edge-url.ts 18-36, 125-144);
+          any other, or a width that is not a positive integer: nothing (404).
+        - ``original=true``, or no width: the stored original's bytes.
+        - The width is snapped up to the cacher's ladder, server-side, whatever the URL says
+          (edge-url.ts 44-53, 71-87: "the cacher's server-side snap remains the source of truth"):
+          ``width=1800`` (the site's cap) is served 2200 wide.
+        - Never enlarged: Cloudflare's ``fit=scale-down`` ("the image is never enlarged"; its
+          options are the ones getEdgeUrl writes, edge-url.ts 16-17). A choice: the site sends no
+          ``fit`` and the cacher's default is not in its source; an original narrower than the
+          width comes back at its own size, re-encoded.
+        - The format: ``optimized=true`` sends WebP ("Optimized (avif, webp)",
+          src/components/Account/SettingsCard.tsx 66-69; the fake does not negotiate AVIF from
+          Accept), else JPEG, or PNG for a picture with an alpha channel ("Unoptimized (jpeg,
+          png)"); quality 85, Cloudflare's default (its image options, ``quality``: "The default
+          is 85").
+        """
+        path = _path_of(path_or_url)
+        with self._lock:
+            if path in self._resized:
+                return self._resized[path]
+        segments = path.split("/")
+        options = _cdn_options(segments[3]) if len(segments) == 5 else None
+        if options is None:
+            return None
+        original_prefix = f"/{segments[1]}/{segments[2]}/original=true/"
+        with self._lock:
+            original = next(
+                (entry for key, entry in self._images.items() if key.startswith(original_prefix)), None
+            )
+        if original is None:
+            return None
+        width = options.get("width")
+        if options.get("original") == "true" or width is None:
+            return original
+        answer = _resize(original[0], _cacher_width(width), optimized=options.get("optimized") == "true")
+        with self._lock:
+            self._resized[path] = answer
+        return answer
 
     def _api_response(self, path: str, raw_query: str, headers: dict[str, str]) -> _Response:
         try:
@@ -884,6 +951,7 @@ class _ImagesQuery:
     username: str | None
     user_id: int | None
     sort: str
+    period: str
     nsfw: int | None  # the browsing levels nsfw asks for; None when absent or false
     browsing_level: int | None
     tags: frozenset[float]
@@ -944,6 +1012,7 @@ def _parse_images_query(pairs: list[tuple[str, str]]) -> _ImagesQuery:
         username=parsed.get("username"),
         user_id=integer("userId"),
         sort=parsed.get("sort", "Most Reactions"),
+        period=parsed.get("period", "AllTime"),  # constants.galleryFilterDefaults.period
         nsfw=parsed.get("nsfw"),
         browsing_level=None if level is None else _to_int32(level),  # used in bitwise operations
         tags=frozenset(parsed.get("tags", ())),
@@ -954,6 +1023,16 @@ def _parse_images_query(pairs: list[tuple[str, str]]) -> _ImagesQuery:
         flat_meta=parsed.get("flatMeta"),
         with_tags=parsed.get("withTags", False),
     )
+
+
+def served_level(level: int) -> dict[str, Any]:
+    """The level fields of an image whose own level is `level`, as the search path serves them
+    (src/server/services/image-search.service.ts lines 222-233): `browsingLevel` is the level
+    itself; `nsfwLevel` its deprecated name, getNsfwLevelDeprecatedReverseMapping
+    (src/shared/constants/browsingLevel.constants.ts lines 271-282: X and XXX are both "X", an
+    unknown level, such as 0 for an unrated image, "None"); `nsfw` whether that name is not "None"."""
+    name = NSFW_LEVEL_NAMES.get(level, "None")
+    return {"browsingLevel": level, "nsfwLevel": name, "nsfw": name != "None"}
 
 
 def _selectable_level(query: _ImagesQuery) -> int:
@@ -986,8 +1065,42 @@ def _wanted(item: Any, query: _ImagesQuery, level: int, older_path: bool) -> boo
             query.type is None or kind not in CHOICES["type"] or kind == query.type,
             type(item_level) is not int or item_level not in BROWSING_LEVELS or bool(item_level & level),
             not query.tags or bool(query.tags & _tag_ids(item)),
+            _in_period(item, query.period, older_path),
         )
     )
+
+
+def _in_period(item: dict[str, Any], period: str, older_path: bool) -> bool:
+    """Whether an item is recent enough for `period` (AllTime: any item).
+
+    The search index keeps what was sorted since now minus one period, to the minute
+    (image.service.ts lines 3587-3600: `sortAtUnix > snapToInterval(now - 1 period)`, dayjs's
+    calendar subtract); the older path what was created since the start of today minus one
+    period (lines 1897-1903, with the periodMode 'published' that image-search.service.ts
+    lines 169, 187 and 205 pass). The fake's sortAt is the item's createdAt.
+    """
+    if period == "AllTime":
+        return True
+    try:
+        created = datetime.datetime.fromisoformat(item["createdAt"].replace("Z", "+00:00"))
+    except (KeyError, AttributeError, ValueError):
+        return True  # junk is served as it is
+    now = datetime.datetime.now(datetime.UTC)
+    if older_path:  # date_trunc('day', now()) - interval '1 <period>'
+        return created >= _one_period_before(now.replace(hour=0, minute=0, second=0, microsecond=0), period)
+    start = _one_period_before(now, period).replace(second=0, microsecond=0)  # snapToInterval
+    return created > start
+
+
+def _one_period_before(moment: datetime.datetime, period: str) -> datetime.datetime:
+    """`moment` minus one Day, Week, Month or Year, a month or year ending on the same day, or
+    on the last day of a shorter month (as dayjs and Postgres intervals do)."""
+    if period in ("Day", "Week"):
+        return moment - datetime.timedelta(days=1 if period == "Day" else 7)
+    year, month = (moment.year - 1, moment.month) if period == "Year" else divmod(moment.month - 2, 12)
+    if period != "Year":
+        year, month = moment.year + year, month + 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
 
 
 def _listed_versions(item: dict[str, Any]) -> list[Any]:
@@ -1294,6 +1407,54 @@ def _iso_time(seconds: int) -> str:
 
 def _cdn_path(name: str) -> str:
     return f"/{CDN_KEY}/{name}/original=true/{name}.jpeg"
+
+
+#: getEdgeUrl's options (src/client-utils/edge-url.ts 18-36).
+_CDN_OPTIONS = frozenset(
+    ("anim", "transcode", "width", "height", "original", "fit", "blur", "quality", "gravity")
+    + ("metadata", "background", "gamma", "optimized", "skip")
+)
+#: The cacher's ladder, COMMON_IMAGE_WIDTHS (edge-url.ts 53).
+_CACHER_WIDTHS = (96, 320, 450, 512, 800, 1200, 1600, 2200)
+_CDN_QUALITY = 85
+
+
+def _cdn_options(segment: str) -> dict[str, str] | None:
+    """The options of a transform segment, or None if it is not one the CDN takes."""
+    options = dict(part.partition("=")[::2] for part in segment.split(","))
+    if not options.keys() <= _CDN_OPTIONS or "" in options.values():
+        return None
+    width = options.get("width")
+    if width is not None and not (width.isdigit() and int(width) > 0):
+        return None
+    return options
+
+
+def _cacher_width(width: str) -> int:
+    # ServeImageMiddleware.cs as edge-url.ts 74-80 describes it: kept when on the ladder, else
+    # the next step up, else (over the top) as asked.
+    asked = int(width)
+    return next((step for step in _CACHER_WIDTHS if step >= asked), asked)
+
+
+def _resize(body: bytes, width: int, *, optimized: bool) -> tuple[bytes, str]:
+    with Image.open(BytesIO(body)) as original:
+        original.seek(0)
+        alpha = "A" in original.getbands() or "transparency" in original.info
+        picture = original.convert("RGBA" if alpha else "RGB")
+    if picture.width > width:
+        picture = picture.resize(
+            (width, max(1, round(picture.height * width / picture.width))), Image.Resampling.LANCZOS
+        )
+    output = BytesIO()
+    if optimized:
+        picture.save(output, "WEBP", quality=_CDN_QUALITY)
+        return output.getvalue(), "image/webp"
+    if picture.mode == "RGBA":
+        picture.save(output, "PNG")
+        return output.getvalue(), "image/png"
+    picture.save(output, "JPEG", quality=_CDN_QUALITY)
+    return output.getvalue(), "image/jpeg"
 
 
 def _path_of(path_or_url: str) -> str:

@@ -61,7 +61,7 @@ def test_new_items_are_those_that_pass_and_are_not_recorded(tmp_path: Path) -> N
 
     assert [item.id for item in page.items] == [1, 50, 51, 2]
     assert [item.id for item in page.new] == [50]
-    assert page.recorded == {1: True, 50: False, 2: True}  # 51 failed the thresholds: not asked
+    assert page.recorded == {1: True, 50: False, 2: True}  # 51 failed the item filter: not asked
     assert page.counts == {"items_seen": 4, "dropped/below_threshold": 1}
     assert page.full and page.streak == 1
     assert (page.end, page.cursor) == (None, "c|2")

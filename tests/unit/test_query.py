@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from scrapy.settings import Settings
 
-from civitai_spider.query import CrawlQuery, parse_arguments, parse_split, split_query
+from civitai_spider.query import CrawlQuery, api_url, parse_arguments, parse_split, split_query
 
 DEFAULT_QUERY = {
     "limit": "200",
@@ -243,3 +244,94 @@ def test_parse_split() -> None:
         parse_split("levels")
     with pytest.raises(ValueError, match="split=',' is empty"):
         parse_split(",")
+
+
+# --- url: a Civitai page as the defaults of the other arguments ------------------------------
+
+
+def test_url_arguments_are_the_query() -> None:
+    by_url = parse_arguments({"url": "https://civitai.red/user/bolero_537/videos"})
+    explicit = parse_arguments({"username": "bolero_537", "media": "video", "sort": "Newest"})
+    assert by_url.query == explicit.query
+    assert by_url.media_types == ("video",)
+    assert by_url.address_api_url == "https://civitai.red/api/v1/images"
+    assert by_url.address_overridden is None
+
+
+def test_without_url_there_is_no_address_api() -> None:
+    assert parse_arguments({"username": "alice"}).address_api_url is None
+
+
+@pytest.mark.parametrize(
+    ("explicit", "query", "note"),
+    [
+        (
+            {"media": "image"},
+            {"username": "foo", "type": "image", "sort": "Newest"},
+            "url=https://civitai.com/user/foo/videos asks media=video; the explicit media=image wins",
+        ),
+        (
+            {"sort": "Oldest", "period": "Year"},
+            {"username": "foo", "type": "video", "sort": "Oldest", "period": "Year"},
+            "url=https://civitai.com/user/foo/videos asks sort=Newest, period=AllTime; "
+            "the explicit period=Year, sort=Oldest win",
+        ),
+        # username and user_id name the same user: the explicit one replaces the page's.
+        (
+            {"user_id": "7"},
+            {"userId": "7", "type": "video"},
+            "url=https://civitai.com/user/foo/videos asks username=foo; the explicit user_id=7 wins",
+        ),
+        ({"username": "bar"}, {"username": "bar"}, "asks username=foo; the explicit username=bar wins"),
+        # What the page does not say is added, with no line.
+        ({"nsfw": "X", "base_models": "Pony"}, {"username": "foo", "nsfw": "X", "baseModels": "Pony"}, None),
+    ],
+)
+def test_an_explicit_argument_wins_over_the_url(
+    explicit: dict[str, str], query: dict[str, str], note: str | None
+) -> None:
+    crawl_query = parse_arguments({"url": "https://civitai.com/user/foo/videos", **explicit})
+    assert {name: crawl_query.query.get(name) for name in query} == query
+    assert "userId" not in query or "username" not in crawl_query.query
+    if note is None:
+        assert crawl_query.address_overridden is None
+    else:
+        assert crawl_query.address_overridden is not None and note in crawl_query.address_overridden
+
+
+def test_an_explicit_model_version_replaces_the_model_page() -> None:
+    crawl_query = parse_arguments({"url": "https://civitai.com/models/12/x", "model_version_id": "34"})
+    assert crawl_query.query["modelVersionId"] == "34" and "modelId" not in crawl_query.query
+    assert crawl_query.model_id is None
+
+
+def test_a_bad_value_in_the_url_names_the_url() -> None:
+    with pytest.raises(
+        ValueError, match=r"^url='https://civitai.com/images\?sort=Best': sort='Best' is not valid"
+    ):
+        parse_arguments({"url": "https://civitai.com/images?sort=Best"})
+    with pytest.raises(ValueError, match="model_id='9999999999' is not valid"):
+        parse_arguments({"url": "https://civitai.com/models/9999999999"})
+
+
+def test_stop_after_seen_works_with_a_user_page_newest_first() -> None:
+    assert (
+        parse_arguments({"url": "https://civitai.com/user/foo", "stop_after_seen": "5"}).stop_after_seen == 5
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "https://civitai.red/api/v1/images"),  # the project's default: the address wins
+        ({"cmdline": "http://127.0.0.1:9/api/v1/images"}, "http://127.0.0.1:9/api/v1/images"),
+        ({"spider": "https://civitai.red/api/v1/images"}, "https://civitai.red/api/v1/images"),
+    ],
+)
+def test_api_url_is_the_url_host_unless_given_explicitly(given: dict[str, str], expected: str) -> None:
+    settings = Settings({"CIVITAI_API_URL": "https://civitai.com/api/v1/images"}, priority="project")
+    for priority, value in given.items():
+        settings.set("CIVITAI_API_URL", value, priority=priority)
+    assert api_url(settings, parse_arguments({"url": "https://civitai.red/images/5"})) == expected
+    # Without url, the setting as it is.
+    assert api_url(settings, parse_arguments({})) == settings.get("CIVITAI_API_URL")

@@ -304,3 +304,118 @@ def test_an_unknown_project_setting_without_a_close_one_says_where_the_list_is()
 
 def test_other_unknown_settings_are_scrapys_business() -> None:
     assert problem_with("MY_PIPELINE_OPTION", "1") is None
+
+
+# --- the filters before download (civitai_spider/item_filter.py) ------------------------------
+
+_PROMPT_ALLOWED = "allowed is words or phrases, and re:<regular expression>, comma-separated or a JSON list"
+_RATIO_ALLOWED = "allowed is a width/height ratio >= 0, as a number (0.75) or W:H (3:4); 0: off"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CIVITAI_MIN_WIDTH", "1024"),
+        ("CIVITAI_MAX_PIXELS", 4_194_304),
+        ("CIVITAI_MIN_ASPECT_RATIO", "0.75"),
+        ("CIVITAI_MAX_ASPECT_RATIO", "4:3"),
+        ("CIVITAI_MAX_ASPECT_RATIO", 1.5),
+        ("CIVITAI_NSFW_LEVELS", "None,Soft,Mature"),
+        ("CIVITAI_NSFW_LEVELS", "x, 7"),
+        ("CIVITAI_NSFW_LEVELS", ["None", 2]),
+        ("CIVITAI_NSFW_LEVELS", ""),
+        ("CIVITAI_PROMPT_INCLUDE", "portrait,re:smil(e|ing)"),
+        ("CIVITAI_PROMPT_EXCLUDE", '["re:x{1,3}", "red hair"]'),
+        ("CIVITAI_PROMPT_CASE_SENSITIVE", "true"),
+    ],
+    ids=repr,
+)
+def test_filter_values_allowed(name: str, value: Any) -> None:
+    assert problem_with(name, value) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "CIVITAI_MIN_WIDTH",
+            "-1",
+            "CIVITAI_MIN_WIDTH='-1' is not valid: allowed is an integer >= 0 (pixels, 0: off)",
+        ),
+        ("CIVITAI_MAX_PIXELS", "4M", "CIVITAI_MAX_PIXELS='4M' is not valid: allowed is an integer >= 0"),
+        (
+            "CIVITAI_MIN_ASPECT_RATIO",
+            "-0.5",
+            f"CIVITAI_MIN_ASPECT_RATIO='-0.5' is not valid (negative): {_RATIO_ALLOWED}",
+        ),
+        (
+            "CIVITAI_MAX_ASPECT_RATIO",
+            "16x9",
+            f"CIVITAI_MAX_ASPECT_RATIO='16x9' is not valid (not a number, W:H or W/H): {_RATIO_ALLOWED}",
+        ),
+        (
+            "CIVITAI_PROMPT_INCLUDE",
+            "portrait,re:smil(e|ing",
+            "CIVITAI_PROMPT_INCLUDE='portrait,re:smil(e|ing' is not valid ('re:smil(e|ing' is not a regular "
+            f"expression: missing ), unterminated subpattern at position 4): {_PROMPT_ALLOWED}",
+        ),
+        (
+            "CIVITAI_PROMPT_EXCLUDE",
+            "re:",
+            "CIVITAI_PROMPT_EXCLUDE='re:' is not valid ('re:' has no expression after re:): "
+            + _PROMPT_ALLOWED,
+        ),
+        (
+            "CIVITAI_PROMPT_EXCLUDE",
+            '["nsfw", ""]',
+            f"""CIVITAI_PROMPT_EXCLUDE='["nsfw", ""]' is not valid (an empty entry): {_PROMPT_ALLOWED}""",
+        ),
+        (
+            "CIVITAI_NSFW_LEVELS",
+            "None,XXX",
+            "CIVITAI_NSFW_LEVELS='None,XXX' is not valid (unknown level 'XXX'): allowed is nsfwLevel names "
+            "(None, Soft, Mature, X) and browsing levels (sums of PG=1 PG13=2 R=4 X=8 XXX=16, 1 to 31), "
+            "comma-separated; empty: off",
+        ),
+        (
+            "CIVITAI_NSFW_LEVELS",
+            "32",
+            "CIVITAI_NSFW_LEVELS='32' is not valid (browsing level 32 is not from 1 to 31)",
+        ),
+        (
+            "CIVITAI_NSFW_LEVELS",
+            "Blocked",
+            "CIVITAI_NSFW_LEVELS='Blocked' is not valid (unknown level 'Blocked')",
+        ),
+        (
+            "CIVITAI_PROMPT_CASE_SENSITIVE",
+            "yes",
+            "CIVITAI_PROMPT_CASE_SENSITIVE='yes' is not valid: allowed is true",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) and len(value) < 30 else None,
+)
+def test_a_bad_filter_value_is_one_line_naming_it(name: str, value: str, message: str) -> None:
+    problem = problem_with(name, value)
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "low_value", "high_value"),
+    [
+        ("CIVITAI_MIN_WIDTH", "CIVITAI_MAX_WIDTH", "2048", "1024"),
+        ("CIVITAI_MIN_HEIGHT", "CIVITAI_MAX_HEIGHT", "769", "768"),
+        ("CIVITAI_MIN_PIXELS", "CIVITAI_MAX_PIXELS", "1048577", "1048576"),
+        ("CIVITAI_MIN_ASPECT_RATIO", "CIVITAI_MAX_ASPECT_RATIO", "4:3", "1.33"),
+    ],
+)
+def test_a_minimum_above_its_maximum_is_one_line_naming_both(
+    low: str, high: str, low_value: str, high_value: str
+) -> None:
+    assert problem_with_all(**{low: low_value, high: high_value}) == (
+        f"{low}={low_value!r} is above {high}={high_value!r}: no item could pass; "
+        f"allowed is {low} <= {high}, or either 0 (no bound)"
+    )
+    assert problem_with_all(**{low: low_value, high: low_value}) is None  # equal: one size passes
+    assert problem_with_all(**{low: low_value, high: "0"}) is None  # 0: no maximum

@@ -11,13 +11,18 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import scrapy
 from scrapy import signals
+from scrapy.crawler import Crawler
 from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
+from scrapy.settings import Settings
 
+from civitai_spider import job
+from civitai_spider import settings as project_settings
 from civitai_spider.api import API_META_KEY, API_PAGE_META_KEY
 from civitai_spider.chains import Chain
 from civitai_spider.extensions.stop import STOPPED_REASON
 from civitai_spider.items import CivitaiImage
+from civitai_spider.middlewares.api_key import ApiKeyMiddleware
 from civitai_spider.outcomes import DropImage
 from civitai_spider.query import parse_arguments
 from civitai_spider.setting_rules import check_settings
@@ -621,3 +626,36 @@ def test_check_arguments_checks_split() -> None:
     with pytest.raises(ValueError, match="split=base_models needs base_models"):
         CivitaiSpider.check_arguments({"split": "base_models"})
     CivitaiSpider.check_arguments({"split": "base_models", "base_models": "Pony"})
+
+
+# --- url: the page's host is the API every component reads -------------------------------
+
+
+def _unbuilt_crawler(**overrides: Any) -> Crawler:
+    """A crawler whose settings are not frozen yet: the spider may still set them, as in a crawl."""
+    values = {name: getattr(project_settings, name) for name in dir(project_settings) if name.isupper()}
+    return Crawler(CivitaiSpider, Settings({**values, **overrides}, priority="project"))
+
+
+def test_the_url_host_is_the_api_of_every_reader() -> None:
+    red = "https://civitai.red/api/v1/images"
+    crawler = _unbuilt_crawler(CIVITAI_API_KEY="k3y")
+    spider = CivitaiSpider.from_crawler(crawler, url="https://civitai.red/user/alice/videos")
+
+    assert crawler.settings.get("CIVITAI_API_URL") == red
+    # The JOBDIR walk, before the crawl (the command's settings) and during it, is the same.
+    assert job.walk(crawler.settings, spider.crawl_query)["api_url"] == red
+    assert job.walk(_unbuilt_crawler().settings, spider.crawl_query)["api_url"] == red
+    # The key goes to civitai.red, not to the project's default civitai.com.
+    key_middleware = ApiKeyMiddleware.from_crawler(crawler)
+    for url, sent in (("https://civitai.red/api/v1/me", True), ("https://civitai.com/api/v1/me", False)):
+        request = scrapy.Request(url, meta={API_META_KEY: True})
+        key_middleware.process_request(request)
+        assert ("Authorization" in request.headers) is sent
+
+
+def test_an_explicit_api_url_wins_over_the_url_host() -> None:
+    crawler = _unbuilt_crawler()
+    crawler.settings.set("CIVITAI_API_URL", API_URL, priority="cmdline")
+    CivitaiSpider.from_crawler(crawler, url="https://civitai.red/user/alice")
+    assert crawler.settings.get("CIVITAI_API_URL") == API_URL

@@ -220,7 +220,11 @@ CONTENT_TYPES = {
     "7_meta.json": "application/json",
     "7_pos-prompt.txt": "text/plain; charset=utf-8",
     "7.JPG": "image/jpeg",
-    "7.gif": "application/octet-stream",
+    # What a resizing CDN may send (CIVITAI_IMAGE_WIDTH), stored as it came.
+    "7.webp": "image/webp",
+    "7.avif": "image/avif",
+    "7.gif": "image/gif",
+    "7.bmp": "application/octet-stream",
     "7.tar.gz": "application/octet-stream",
     "README": "application/octet-stream",
 }
@@ -242,10 +246,10 @@ def test_put_stores_the_bytes_with_their_content_type(
     assert [headers["content-type"] for headers in puts(wire)] == list(CONTENT_TYPES.values())
     objects = bucket_objects(s3_server, bucket, prefix)
     assert {name: data for name, (data, _) in objects.items()} == files
-    # SeaweedFS guesses a type of its own for application/octet-stream (.gif, .tar.gz): only the
+    # SeaweedFS guesses a type of its own for application/octet-stream (.bmp, .tar.gz): only the
     # types this project stores are compared as the server keeps them.
-    assert {name: objects[name][1] for name in list(CONTENT_TYPES)[:8]} == dict(
-        list(CONTENT_TYPES.items())[:8]
+    assert {name: objects[name][1] for name in list(CONTENT_TYPES)[:11]} == dict(
+        list(CONTENT_TYPES.items())[:11]
     )
 
 

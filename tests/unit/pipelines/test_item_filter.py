@@ -1,4 +1,5 @@
-"""Tests of :class:`ReactionThresholdsPipeline`: reaction minimums and the prompt requirement."""
+"""Tests of :class:`ItemFilterPipeline` built from the settings: reaction minimums and the prompt
+requirement (the newer filters, level, size and prompt words: ``tests/unit/test_item_filter.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from scrapy.settings import Settings
 
 from civitai_spider.items import STAT_NAMES, CivitaiImage
 from civitai_spider.outcomes import DropImage
-from civitai_spider.pipelines.thresholds import ReactionThresholdsPipeline
+from civitai_spider.pipelines.item_filter import ItemFilterPipeline
 from civitai_spider.setting_rules import check_settings
 from tests.support.crawls import project_crawler
 
@@ -29,11 +30,11 @@ def make_item(stats: dict[str, Any] | None = None, meta: Any = _UNSET) -> Civita
     return CivitaiImage.from_api(record)
 
 
-def pipeline(**settings: Any) -> ReactionThresholdsPipeline:
-    return ReactionThresholdsPipeline.from_crawler(project_crawler(**settings))
+def pipeline(**settings: Any) -> ItemFilterPipeline:
+    return ItemFilterPipeline.from_crawler(project_crawler(**settings))
 
 
-def dropped_reason(pipe: ReactionThresholdsPipeline, item: CivitaiImage) -> str:
+def dropped_reason(pipe: ItemFilterPipeline, item: CivitaiImage) -> str:
     with pytest.raises(DropImage) as caught:
         pipe.process_item(item)
     return caught.value.reason
@@ -44,7 +45,7 @@ def dropped_reason(pipe: ReactionThresholdsPipeline, item: CivitaiImage) -> str:
 
 def test_default_thresholds_need_two_hearts() -> None:
     pipe = pipeline()
-    assert pipe.thresholds.minimums == {"heartCount": 2}
+    assert pipe.item_filter.minimums == {"heartCount": 2}
     assert dropped_reason(pipe, make_item({"heartCount": 1, "likeCount": 1000})) == "below_threshold"
     item = make_item({"heartCount": 2})
     assert pipe.process_item(item) is item
@@ -86,7 +87,7 @@ def test_missing_stat_in_a_plain_dict_item_counts_as_zero() -> None:
 
 def test_json_text_from_the_command_line_is_parsed() -> None:
     pipe = pipeline(CIVITAI_THRESHOLDS='{"likeCount": 10}')
-    assert pipe.thresholds.minimums == {"likeCount": 10}
+    assert pipe.item_filter.minimums == {"likeCount": 10}
     assert dropped_reason(pipe, make_item({"likeCount": 9, "heartCount": 100})) == "below_threshold"
     assert pipe.process_item(make_item({"likeCount": 10})) is not None
 
