@@ -18,6 +18,7 @@ from itemadapter import ItemAdapter
 from scrapy.exceptions import NotConfigured
 
 from civitai_spider.items import CivitaiImage
+from civitai_spider.local_files import TEMPORARY_PREFIX
 from civitai_spider.manifest_rows import SCHEMA, rows_table
 from civitai_spider.pipelines import manifest as manifest_pipeline
 from civitai_spider.pipelines.manifest import (
@@ -207,3 +208,12 @@ def test_an_id_beyond_int64_gets_no_row_and_fails_no_part(
     assert crawler.stats.get_value(ROWS_NOT_WRITTEN) == 1 and crawler.stats.get_value(PART_FAILURES) is None
     [line] = (tmp_path / "error_log.txt").read_text().splitlines()
     assert line.split("\t")[1::2] == [str(2**70), "no manifest row: its id is beyond int64"]
+
+
+def test_a_part_being_written_is_invisible_to_readers_of_the_folder(tmp_path: Path) -> None:
+    # A part's temporary name starts with "." (local_files.TEMPORARY_PREFIX): pyarrow's datasets
+    # (pandas', DuckDB's "*.parquet" too) skip it, half written as it is.
+    run(ManifestPipeline.from_crawler(crawler_at(tmp_path)), [saved_item(101)])
+    half = tmp_path / "manifest" / f"{TEMPORARY_PREFIX}h0-1-1-crawl-x.parquet.partial"
+    half.write_bytes(b"PAR1 half a part")
+    assert ds.dataset(tmp_path / "manifest").to_table().column("id").to_pylist() == [101]
