@@ -1,4 +1,5 @@
-"""Tests of :func:`civitai_spider.imaging.prepare_image`: keep, convert or refuse downloaded bytes."""
+"""Tests of :mod:`civitai_spider.imaging`: ``prepare_image`` keeps, converts or refuses downloaded
+bytes; ``keep_image`` checks and keeps an image the CDN resized."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from civitai_spider import imaging
-from civitai_spider.imaging import ImageRejected, PreparedImage, prepare_image
+from civitai_spider.imaging import ImageRejected, PreparedImage, keep_image, prepare_image
 from tests.support import images
 from tests.support.crawls import REPOSITORY
 
@@ -27,7 +28,7 @@ LIMIT = 1_000_000
 
 @pytest.fixture(autouse=True)
 def pillow_pixel_limit_off() -> Iterator[None]:
-    """prepare_image needs Pillow's own limit off, as the images pipeline sets it."""
+    """prepare_image and keep_image need Pillow's own limit off, as the images pipeline sets it."""
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -611,3 +612,55 @@ def test_large_pictures_are_converted_one_at_a_time(
         results = list(pool.map(lambda _: prepare(body), range(4)))
     assert all(result.extension == "jpg" for result in results)
     assert most[0] == expected_at_once
+
+
+# keep_image: an image the CDN resized (CIVITAI_IMAGE_WIDTH), checked and kept as it came.
+
+
+@pytest.mark.parametrize(
+    ("body", "extension"),
+    [
+        (images.jpeg_rgb(), "jpg"),
+        (images.jpeg_cmyk(), "jpg"),  # prepare_image would convert it: kept as the CDN sent it
+        (images.png_rgba_with_parameters(), "png"),
+        (images.webp_rgb(), "webp"),
+        (images.webp_rgba(), "webp"),
+        (images.make_image("AVIF"), "avif"),
+        (images.gif_animated(), "gif"),
+    ],
+    ids=["jpeg", "cmyk", "png", "webp", "webp_alpha", "avif", "gif"],
+)
+def test_keep_image_each_format_a_cdn_sends_is_kept_byte_for_byte(body: bytes, extension: str) -> None:
+    kept = keep_image(body, max_pixels=LIMIT)
+
+    assert kept.data is body and kept.extension == extension
+    assert not kept.converted and not kept.over_pixel_limit
+    assert (kept.width, kept.height) == images.DEFAULT_SIZE
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty body"),
+        (b"<html>busy</html>", "not an image"),
+        (images.truncated(images.jpeg_rgb()), "truncated JPEG"),
+        (images.truncated(images.png_rgb()), "broken PNG"),
+        (images.truncated(images.webp_rgb(), keep=0.9), "unreadable image header"),  # decoded at open
+        (images.truncated(images.make_image("AVIF"), keep=0.95), "AVIF"),
+        (images.bmp(), "a BMP image, not a format a CDN resizes to"),
+    ],
+    ids=["empty", "html", "jpeg_cut", "png_cut", "webp_cut", "avif_cut", "bmp"],
+)
+def test_keep_image_refuses_what_is_not_a_whole_web_image(body: bytes, reason: str) -> None:
+    with pytest.raises(ImageRejected, match=reason):
+        keep_image(body, max_pixels=LIMIT)
+
+
+def test_keep_image_the_pixel_limit_holds() -> None:
+    width, height = images.DEFAULT_SIZE
+    body = images.webp_rgb()
+
+    assert keep_image(body, max_pixels=width * height - 1).over_pixel_limit
+    with pytest.raises(ImageRejected, match="decompression bomb refused") as refused:
+        keep_image(body, max_pixels=(width * height) // 2 - 1)
+    assert refused.value.size == (width, height)
